@@ -1,0 +1,48 @@
+# Relay: `make run` and `make test` set everything up themselves (uv from PyPI, the locked
+# environment, Debian packages the tests need), then do their job.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+SAMPLE ?= samples/meeting.ogg
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup run test lint bench ui clean system-deps
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.synced ## the locked Python environment
+
+system-deps: ## Debian packages the tests use to make speech (espeak-ng)
+	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
+		$(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
+
+run: setup ## transcribe the bundled sample on the embedded default (temporary Prefect, SQLite, local Dask)
+	$(PY) -m flows.transcribe $(SAMPLE) --out out/
+
+test: setup system-deps ## lint, then the whole test suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup system-deps ## speed and accuracy figures, one JSON line each
+	$(PY) -m bench.asr
+
+ui: setup ## the Prefect UI over the runs that `make run` recorded
+	$(VENV)/bin/prefect server start
+
+clean:
+	rm -rf .relay out

@@ -1,0 +1,1 @@
+"""Relay's flows: orchestration only."""

@@ -1,0 +1,48 @@
+"""The chunk map: every chunk transcribed on the Dask runner, progress recorded as they land."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+
+from relay_settings import get_settings
+from store import jobs
+from tasks.asr import AsrOptions, ChunkResult, transcribe_chunk
+from tasks.split import Chunk
+
+
+@flow(name="transcribe-chunks", persist_result=False)
+def transcribe_chunks(
+    job_id: str, chunks: list[Chunk], options: AsrOptions
+) -> tuple[list[ChunkResult], list[str]]:
+    """Map ``transcribe_chunk`` over the chunks; returns results and failure reasons.
+
+    Every chunk ends done or failed with its reason, in the store as it finishes.
+    """
+    settings = get_settings()
+    task = transcribe_chunk.with_options(retries=settings.chunk_retries)
+    limit = settings.chunk_timeout_seconds
+    futures = {task.submit(chunk, options, limit): chunk for chunk in chunks}
+    progress = create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
+    results: list[ChunkResult] = []
+    failures: list[str] = []
+    for finished, future in enumerate(as_completed(list(futures)), start=1):
+        chunk = futures[future]
+        try:
+            result = future.result()
+        except Exception as err:  # the chunk's final failure, after its retries
+            reason = f"chunk {chunk.index} ({chunk.start:.0f}-{chunk.end:.0f} s): {err}"
+            failures.append(reason)
+            jobs.finish_chunk(job_id, chunk.index, error=reason)
+        else:
+            results.append(result)
+            jobs.finish_chunk(
+                job_id,
+                chunk.index,
+                asr_seconds=result.asr_seconds,
+                worker_pid=result.worker_pid,
+                segments=len(result.segments),
+            )
+        update_progress_artifact(progress, 100.0 * finished / len(chunks))
+    return results, failures

@@ -1,0 +1,91 @@
+"""Where flows run: the Prefect API (embedded or configured) and the Dask task runner."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Before distributed is imported: its per-worker INFO lines drown the flow's own log.
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+# The temporary server's telemetry heartbeat competes for its SQLite file; nothing to report.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_dask import DaskTaskRunner
+
+from relay_settings import get_settings
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """The configured Prefect API, or a temporary local server started for this process.
+
+    The URL is exported so that every child process (Dask workers above all) reports to
+    this same server instead of starting a temporary server of its own.
+    """
+    url = PREFECT_API_URL.value()
+    if url:
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        _drain_to(server.api_url)
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def _drain_to(api_url: str) -> None:
+    """Send queued logs and events while the temporary server is still up to take them."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        for service in (APILogWorker, EventsWorker):
+            service.drain_all(timeout=10)
+
+
+def current_api_url() -> str:
+    """The URL of the API this flow run talks to (also when Prefect started one itself)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
+
+
+def local_worker_count(chunks: int) -> int:
+    """Workers of a LocalCluster: as configured (default one per core), never more than chunks."""
+    wanted = get_settings().dask_workers or os.cpu_count() or 1
+    return max(1, min(wanted, chunks))
+
+
+def chunk_task_runner(chunks: int) -> DaskTaskRunner:
+    """Dask for the chunk map: the configured cluster, else a LocalCluster for this run."""
+    settings = get_settings()
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    workers = local_worker_count(chunks)
+    threads = settings.asr_cpu_threads or 1
+    env = {
+        "PREFECT_API_URL": current_api_url(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "OMP_NUM_THREADS": str(threads),
+        "DASK_LOGGING__DISTRIBUTED": "warning",
+    }
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "env": env,
+        },
+    )

@@ -1,0 +1,209 @@
+"""Transcription: probe -> split on silence -> transcribe chunks on Dask -> merge -> store."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import fsspec
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.states import Failed, State
+
+from flows.chunks import transcribe_chunks
+from flows.runtime import chunk_task_runner
+from relay_settings import get_settings
+from store import jobs
+from tasks.asr import AsrOptions
+from tasks.formats import store_transcript
+from tasks.media import probe_media
+from tasks.merge import merge
+from tasks.split import SplitOptions, split_audio
+
+
+@dataclass(frozen=True)
+class TranscriptionOutcome:
+    """What a finished transcription returns: where the files are and the text."""
+
+    job_id: str
+    text: str
+    language: str | None
+    duration: float
+    files: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@flow(name="transcribe", log_prints=True, persist_result=False)
+def transcribe(
+    source: str,
+    job_id: str | None = None,
+    language: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    compute_type: str | None = None,
+    beam_size: int | None = None,
+    vad_filter: bool | None = None,
+    initial_prompt: str | None = None,
+    word_timestamps: bool | None = None,
+) -> TranscriptionOutcome | State:
+    """Transcribe one audio or video file; the job ends completed, or failed with a reason."""
+    settings = get_settings()
+    started = time.perf_counter()
+    options = AsrOptions.from_settings(
+        settings,
+        language=language,
+        model=model,
+        device=device,
+        compute_type=compute_type,
+        beam_size=beam_size,
+        vad_filter=vad_filter,
+        initial_prompt=initial_prompt,
+        word_timestamps=word_timestamps,
+    )
+    job = jobs.create_job(source, Path(source).name, job_id)
+
+    probed = probe_media(source, settings.max_audio_seconds, return_state=True)
+    if probed.is_failed():
+        return _fail(job.id, probed.message, folder=None)
+    info = probed.result()
+
+    folder = f"{settings.data_dir.rstrip('/')}/jobs/{job.id}"
+    jobs.start_job(job.id, flow_run.get_id(), info.duration, folder)
+    split_options = SplitOptions(settings.chunk_target_seconds, settings.chunk_search_seconds)
+    split = split_audio(info, f"{folder}/chunks", split_options, return_state=True)
+    if split.is_failed():
+        return _fail(job.id, split.message, folder)
+    chunks = split.result()
+    duration = chunks[-1].end  # what was decoded; a container may declare more
+    jobs.add_chunks(job.id, [(c.index, c.start, c.end) for c in chunks])
+    split_done = time.perf_counter()
+
+    runner = chunk_task_runner(sum(c.has_speech for c in chunks))
+    results, failures = transcribe_chunks.with_options(task_runner=runner)(job.id, chunks, options)
+    if failures:
+        return _fail(
+            job.id,
+            f"{len(failures)} of {len(chunks)} chunks failed: " + "; ".join(failures),
+            folder,
+        )
+    asr_done = time.perf_counter()
+
+    transcript = merge(chunks, results, duration, options.model)
+    timings = {
+        "split_seconds": round(split_done - started, 3),
+        "transcribe_seconds": round(asr_done - split_done, 3),
+        "model_seconds": round(sum(r.asr_seconds for r in results), 3),
+    }
+    files = store_transcript(replace(transcript, timings=timings), folder)
+    timings["total_seconds"] = round(time.perf_counter() - started, 3)
+    jobs.complete_job(job.id, transcript.language, options.model)
+    if not settings.keep_chunks:
+        _remove(f"{folder}/chunks")
+    _summary_artifact(job.id, Path(source).name, transcript, timings, len(chunks))
+    return TranscriptionOutcome(
+        job.id, transcript.text, transcript.language, duration, files, timings
+    )
+
+
+def _fail(job_id: str, reason: str | None, folder: str | None) -> State:
+    """Record the reason on the job, leave no partial output behind, end the run Failed."""
+    reason = reason or "unknown error"
+    jobs.fail_job(job_id, reason)
+    if folder:
+        _remove(folder)
+    return Failed(message=reason)
+
+
+def _remove(folder: str) -> None:
+    fs, root = fsspec.core.url_to_fs(folder)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _summary_artifact(job_id: str, name: str, transcript, timings: dict, chunks: int) -> None:
+    speed = transcript.duration / timings["total_seconds"] if timings["total_seconds"] else 0.0
+    preview = transcript.text[:400] + ("…" if len(transcript.text) > 400 else "")
+    create_markdown_artifact(
+        key=f"transcript-{job_id}",
+        description=f"Transcript of {name}",
+        markdown=(
+            f"## Transcript of `{name}`\n\n"
+            "| job | duration | language | chunks | segments | speed |\n"
+            "|---|---|---|---|---|---|\n"
+            f"| `{job_id}` | {transcript.duration:.1f} s | {transcript.language or '-'} | "
+            f"{chunks} | {len(transcript.segments)} | {speed:.1f}x real time |\n\n"
+            f"> {preview or '(no speech)'}\n"
+        ),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.transcribe",
+        description="Transcribe an audio or video file with Relay's flow (embedded Prefect if "
+        "PREFECT_API_URL is not set).",
+    )
+    parser.add_argument("file", help="audio or video file (wav, mp3, m4a, ogg, flac, mp4, ...)")
+    parser.add_argument("--language", help="language code such as 'en' (default: detect)")
+    parser.add_argument("--out", help="also copy the txt/srt/vtt/json files into this folder")
+    parser.add_argument("--model", help="model name or local path (default: bundled tiny.en)")
+    parser.add_argument("--device", help="cpu, cuda or auto")
+    parser.add_argument("--compute-type", help="e.g. int8 (cpu) or float16 (cuda)")
+    parser.add_argument("--beam-size", type=int)
+    parser.add_argument("--vad-filter", action="store_true", default=None)
+    parser.add_argument("--initial-prompt")
+    parser.add_argument("--word-timestamps", action="store_true", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the transcript and where its files are; exit 1 with one line on bad input."""
+    from flows.runtime import prefect_api
+
+    args = _parser().parse_args(argv)
+    source = str(Path(args.file).expanduser().resolve())
+    with prefect_api():
+        state = transcribe(
+            source,
+            language=args.language,
+            model=args.model,
+            device=args.device,
+            compute_type=args.compute_type,
+            beam_size=args.beam_size,
+            vad_filter=args.vad_filter,
+            initial_prompt=args.initial_prompt,
+            word_timestamps=args.word_timestamps,
+            return_state=True,
+        )
+    if not state.is_completed():
+        print(f"error: {state.message}", file=sys.stderr)
+        return 1
+    outcome: TranscriptionOutcome = state.result()
+    files = _copy_out(outcome.files, args.out, Path(source).stem) if args.out else outcome.files
+    print("\n" + (outcome.text or "(no speech found)") + "\n")
+    print(
+        f"job {outcome.job_id}: {outcome.duration:.1f} s of audio, language "
+        f"{outcome.language or '-'}, {outcome.timings.get('total_seconds', 0):.1f} s"
+    )
+    for fmt, path in files.items():
+        print(f"  {fmt:4} {path}")
+    return 0
+
+
+def _copy_out(files: dict[str, str], out: str, stem: str) -> dict[str, str]:
+    target = Path(out).expanduser().resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    copied = {}
+    for fmt, path in files.items():
+        with fsspec.open(path, "rb") as src:
+            (target / f"{stem}.{fmt}").write_bytes(src.read())
+        copied[fmt] = str(target / f"{stem}.{fmt}")
+    return copied
+
+
+if __name__ == "__main__":
+    sys.exit(main())

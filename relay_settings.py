@@ -1,0 +1,85 @@
+"""Relay's one settings object: environment variables with the ``RELAY_`` prefix."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_STATE_DIR = PROJECT_ROOT / ".relay"
+BUNDLED_MODEL = "tiny.en"
+
+
+class RelaySettings(BaseSettings):
+    """Every knob Relay reads; each field is ``RELAY_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
+
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_STATE_DIR / 'relay.db'}",
+        description="SQLAlchemy URL of the job store (SQLite by default, PostgreSQL in stacks).",
+    )
+    data_dir: str = Field(
+        default=str(DEFAULT_STATE_DIR / "data"),
+        description="Where job folders (chunks, transcripts) live: a local path or fsspec URL.",
+    )
+    max_audio_seconds: float = Field(
+        default=1800.0, gt=0, description="Longest audio accepted; longer input is refused."
+    )
+
+    asr_model: str = Field(
+        default=BUNDLED_MODEL,
+        description="faster-whisper model: 'tiny.en' (bundled), a model name or a local path.",
+    )
+    asr_device: str = Field(default="cpu", description="'cpu', 'cuda' or 'auto'.")
+    asr_compute_type: str = Field(default="int8", description="CTranslate2 compute type.")
+    asr_cpu_threads: int = Field(
+        default=1, ge=0, description="Threads per Dask worker's model (0: CTranslate2 default)."
+    )
+    asr_beam_size: int = Field(default=5, ge=1, le=20, description="Beam size for decoding.")
+    asr_vad_filter: bool = Field(
+        default=False, description="Run faster-whisper's Silero VAD inside each chunk."
+    )
+
+    chunk_target_seconds: float = Field(
+        default=120.0, gt=5, description="Aimed-for chunk length when splitting on silence."
+    )
+    chunk_search_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="How far either side of a target boundary to look for silence.",
+    )
+    chunk_timeout_seconds: float = Field(
+        default=900.0, gt=0, description="A chunk's transcription is abandoned after this long."
+    )
+    chunk_retries: int = Field(default=2, ge=0, description="Retries of a failed chunk.")
+    keep_chunks: bool = Field(
+        default=False, description="Keep the chunk audio files after a job completes."
+    )
+
+    dask_address: str = Field(
+        default="", description="Scheduler of an existing Dask cluster; empty: a LocalCluster."
+    )
+    dask_workers: int = Field(
+        default=0, ge=0, description="Worker processes of the LocalCluster (0: one per core)."
+    )
+
+    api_token: str = Field(default="", description="Bearer token the REST API requires.")
+    api_host: str = Field(default="127.0.0.1", description="Address the REST API binds to.")
+    api_port: int = Field(default=8000, description="Port of the REST API.")
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, description="Largest upload.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> RelaySettings:
+    """The process-wide settings, read once from the environment."""
+    return RelaySettings()
+
+
+def reload_settings() -> RelaySettings:
+    """Forget the cached settings (tests change the environment) and read them again."""
+    get_settings.cache_clear()
+    return get_settings()

@@ -1,0 +1,1 @@
+"""Relay's job store: SQLModel tables and the queries that need care."""

