@@ -70,7 +70,44 @@ class RelaySettings(BaseSettings):
     api_token: str = Field(default="", description="Bearer token the REST API requires.")
     api_host: str = Field(default="127.0.0.1", description="Address the REST API binds to.")
     api_port: int = Field(default=8000, description="Port of the REST API.")
+    api_access_log: bool = Field(
+        default=True, description="Log one line per API request (uvicorn's access log)."
+    )
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, description="Largest upload.")
+    source_roots: str = Field(
+        default="",
+        description="Comma-separated folders whose files clients may submit by path "
+        "(default: <data_dir>/inbox). Paths elsewhere are refused.",
+    )
+    work_pool: str = Field(
+        default="",
+        description="Pool this process runs in (set by each pool's base job template); "
+        "recorded on jobs started outside the API.",
+    )
+    transcribe_deployment: str = Field(
+        default="transcribe/asr-cpu", description="Deployment that API submissions run on."
+    )
+    short_audio_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Files up to this long go to the pool's high-priority 'short' work queue.",
+    )
+    webhook_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated extra hosts (host or host:port) webhooks may point at, "
+        "besides Discord's own.",
+    )
+    discord_block: str = Field(
+        default="relay-discord", description="Name of the Discord destination block to notify."
+    )
+    public_url: str = Field(
+        default="", description="Base URL of this API as clients reach it (for status links)."
+    )
+
+    def allowed_source_roots(self) -> list[Path]:
+        """Folders whose files may be submitted by path."""
+        roots = [r.strip() for r in self.source_roots.split(",") if r.strip()]
+        return [Path(r).resolve() for r in roots] or [Path(self.data_dir).resolve() / "inbox"]
 
 
 @lru_cache(maxsize=1)

@@ -7,9 +7,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from relay_settings import get_settings
 
@@ -26,7 +28,8 @@ def engine_for(url: str) -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
-    return create_engine(url, pool_pre_ping=True)
+    # pool_recycle rather than a ping per checkout: a ping is one more round trip per query.
+    return create_engine(url, pool_recycle=300, pool_size=10)
 
 
 def _sqlite_pragmas(connection, _record) -> None:
@@ -37,22 +40,38 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.close()
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Any constant shared by every Relay process: serialises migrations on PostgreSQL.
+_MIGRATION_LOCK = 0x52454C4159
+
+
 def get_engine() -> Engine:
-    """The engine of the configured job store, its tables created."""
+    """The engine of the configured job store, migrated to the current schema."""
     engine = engine_for(get_settings().database_url)
-    _create_tables(engine)
+    if id(engine) not in _migrated:
+        migrate(engine)
     return engine
 
 
-_ready: set[int] = set()
+_migrated: set[int] = set()
 
 
-def _create_tables(engine: Engine) -> None:
-    if id(engine) not in _ready:
-        import store.models  # noqa: F401  (registers the tables)
+def alembic_config() -> Config:
+    """Alembic configuration without an ini file (the script folder is store/migrations)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
 
-        SQLModel.metadata.create_all(engine)
-        _ready.add(id(engine))
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the store to the newest schema; safe to run from several processes at once."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    _migrated.add(id(engine))
 
 
 @contextmanager
@@ -65,3 +84,14 @@ def session_scope() -> Iterator[Session]:
         except Exception:
             session.rollback()
             raise
+
+
+@lru_cache(maxsize=8)
+def _autocommit(engine: Engine) -> Engine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def reader() -> Engine:
+    """The store's engine in autocommit mode, for single reads on hot paths (no BEGIN or
+    ROLLBACK round trips). Never write through it."""
+    return _autocommit(get_engine())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import select
 
-from store.db import session_scope
+from store.db import reader, session_scope
 from store.models import (
     ChunkStatus,
     JobStatus,
@@ -19,22 +19,39 @@ from store.models import (
 FINAL_STATES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
-def create_job(source_path: str, source_name: str, job_id: str | None = None) -> TranscriptionJob:
+def create_job(
+    source_path: str,
+    source_name: str,
+    job_id: str | None = None,
+    work_pool: str | None = None,
+    duration: float | None = None,
+) -> TranscriptionJob:
     """A new queued job (or the existing one with this id, e.g. created by the API)."""
     with session_scope() as session:
         if job_id and (existing := session.get(TranscriptionJob, job_id)):
             return existing
-        job = TranscriptionJob(source_path=source_path, source_name=source_name)
+        job = TranscriptionJob(
+            source_path=source_path,
+            source_name=source_name,
+            work_pool=work_pool,
+            duration_seconds=duration,
+        )
         if job_id:
             job.id = job_id
         session.add(job)
         return job
 
 
+_JOB_BY_ID = select(TranscriptionJob.__table__).where(
+    TranscriptionJob.__table__.c.id == bindparam("job_id")
+)
+
+
 def get_job(job_id: str) -> TranscriptionJob | None:
-    """The job, or None."""
-    with session_scope() as session:
-        return session.get(TranscriptionJob, job_id)
+    """The job, or None. One autocommit round trip: status reads are the API's hot path."""
+    with reader().connect() as connection:
+        row = connection.execute(_JOB_BY_ID, {"job_id": job_id}).mappings().first()
+    return TranscriptionJob(**row) if row else None
 
 
 def get_chunks(job_id: str) -> list[TranscriptionChunk]:
@@ -128,10 +145,56 @@ def fail_job(job_id: str, reason: str) -> None:
     _update(job_id, status=JobStatus.FAILED, error=reason, finished_at=utcnow())
 
 
-def _update(job_id: str, **values: object) -> None:
+def set_flow_run(job_id: str, flow_run_id: str) -> None:
+    """Remember which Prefect flow run carries the job (set by the API on submission)."""
+    _update(job_id, flow_run_id=flow_run_id)
+
+
+def record_notification_error(job_id: str, reason: str) -> None:
+    """A notification could not be delivered; the job itself is unaffected."""
+    _update(job_id, notification_error=reason[:2000], allow_final=True)
+
+
+def cancel_job(job_id: str) -> bool:
+    """Cancel a queued or running job; False when it had already finished."""
     with session_scope() as session:
         result = session.execute(
-            update(TranscriptionJob).where(TranscriptionJob.id == job_id).values(**values)
+            update(TranscriptionJob)
+            .where(
+                TranscriptionJob.id == job_id,
+                TranscriptionJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+            )
+            .values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="cancelled by a user")
         )
-        if result.rowcount == 0:
+        return result.rowcount == 1
+
+
+def is_cancelled(job_id: str) -> bool:
+    """Whether a user cancelled the job (a running flow checks this and stops)."""
+    job = get_job(job_id)
+    return job is not None and job.status == JobStatus.CANCELLED
+
+
+def delete_job(job_id: str) -> bool:
+    """Remove a job and its chunks from the store; False when there was none."""
+    with session_scope() as session:
+        job = session.get(TranscriptionJob, job_id)
+        if job is None:
+            return False
+        for chunk in session.exec(
+            select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)
+        ):
+            session.delete(chunk)
+        session.delete(job)
+        return True
+
+
+def _update(job_id: str, allow_final: bool = False, **values: object) -> None:
+    """Update a job; a cancelled job keeps its state unless ``allow_final``."""
+    query = update(TranscriptionJob).where(TranscriptionJob.id == job_id)
+    if not allow_final:
+        query = query.where(TranscriptionJob.status != JobStatus.CANCELLED)
+    with session_scope() as session:
+        result = session.execute(query.values(**values))
+        if result.rowcount == 0 and session.get(TranscriptionJob, job_id) is None:
             raise LookupError(f"no transcription job {job_id}")

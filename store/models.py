@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from sqlalchemy import DateTime, Index, String, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -35,11 +36,12 @@ class TranscriptionJob(SQLModel, table=True):
     """One file to transcribe, from submission to transcript."""
 
     __tablename__ = "transcription_job"
+    __table_args__ = (Index("ix_transcription_job_created", "created_at", "id"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     source_name: str = Field(max_length=512)
     source_path: str = Field(max_length=4096)
-    status: JobStatus = Field(default=JobStatus.QUEUED, index=True)
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=String(16), index=True)
     error: str | None = None
     duration_seconds: float | None = None
     language: str | None = Field(default=None, max_length=16)
@@ -50,22 +52,27 @@ class TranscriptionJob(SQLModel, table=True):
     audio_seconds_done: float = 0.0
     output_dir: str | None = Field(default=None, max_length=4096)
     flow_run_id: str | None = Field(default=None, max_length=64)
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    work_pool: str | None = Field(default=None, max_length=128)
+    notification_error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class TranscriptionChunk(SQLModel, table=True):
     """One piece of a job's audio; ends done or failed with a reason, never lost."""
 
     __tablename__ = "transcription_chunk"
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_transcription_chunk_job_index"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    job_id: str = Field(foreign_key="transcription_job.id", index=True, max_length=32)
+    job_id: str = Field(
+        foreign_key="transcription_job.id", ondelete="CASCADE", index=True, max_length=32
+    )
     index: int
     start_seconds: float
     end_seconds: float
-    status: ChunkStatus = Field(default=ChunkStatus.PENDING)
+    status: ChunkStatus = Field(default=ChunkStatus.PENDING, sa_type=String(16))
     error: str | None = None
     asr_seconds: float | None = None
     worker_pid: int | None = None

@@ -47,3 +47,45 @@ def relay_env(monkeypatch):
 @pytest.fixture(scope="session")
 def state_dir() -> Path:
     return _STATE
+
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _create_pg_database() -> tuple[str, str]:
+    import uuid
+
+    import psycopg
+
+    name = f"relay_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def _drop_pg_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database_url(request, tmp_path_factory):
+    """The job store on SQLite and on the real PostgreSQL (a database made for the module)."""
+    previous = os.environ["RELAY_DATABASE_URL"]
+    name = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'relay.db'}"
+    else:
+        name, url = _create_pg_database()
+    os.environ["RELAY_DATABASE_URL"] = url
+    reload_settings()
+    yield url
+    os.environ["RELAY_DATABASE_URL"] = previous
+    reload_settings()
+    if name:
+        from store.db import engine_for
+
+        engine_for(url).dispose()
+        _drop_pg_database(name)
