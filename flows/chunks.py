@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
@@ -10,6 +11,11 @@ from relay_settings import get_settings
 from store import jobs
 from tasks.asr import AsrOptions, ChunkResult, transcribe_chunk
 from tasks.split import Chunk
+
+
+def job_priority(chunks: list[Chunk]) -> int:
+    """Dask priority of a job's chunks: minus its length in seconds (shorter runs first)."""
+    return -round(chunks[-1].end) if chunks else 0
 
 
 @flow(name="transcribe-chunks", persist_result=False)
@@ -23,7 +29,10 @@ def transcribe_chunks(
     settings = get_settings()
     task = transcribe_chunk.with_options(retries=settings.chunk_retries)
     limit = settings.chunk_timeout_seconds
-    futures = {task.submit(chunk, options, limit): chunk for chunk in chunks}
+    # On a shared cluster, a shorter job's chunks go first: short work is never stuck
+    # behind a long file (Dask runs higher priorities first; a LocalCluster is ours alone).
+    with dask.annotate(priority=job_priority(chunks)):
+        futures = {task.submit(chunk, options, limit): chunk for chunk in chunks}
     progress = create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
     results: list[ChunkResult] = []
     failures: list[str] = []

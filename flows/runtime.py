@@ -16,6 +16,8 @@ from prefect_dask import DaskTaskRunner
 
 from relay_settings import get_settings
 
+EMBEDDED_SERVER_TIMEOUT_SECONDS = 120
+
 
 @contextmanager
 def prefect_api() -> Iterator[str]:
@@ -31,7 +33,8 @@ def prefect_api() -> Iterator[str]:
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    server.start()
+    # Prefect's default (20 s) is too short on a busy two-core machine; this only waits longer.
+    server.start(timeout=EMBEDDED_SERVER_TIMEOUT_SECONDS)
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import fsspec
-from prefect import flow
+from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from flows.chunks import transcribe_chunks
@@ -22,6 +21,7 @@ from tasks.asr import AsrOptions
 from tasks.formats import store_transcript
 from tasks.media import probe_media
 from tasks.merge import merge
+from tasks.notify import JobEvent, notify_job
 from tasks.split import SplitOptions, split_audio
 
 
@@ -37,7 +37,26 @@ class TranscriptionOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@flow(name="transcribe", log_prints=True, persist_result=False)
+# Prefect calls state hooks as hook(flow=..., flow_run=..., state=...).
+def _record_crash(flow, flow_run, state: State) -> None:  # noqa: ARG001
+    """The run's process died (or never started the flow): the job must not stay running."""
+    if job_id := (flow_run.parameters or {}).get("job_id"):
+        jobs.fail_job(job_id, f"the flow run crashed: {state.message or 'no reason given'}")
+
+
+def _record_cancellation(flow, flow_run, state: State) -> None:  # noqa: ARG001
+    """Cancelled from the Prefect UI or the API: the job says so too."""
+    if job_id := (flow_run.parameters or {}).get("job_id"):
+        jobs.cancel_job(job_id)
+
+
+@flow(
+    name="transcribe",
+    log_prints=True,
+    persist_result=False,
+    on_crashed=[_record_crash],
+    on_cancellation=[_record_cancellation],
+)
 def transcribe(
     source: str,
     job_id: str | None = None,
@@ -64,19 +83,21 @@ def transcribe(
         initial_prompt=initial_prompt,
         word_timestamps=word_timestamps,
     )
-    job = jobs.create_job(source, Path(source).name, job_id)
+    job = jobs.create_job(source, Path(source).name, job_id, settings.work_pool or None)
 
+    name = Path(source).name
     probed = probe_media(source, settings.max_audio_seconds, return_state=True)
     if probed.is_failed():
-        return _fail(job.id, probed.message, folder=None)
+        return _fail(job.id, name, probed.message, folder=None)
     info = probed.result()
 
     folder = f"{settings.data_dir.rstrip('/')}/jobs/{job.id}"
-    jobs.start_job(job.id, flow_run.get_id(), info.duration, folder)
+    jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder)
+    _notify(JobEvent("started", job.id, name, duration_seconds=info.duration))
     split_options = SplitOptions(settings.chunk_target_seconds, settings.chunk_search_seconds)
     split = split_audio(info, f"{folder}/chunks", split_options, return_state=True)
     if split.is_failed():
-        return _fail(job.id, split.message, folder)
+        return _fail(job.id, name, split.message, folder)
     chunks = split.result()
     duration = chunks[-1].end  # what was decoded; a container may declare more
     jobs.add_chunks(job.id, [(c.index, c.start, c.end) for c in chunks])
@@ -87,6 +108,7 @@ def transcribe(
     if failures:
         return _fail(
             job.id,
+            name,
             f"{len(failures)} of {len(chunks)} chunks failed: " + "; ".join(failures),
             folder,
         )
@@ -103,19 +125,46 @@ def transcribe(
     jobs.complete_job(job.id, transcript.language, options.model)
     if not settings.keep_chunks:
         _remove(f"{folder}/chunks")
-    _summary_artifact(job.id, Path(source).name, transcript, timings, len(chunks))
+    _summary_artifact(job.id, name, transcript, timings, len(chunks))
+    _notify(
+        JobEvent(
+            "completed",
+            job.id,
+            name,
+            duration_seconds=duration,
+            language=transcript.language,
+            realtime_factor=round(duration / max(timings["total_seconds"], 1e-3), 2),
+            transcript_text=transcript.text,
+        )
+    )
     return TranscriptionOutcome(
         job.id, transcript.text, transcript.language, duration, files, timings
     )
 
 
-def _fail(job_id: str, reason: str | None, folder: str | None) -> State:
+def _fail(job_id: str, name: str, reason: str | None, folder: str | None) -> State:
     """Record the reason on the job, leave no partial output behind, end the run Failed."""
     reason = reason or "unknown error"
     jobs.fail_job(job_id, reason)
     if folder:
         _remove(folder)
+    _notify(JobEvent("failed", job_id, name, error=reason))
     return Failed(message=reason)
+
+
+# Outcomes that are a choice of configuration, not a delivery problem worth recording.
+_NOT_WANTED = ("event not enabled", "no Discord destination")
+
+
+def _notify(event: JobEvent) -> None:
+    """Post the event to the configured Discord destination; a failure is only recorded."""
+    settings = get_settings()
+    if settings.public_url:
+        base = settings.public_url.rstrip("/")
+        event = replace(event, status_url=f"{base}/api/transcriptions/{event.job_id}")
+    result = notify_job(settings.discord_block, event)
+    if not result.delivered and result.error and not result.error.startswith(_NOT_WANTED):
+        jobs.record_notification_error(event.job_id, f"{event.event}: {result.error}")
 
 
 def _remove(folder: str) -> None:

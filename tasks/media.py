@@ -16,7 +16,15 @@ MIN_DECODED_SHARE = 0.9
 
 
 class MediaError(ValueError):
-    """The input cannot be transcribed; the message names the problem for a person."""
+    """The input cannot be transcribed; the message names the problem for a person.
+
+    ``code`` says which problem for programs: missing, empty, not_media, no_audio,
+    unknown_duration, too_long, undecodable or truncated.
+    """
+
+    def __init__(self, message: str, code: str = "not_media") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class AudioTooLongError(MediaError):
@@ -27,7 +35,8 @@ class AudioTooLongError(MediaError):
         self.limit = limit
         super().__init__(
             f"{name}: audio is {_clock(duration)} long ({duration:.1f} s), "
-            f"over the limit of {_clock(limit)} ({limit:.0f} s)"
+            f"over the limit of {_clock(limit)} ({limit:.0f} s)",
+            code="too_long",
         )
 
 
@@ -61,11 +70,11 @@ def probe(path: str | Path, max_seconds: float | None = None) -> MediaInfo:
     file = Path(path)
     name = file.name
     if not file.exists():
-        raise MediaError(f"{path}: no such file")
+        raise MediaError(f"{path}: no such file", "missing")
     if not file.is_file():
-        raise MediaError(f"{path}: not a regular file")
+        raise MediaError(f"{path}: not a regular file", "missing")
     if file.stat().st_size == 0:
-        raise MediaError(f"{name}: file is empty (0 bytes)")
+        raise MediaError(f"{name}: file is empty (0 bytes)", "empty")
     try:
         container = av.open(str(file))
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
@@ -73,11 +82,11 @@ def probe(path: str | Path, max_seconds: float | None = None) -> MediaInfo:
     with container:
         audio = container.streams.audio
         if not audio:
-            raise MediaError(f"{name}: the file has no audio stream")
+            raise MediaError(f"{name}: the file has no audio stream", "no_audio")
         stream = audio[0]
         duration, exact = _duration(container, stream)
         if duration is None or duration <= 0:
-            raise MediaError(f"{name}: the audio duration cannot be determined")
+            raise MediaError(f"{name}: the audio duration cannot be determined", "unknown_duration")
         info = MediaInfo(
             path=str(file),
             duration=duration,
@@ -138,15 +147,18 @@ def decode(info: MediaInfo) -> np.ndarray:
     samples = np.frombuffer(result.stdout, dtype=np.int16)
     errors = result.stderr.decode(errors="replace").strip()
     if result.returncode != 0:
-        raise MediaError(f"{name}: audio could not be decoded ({_first_line(errors)})")
+        raise MediaError(
+            f"{name}: audio could not be decoded ({_first_line(errors)})", "undecodable"
+        )
     decoded = len(samples) / SAMPLE_RATE
     if decoded == 0:
-        raise MediaError(f"{name}: the audio track holds no decodable sound")
+        raise MediaError(f"{name}: the audio track holds no decodable sound", "undecodable")
     if info.exact_duration and decoded < info.duration * MIN_DECODED_SHARE:
         detail = f"; ffmpeg: {_first_line(errors)}" if errors else ""
         raise MediaError(
             f"{name}: file is truncated or corrupt: decoded {decoded:.1f} s of the "
-            f"{info.duration:.1f} s it declares{detail}"
+            f"{info.duration:.1f} s it declares{detail}",
+            "truncated",
         )
     return samples
 

@@ -119,3 +119,11 @@ LONG_TEXT = (
     "If you have questions about the plans, write to your manager or ask during the open "
     "meeting on Thursday afternoon. "
 )
+
+
+def video_without_sound(path: Path, seconds: float = 1.0) -> Path:
+    """A short H.264 video with no audio stream at all."""
+    colour = f"color=c=red:s=32x32:d={seconds:g}"
+    command = [FFMPEG, "-v", "error", "-f", "lavfi", "-i", colour, "-c:v", "libx264", str(path)]
+    subprocess.run(command, check=True)
+    return path

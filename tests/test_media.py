@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from tasks.media import AudioTooLongError, MediaError, decode, probe
-from tests.audio import DATA, FFMPEG, encode, save, speech_samples, with_video
+from tests.audio import (
+    DATA,
+    FFMPEG,
+    encode,
+    save,
+    speech_samples,
+    video_without_sound,
+    with_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +78,7 @@ def test_text_file_named_wav(tmp_path):
 
 
 def test_video_without_audio(tmp_path):
-    path = tmp_path / "silent-film.mp4"
-    subprocess.run(
-        [
-            FFMPEG,
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=c=red:s=32x32:d=2",
-            "-c:v",
-            "libx264",
-            str(path),
-        ],
-        check=True,
-    )
+    path = video_without_sound(tmp_path / "silent-film.mp4", seconds=2)
     with pytest.raises(MediaError, match=r"silent-film\.mp4: the file has no audio stream"):
         probe(path)
 

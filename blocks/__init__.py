@@ -1,0 +1,1 @@
+"""Typed configuration kept in Prefect blocks: Discord destinations, API-key pools, ASR."""

@@ -1,0 +1,136 @@
+"""Where Relay posts job notifications: a Discord webhook kept as a Prefect block."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from prefect.blocks.core import Block
+from pydantic import ConfigDict, Field, SecretStr, field_validator
+
+EVENTS = ("started", "completed", "failed")
+DISCORD_HOSTS = frozenset(
+    {"discord.com", "discordapp.com", "canary.discord.com", "ptb.discord.com"}
+)
+ALLOWED_HOSTS_ENV = "RELAY_WEBHOOK_ALLOWED_HOSTS"
+
+# /api/webhooks/<id>/<token>, also the versioned form Discord hands out (/api/v10/webhooks/...).
+_WEBHOOK_PATH = re.compile(r"^/api(?:/v\d+)?/webhooks/(?P<id>\d+)/(?P<token>[A-Za-z0-9_-]+)/?$")
+_WEBHOOK_PATH_ANYWHERE = re.compile(r"(/api(?:/v\d+)?/webhooks/[^/\s]+/)[^/?#\s'\"]+")
+
+
+def allowed_hosts() -> tuple[str, ...]:
+    """Extra webhook hosts (``host`` or ``host:port``) from ``RELAY_WEBHOOK_ALLOWED_HOSTS``."""
+    raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
+    return tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
+
+
+def validate_webhook_url(url: str, allowed_hosts: Iterable[str] = ()) -> str:
+    """Return ``url`` if it is a Discord webhook URL or on an allow-listed host.
+
+    Raises ``ValueError`` otherwise; the message names the scheme and host but never the path,
+    which holds the webhook's token.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("webhook URL is not a valid URL") from None
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("webhook URL must be an http(s) URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("webhook URL must not contain credentials before the host")
+
+    if _host_candidates(host, parts.scheme, port) & {h.strip().lower() for h in allowed_hosts}:
+        return url.strip()
+
+    if host not in DISCORD_HOSTS:
+        raise ValueError(
+            f"webhook host {host!r} is not a Discord webhook host "
+            f"({', '.join(sorted(DISCORD_HOSTS))}) nor in {ALLOWED_HOSTS_ENV}"
+        )
+    if parts.scheme != "https" or port not in (None, 443):
+        raise ValueError(f"Discord webhook URLs must use https on the default port ({host})")
+    if parts.fragment or not _WEBHOOK_PATH.match(parts.path):
+        raise ValueError(
+            f"not a Discord webhook URL: the path on {host} must be /api/webhooks/<id>/<token>"
+        )
+    return url.strip()
+
+
+def redact_webhook_url(url: str) -> str:
+    """The URL without its secret: ``https://discord.com/api/webhooks/123/***``."""
+    try:
+        parts = urlsplit(url.strip())
+        netloc = parts.hostname or ""
+        if parts.port is not None:
+            netloc = f"{netloc}:{parts.port}"
+    except ValueError:
+        return "<invalid webhook URL>"
+    match = _WEBHOOK_PATH.match(parts.path)
+    if match:
+        return f"{parts.scheme}://{netloc}/api/webhooks/{match['id']}/***"
+    # An allow-listed host may use any path; treat all of it as secret.
+    return f"{parts.scheme}://{netloc}/***"
+
+
+def redact_text(text: str, url: str | None = None) -> str:
+    """``text`` with webhook tokens (and all of ``url``'s path, when given) replaced by ``***``."""
+    if url:
+        url = url.strip()
+        text = text.replace(url, redact_webhook_url(url))
+    text = _WEBHOOK_PATH_ANYWHERE.sub(r"\1***", text)
+    if url:
+        try:
+            path = urlsplit(url).path
+        except ValueError:
+            path = ""
+        if len(path) > 1:
+            text = text.replace(path, "/***")
+    return text
+
+
+def _host_candidates(host: str, scheme: str, port: int | None) -> set[str]:
+    netloc_host = f"[{host}]" if ":" in host else host
+    effective_port = port or (443 if scheme == "https" else 80)
+    return {host, netloc_host, f"{netloc_host}:{effective_port}"}
+
+
+class DiscordDestination(Block):
+    """A Discord channel (or thread) that receives Relay's job notifications by webhook."""
+
+    # Pydantic would otherwise echo the rejected URL, token included, in its error text.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    _block_type_name = "Relay Discord Destination"
+    _block_type_slug = "relay-discord-destination"
+    _description = "Discord webhook that receives Relay job notifications."
+
+    webhook_url: SecretStr = Field(
+        description="Discord webhook URL, https://discord.com/api/webhooks/<id>/<token>."
+    )
+    username: str = Field(default="Relay", description="Name the messages are posted under.")
+    avatar_url: str | None = Field(default=None, description="Avatar image for the messages.")
+    thread_id: str | None = Field(default=None, description="Post into this thread instead.")
+    events: list[str] = Field(
+        default_factory=lambda: ["completed", "failed"],
+        description="Job events to post: any of 'started', 'completed', 'failed'.",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: SecretStr) -> SecretStr:
+        return SecretStr(validate_webhook_url(value.get_secret_value(), allowed_hosts()))
+
+    @field_validator("events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        unknown = [event for event in value if event not in EVENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown event(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(EVENTS)}"
+            )
+        return list(dict.fromkeys(value))

@@ -1,0 +1,228 @@
+"""A Discord-compatible webhook server on 127.0.0.1 for tests, scripted per request.
+
+Behaviours, consumed one per request (``ok`` once the script runs out):
+
+- ``"ok"``: 204, or 200 with a message object when the query has ``wait=true``;
+- ``"429"``: Discord's rate-limit answer, ``retry_after`` in the JSON body and the headers;
+- ``"429-header"``: a 429 whose wait is only in the ``Retry-After`` header;
+- ``"hang"``: answer ``ok`` only after ``hang_seconds`` (longer than the client's timeout);
+- any other status code (``"500"``, ``404``, ...): that status with a Discord error body.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+_ERRORS = {
+    400: (50035, "Invalid Form Body"),
+    401: (50027, "Invalid Webhook Token"),
+    404: (10015, "Unknown Webhook"),
+    500: (0, "500: Internal Server Error"),
+    502: (0, "502: Bad Gateway"),
+    503: (0, "503: Service Unavailable"),
+}
+
+
+@dataclass
+class WebhookRequest:
+    """One request the fake received, as the test wants to inspect it."""
+
+    method: str
+    webhook_id: str | None
+    token: str | None
+    query: dict[str, str]
+    headers: dict[str, str]
+    payload: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)  # attachment file name -> content
+    behaviour: str = "ok"
+    received_at: float = field(default_factory=time.monotonic)
+
+
+class FakeDiscord:
+    """Start with ``with FakeDiscord() as discord:``; ``discord.url_for()`` is a webhook URL."""
+
+    def __init__(self, retry_after: float = 0.3, hang_seconds: float = 2.0) -> None:
+        self.retry_after = retry_after
+        self.hang_seconds = hang_seconds
+        self.requests: list[WebhookRequest] = []
+        self._script: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._ids = itertools.count(1_100_000_000_000_000_000)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:PORT``, the entry for ``RELAY_WEBHOOK_ALLOWED_HOSTS``."""
+        host, port = self._server.server_address[:2]
+        return f"{host}:{port}"
+
+    def url_for(self, webhook_id: str = "1", token: str = "secret-token") -> str:
+        """The webhook URL a destination should post to."""
+        return f"http://{self.host}/api/webhooks/{webhook_id}/{token}"
+
+    def script(self, *behaviours: str | int) -> None:
+        """Queue how the next requests are answered, one behaviour per request."""
+        with self._lock:
+            self._script.extend(str(b) for b in behaviours)
+
+    def start(self) -> FakeDiscord:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # releases hanging handlers
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeDiscord:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _next_behaviour(self) -> str:
+        with self._lock:
+            return self._script.popleft() if self._script else "ok"
+
+    def _record(self, request: WebhookRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+
+def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            parts = urlsplit(self.path)
+            segments = parts.path.strip("/").split("/")
+            query = dict(parse_qsl(parts.query))
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if len(segments) != 4 or segments[:2] != ["api", "webhooks"]:
+                self._json(404, {"message": "404: Not Found", "code": 0})
+                return
+            payload, files = _parse_body(self.headers.get("Content-Type", ""), body)
+            behaviour = fake._next_behaviour()
+            fake._record(
+                WebhookRequest(
+                    method="POST",
+                    webhook_id=segments[2],
+                    token=segments[3],
+                    query=query,
+                    headers=dict(self.headers.items()),
+                    payload=payload,
+                    files=files,
+                    behaviour=behaviour,
+                )
+            )
+            self._answer(behaviour, segments[2], query, payload, files)
+
+        def _answer(
+            self,
+            behaviour: str,
+            webhook_id: str,
+            query: dict[str, str],
+            payload: dict[str, Any],
+            files: dict[str, bytes],
+        ) -> None:
+            if behaviour == "hang":
+                if fake._stopping.wait(fake.hang_seconds):
+                    return
+                behaviour = "ok"
+            if behaviour == "ok":
+                if query.get("wait", "").lower() != "true":
+                    self._send(204, b"", {})
+                    return
+                self._json(200, _message(next(fake._ids), webhook_id, payload, files))
+            elif behaviour in ("429", "429-header"):
+                wait = fake.retry_after
+                body = {"message": "You are being rate limited.", "global": False}
+                if behaviour == "429":
+                    body["retry_after"] = wait
+                self._json(
+                    429,
+                    body,
+                    {
+                        "Retry-After": f"{wait:g}",
+                        "X-RateLimit-Limit": "5",
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Scope": "user",
+                    },
+                )
+            else:
+                status = int(behaviour)
+                code, message = _ERRORS.get(status, (0, f"{status}: error"))
+                self._json(status, {"message": message, "code": code})
+
+        def _json(self, status: int, body: dict[str, Any], headers: dict | None = None) -> None:
+            data = json.dumps(body).encode()
+            self._send(status, data, {"Content-Type": "application/json", **(headers or {})})
+
+        def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+            try:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up waiting (the "hang" behaviour)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep test output (and caplog) quiet
+
+    return Handler
+
+
+def _parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """JSON body, or multipart with ``payload_json`` and file parts (any field name)."""
+    if not content_type.startswith("multipart/form-data"):
+        return (json.loads(body) if body else {}), {}
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    payload: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        content = part.get_payload(decode=True) or b""
+        if part.get_filename():
+            files[part.get_filename()] = content
+        elif name == "payload_json":
+            payload = json.loads(content)
+    return payload, files
+
+
+def _message(
+    message_id: int, webhook_id: str, payload: dict[str, Any], files: dict[str, bytes]
+) -> dict[str, Any]:
+    """The message object Discord returns for ``?wait=true``."""
+    return {
+        "id": str(message_id),
+        "type": 0,
+        "channel_id": "1000000000000000001",
+        "webhook_id": webhook_id,
+        "content": payload.get("content", ""),
+        "embeds": payload.get("embeds", []),
+        "attachments": [
+            {"id": str(message_id + i + 1), "filename": name, "size": len(data)}
+            for i, (name, data) in enumerate(files.items())
+        ],
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+    }
