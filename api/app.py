@@ -1,0 +1,37 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from api import errors, system, transcriptions
+from api.uploads import UploadLimit
+from relay_settings import RelaySettings, get_settings
+from store.db import get_engine
+
+
+def create_app(settings: RelaySettings | None = None) -> FastAPI:
+    """A Relay API app; tests pass their own settings."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await run_in_threadpool(get_engine)  # migrations run before the first request
+        yield
+
+    app = FastAPI(
+        title="Relay",
+        version="0.1.0",
+        description="Transcription jobs (and, as they arrive, video batches and bot requests) "
+        "submitted to Prefect. Errors are JSON: {error, message, ...}.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(transcriptions.router)
+    app.include_router(system.router)
+    return app

@@ -1,0 +1,66 @@
+"""Request and response bodies of the transcription API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class TranscriptionOptions(BaseModel):
+    """Per-job recognition options; anything left out uses Relay's settings."""
+
+    language: str | None = Field(default=None, max_length=8, pattern=r"^[a-z]{2,3}$")
+    beam_size: int | None = Field(default=None, ge=1, le=20)
+    vad_filter: bool | None = None
+    initial_prompt: str | None = Field(default=None, max_length=1000)
+    word_timestamps: bool | None = None
+
+
+class PathSubmission(TranscriptionOptions):
+    """A file the workers can already read, inside one of the allowed source folders."""
+
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class Accepted(BaseModel):
+    job_id: str
+    status: str
+    estimated_seconds: float
+    duration_seconds: float
+    flow_run_id: str | None
+
+
+class ChunkCounts(BaseModel):
+    total: int
+    done: int
+    failed: int
+
+
+class JobStatusView(BaseModel):
+    job_id: str
+    status: str
+    file_name: str
+    progress_percent: float
+    chunks: ChunkCounts
+    duration_seconds: float | None
+    language: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    eta_seconds: float | None
+    error: str | None
+    notification_error: str | None
+    flow_run_id: str | None
+    flow_run_url: str | None
+    work_pool: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobStatusView]
+    next_cursor: str | None
+
+
+class Deleted(BaseModel):
+    job_id: str
+    status: str

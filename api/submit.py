@@ -1,0 +1,69 @@
+"""Handing accepted jobs to Prefect: ``run_deployment(..., timeout=0)``, never inline."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+from prefect.states import Cancelling
+
+from api.errors import ApiError
+
+
+async def submit_transcription(
+    deployment: str, parameters: dict[str, object], work_queue: str | None = None
+) -> str:
+    """Create the flow run on the transcription deployment (in ``work_queue`` of its pool
+    when that queue exists, so short files overtake long ones); returns its id at once."""
+    try:
+        flow_run = await run_deployment(
+            name=deployment,
+            parameters=parameters,
+            timeout=0,
+            work_queue_name=await _existing_queue(deployment, work_queue),
+        )
+    except ObjectNotFound as err:
+        raise ApiError(
+            503,
+            "deployment_missing",
+            f"deployment {deployment!r} does not exist on the Prefect server: run "
+            "`make bootstrap` / `prefect deploy`, or `make api` for the embedded mode",
+        ) from err
+    except Exception as err:
+        reason = str(err) or type(err).__name__
+        raise ApiError(
+            503, "submission_failed", f"could not submit to deployment {deployment!r}: {reason}"
+        ) from err
+    return str(flow_run.id)
+
+
+async def _existing_queue(deployment: str, work_queue: str | None) -> str | None:
+    """The queue if the deployment's pool has it (a served deployment has no pool)."""
+    if not work_queue:
+        return None
+    async with get_client() as client:
+        target = await client.read_deployment_by_name(deployment)
+        if not target.work_pool_name:
+            return None
+        try:
+            await client.read_work_queue_by_name(work_queue, work_pool_name=target.work_pool_name)
+        except ObjectNotFound:
+            return None
+    return work_queue
+
+
+async def cancel_flow_run(flow_run_id: str) -> None:
+    """Ask Prefect to cancel the run (its worker or serve process stops it)."""
+    async with get_client() as client:
+        await client.set_flow_run_state(UUID(flow_run_id), Cancelling(), force=True)
+
+
+def flow_run_url(flow_run_id: str | None) -> str | None:
+    """Link to the run in the Prefect UI."""
+    if not flow_run_id:
+        return None
+    base = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
