@@ -1,0 +1,182 @@
+"""Stack benchmark: submission latency, and three users at once, on the warm local stack.
+
+Needs ``make stack`` running (it reads RELAY_API_TOKEN / RELAY_API_PORT like the stack's API).
+Prints one JSON line per figure. Run: ``make bench-stack`` or ``.venv/bin/python -m bench.stack``.
+
+- ``submission_to_first_chunk``: from ``POST /api/transcriptions`` to the first chunk task
+  starting (its Prefect task run's start time), on the warm stack; the embedded mode's
+  figure comes from ``--embedded`` (a fresh ``python -m api``, as on a laptop).
+- ``three_users``: 10, 5 and 15 min files submitted at once in that order, against the same
+  files one after another with whole-file faster-whisper on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from bench.speech import clip
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "meeting.ogg"
+
+
+def emit(**figure: object) -> None:
+    print(json.dumps(figure), flush=True)
+
+
+class Stack:
+    """The stack's API and Prefect server, as a client sees them."""
+
+    def __init__(self, api: str, token: str, prefect: str) -> None:
+        self.api = httpx.Client(
+            base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        self.prefect = prefect.rstrip("/")
+
+    def submit(self, path: Path) -> tuple[str, str, float]:
+        with path.open("rb") as handle:
+            response = self.api.post("/api/transcriptions", files={"file": handle})
+        accepted = time.time()
+        response.raise_for_status()
+        body = response.json()
+        return body["job_id"], body["flow_run_id"], accepted
+
+    def status(self, job_id: str) -> dict:
+        return self.api.get(f"/api/transcriptions/{job_id}").json()
+
+    def first_chunk_started(self, flow_run_id: str) -> float | None:
+        """Start time of the earliest chunk task of the run (or its subflow)."""
+        runs = httpx.post(
+            f"{self.prefect}/task_runs/filter",
+            json={
+                "task_runs": {"name": {"like_": "chunk-"}},
+                "sort": "EXPECTED_START_TIME_ASC",
+                "flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}},
+            },
+            timeout=30,
+        ).json()
+        starts = [r["start_time"] for r in runs if r.get("start_time")]
+        if not starts:
+            return None
+        return min(datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in starts)
+
+
+def submission_latency(stack: Stack, runs: int, label: str) -> None:
+    delays = []
+    for _ in range(runs):
+        job_id, run_id, accepted = stack.submit(SAMPLE)
+        deadline = time.time() + 180
+        while (started := stack.first_chunk_started(run_id)) is None:
+            if time.time() > deadline:
+                raise RuntimeError(f"no chunk of {job_id} started")
+            time.sleep(0.2)
+        delays.append(started - accepted)
+        while stack.status(job_id)["status"] in ("queued", "running"):
+            time.sleep(0.5)
+    emit(
+        figure="submission_to_first_chunk",
+        mode=label,
+        runs=runs,
+        mean_seconds=round(statistics.mean(delays), 2),
+        max_seconds=round(max(delays), 2),
+        target_warm_seconds=3.0,
+    )
+
+
+def run_together(stack: Stack, files: list[Path]) -> dict[str, dict]:
+    """Submit every file at once, in order; per file: completion and first-progress times."""
+    started = time.time()
+    jobs = {}
+    for path in files:
+        job_id, _, _ = stack.submit(path)
+        jobs[job_id] = {"file": path.name, "submitted": time.time() - started}
+    pending = set(jobs)
+    while pending:
+        for job_id in list(pending):
+            body = stack.status(job_id)
+            info = jobs[job_id]
+            if body["progress_percent"] > 0 and "progress_after" not in info:
+                info["progress_after"] = round(time.time() - started - info["submitted"], 1)
+            if body["status"] not in ("queued", "running"):
+                info["status"] = body["status"]
+                info["finished"] = round(time.time() - started, 1)
+                pending.discard(job_id)
+        time.sleep(0.5)
+    return {info["file"]: info for info in jobs.values()}
+
+
+def sequential_whole_file(files: list[Path]) -> list[float]:
+    """Completion times running whole-file faster-whisper on each file, one after another."""
+    from faster_whisper import WhisperModel
+
+    from relay_settings import get_settings
+    from tasks.asr import resolve_model
+    from tasks.media import decode, probe
+
+    settings = get_settings()
+    model = WhisperModel(
+        resolve_model(settings.asr_model),
+        device="cpu",
+        compute_type=settings.asr_compute_type,
+        cpu_threads=os.cpu_count() or 1,
+    )
+    started, finished = time.time(), []
+    for path in files:
+        audio = decode(probe(path)).astype("float32") / 32768.0
+        segments, _ = model.transcribe(audio, beam_size=settings.asr_beam_size)
+        _ = [s.text for s in segments]
+        finished.append(round(time.time() - started, 1))
+    return finished
+
+
+def three_users(stack: Stack) -> None:
+    files = [clip(10)[0], clip(5)[0], clip(15)[0]]
+    alone = run_together(stack, [files[1]])[files[1].name]["finished"]
+    together = run_together(stack, files)
+    sequential = sequential_whole_file(files)
+    relay_done = [together[f.name]["finished"] for f in files]
+    emit(
+        figure="three_users",
+        files_minutes=[10, 5, 15],
+        relay_finished_seconds=relay_done,
+        relay_mean=round(statistics.mean(relay_done), 1),
+        relay_max=max(relay_done),
+        sequential_whole_file_finished_seconds=sequential,
+        sequential_mean=round(statistics.mean(sequential), 1),
+        sequential_max=max(sequential),
+        five_min_alone_seconds=alone,
+        five_min_slowdown=round(together[files[1].name]["finished"] / alone, 2),
+        last_vs_sequential_makespan=round(max(relay_done) / max(sequential), 3),
+        first_progress_after_seconds=[together[f.name].get("progress_after") for f in files],
+        targets="5-min ≤1.5x alone; last ≤1.05x sequential makespan; progress within 10 s",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--api", default=f"http://127.0.0.1:{os.environ.get('RELAY_API_PORT', '8000')}"
+    )
+    parser.add_argument(
+        "--prefect", default=os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    )
+    parser.add_argument("--token", default=os.environ.get("RELAY_API_TOKEN", ""))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--skip-users", action="store_true")
+    args = parser.parse_args()
+    stack = Stack(args.api, args.token or uuid.uuid4().hex, args.prefect)
+    submission_latency(stack, args.runs, "warm local stack")
+    if not args.skip_users:
+        three_users(stack)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Registering what prefect.yaml cannot say alone, and the embedded-mode serve entry."""

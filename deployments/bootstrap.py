@@ -1,0 +1,177 @@
+"""``python -m deployments.bootstrap`` (``make bootstrap``): make a Prefect server ready for Relay.
+
+Idempotent: running it twice changes nothing. Against the server at ``PREFECT_API_URL`` it
+
+- creates or updates the work pools from ``work-pools/<pool>.json`` and the limits and
+  queues in ``work-pools/pools.yaml``;
+- creates or updates the global concurrency / rate limits in ``deployments/quotas.yaml``;
+- registers Relay's block types and, when ``RELAY_DISCORD_WEBHOOK_URL`` is set, saves that
+  webhook as the Discord destination named by ``RELAY_DISCORD_BLOCK``;
+- with a Discord destination saved, keeps an automation that posts to it whenever any
+  flow run fails or crashes.
+
+Every line it prints says what it did: ``created``, ``updated`` or ``unchanged``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound
+from pydantic import SecretStr
+
+from blocks.discord import DiscordDestination, redact_webhook_url
+from deployments.alerts import ensure_failure_alert
+from relay_settings import PROJECT_ROOT, get_settings
+
+log = logging.getLogger("relay.bootstrap")
+POOLS_DIR = PROJECT_ROOT / "work-pools"
+QUOTAS_FILE = PROJECT_ROOT / "deployments" / "quotas.yaml"
+BLOCK_TYPES = (DiscordDestination,)
+
+
+def load_pools(folder: Path = POOLS_DIR) -> dict[str, dict[str, Any]]:
+    """Each pool's settings from ``pools.yaml`` with its base job template attached."""
+    pools = yaml.safe_load((folder / "pools.yaml").read_text())
+    for name, pool in pools.items():
+        pool["base_job_template"] = json.loads((folder / f"{name}.json").read_text())
+    return pools
+
+
+def ensure_pool(client: SyncPrefectClient, name: str, spec: dict[str, Any]) -> str:
+    """Create the pool, or bring its template, description and limit up to date."""
+    wanted = {
+        "base_job_template": spec["base_job_template"],
+        "description": spec.get("description"),
+        "concurrency_limit": spec.get("concurrency_limit"),
+    }
+    try:
+        current = client.read_work_pool(name)
+    except ObjectNotFound:
+        client.create_work_pool(WorkPoolCreate(name=name, type=spec["type"], **wanted))
+        return "created"
+    if current.type != spec["type"]:
+        raise RuntimeError(
+            f"work pool {name!r} exists with type {current.type!r}, not {spec['type']!r}; "
+            "delete it or rename the pool in work-pools/pools.yaml"
+        )
+    changed = {key: value for key, value in wanted.items() if getattr(current, key) != value}
+    if not changed:
+        return "unchanged"
+    client.update_work_pool(name, WorkPoolUpdate(**changed))
+    return "updated"
+
+
+def ensure_queue(client: SyncPrefectClient, pool: str, name: str, spec: dict[str, Any]) -> str:
+    """Create the pool's queue, or bring its priority, limit and description up to date."""
+    wanted = {
+        "priority": spec["priority"],
+        "concurrency_limit": spec.get("concurrency_limit"),
+        "description": spec.get("description"),
+    }
+    try:
+        current = client.read_work_queue_by_name(name, work_pool_name=pool)
+    except ObjectNotFound:
+        client.create_work_queue(name=name, work_pool_name=pool, **wanted)
+        return "created"
+    changed = {key: value for key, value in wanted.items() if getattr(current, key) != value}
+    if not changed:
+        return "unchanged"
+    client.update_work_queue(current.id, **changed)
+    return "updated"
+
+
+def ensure_limit(client: SyncPrefectClient, spec: dict[str, Any]) -> str:
+    """Create or update one global concurrency / rate limit from the quota file."""
+    decay = spec.get("slot_decay_per_second")
+    try:
+        current = client.read_global_concurrency_limit_by_name(spec["name"])
+    except ObjectNotFound:
+        current = None
+    if (
+        current is not None
+        and current.limit == spec["limit"]
+        and (decay is None or current.slot_decay_per_second == decay)
+    ):
+        return "unchanged"
+    client.upsert_global_concurrency_limit_by_name(spec["name"], spec["limit"], decay)
+    return "created" if current is None else "updated"
+
+
+def register_blocks() -> list[str]:
+    """Register (or update) every Relay block type with the Prefect server."""
+    for block_type in BLOCK_TYPES:
+        block_type.register_type_and_schema()
+    return [block_type.get_block_type_slug() for block_type in BLOCK_TYPES]
+
+
+def save_discord_destination(webhook_url: str, name: str) -> str:
+    """Save the webhook as the named destination; unchanged when it already says the same."""
+    wanted = DiscordDestination(webhook_url=SecretStr(webhook_url))
+    current = load_destination(name)
+    if current is not None and (
+        current.webhook_url.get_secret_value() == webhook_url and current.events == wanted.events
+    ):
+        return "unchanged"
+    wanted.save(name, overwrite=True)
+    return "updated" if current is not None else "created"
+
+
+def load_destination(name: str) -> DiscordDestination | None:
+    """The saved Discord destination, or None when there is none."""
+    try:
+        return DiscordDestination.load(name)
+    except ValueError:
+        return None
+
+
+def bootstrap() -> list[tuple[str, str, str]]:
+    """Do everything; returns ``(kind, name, outcome)`` for each thing it looked at."""
+    settings = get_settings()
+    report: list[tuple[str, str, str]] = []
+    with get_client(sync_client=True) as client:
+        for name, spec in load_pools().items():
+            report.append(("work pool", name, ensure_pool(client, name, spec)))
+            for queue, queue_spec in spec.get("queues", {}).items():
+                outcome = ensure_queue(client, name, queue, queue_spec)
+                report.append(("work queue", f"{name}/{queue}", outcome))
+        quotas = yaml.safe_load(QUOTAS_FILE.read_text()) or {}
+        for limit in quotas.get("limits", []):
+            report.append(("limit", limit["name"], ensure_limit(client, limit)))
+    for slug in register_blocks():
+        report.append(("block type", slug, "registered"))
+    webhook = os.environ.get("RELAY_DISCORD_WEBHOOK_URL")
+    if webhook:
+        outcome = save_discord_destination(webhook, settings.discord_block)
+        where = f"{settings.discord_block} ({redact_webhook_url(webhook)})"
+        report.append(("block", where, outcome))
+    destination = load_destination(settings.discord_block)
+    if destination is not None:
+        report.extend(ensure_failure_alert(destination))
+    return report
+
+
+def main() -> int:
+    """Bootstrap the server at PREFECT_API_URL; prints what it did."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    try:
+        report = bootstrap()
+    except ValueError as err:  # a refused webhook URL, a malformed pools file
+        log.error("bootstrap stopped: %s", err)
+        return 2
+    for kind, name, outcome in report:
+        log.info("%-11s %-40s %s", kind, name, outcome)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""``make stack`` / ``make stack-down``: the whole system on this machine, without Docker.
+
+``python -m deployments.stack up`` starts, in the background and in this order:
+
+1. ``prefect server start`` on PostgreSQL (database ``relay_prefect``);
+2. a Dask scheduler and workers that preload the model (``deployments.dask_preload``);
+3. ``make bootstrap`` (pools, queues, limits, blocks) and ``prefect deploy --all``;
+4. a process worker per pool (``asr-gpu`` only where ``nvidia-smi`` works);
+5. the API (``python -m api``) against that server.
+
+Each runs in its own process group; their ids go to ``.relay/stack/pids.json`` and their
+output to ``.relay/stack/logs/``. ``python -m deployments.stack down`` stops exactly those
+groups and nothing else. Jobs submitted here run on the warm Dask workers: no cluster
+start-up and no model loading per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import yaml
+
+from relay_settings import DEFAULT_STATE_DIR, PROJECT_ROOT
+
+STACK_DIR = DEFAULT_STATE_DIR / "stack"
+PIDS = STACK_DIR / "pids.json"
+PG_ADMIN = os.environ.get("RELAY_STACK_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PREFECT_PORT = int(os.environ.get("RELAY_STACK_PREFECT_PORT", "4200"))
+DASK_PORT = int(os.environ.get("RELAY_STACK_DASK_PORT", "8786"))
+DASK_WORKERS = int(os.environ.get("RELAY_STACK_DASK_WORKERS", "2"))
+TRANSCRIPTIONS_PER_HOST = 2  # process worker --limit on the asr pools
+BIN = Path(sys.executable).parent
+
+
+def stack_env() -> dict[str, str]:
+    """The environment every stack process shares."""
+    pg = PG_ADMIN.rsplit("/", 1)[0]
+    return {
+        **os.environ,
+        "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+        "PREFECT_HOME": str(STACK_DIR / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": (
+            pg.replace("postgresql://", "postgresql+asyncpg://") + "/relay_prefect"
+        ),
+        "RELAY_DATABASE_URL": os.environ.get("RELAY_DATABASE_URL", f"{pg}/relay"),
+        "RELAY_DASK_ADDRESS": f"tcp://127.0.0.1:{DASK_PORT}",
+        "DASK_LOGGING__DISTRIBUTED": "warning",
+        "OMP_NUM_THREADS": "1",
+        # Workers ask for scheduled runs every second (Prefect's default is 10 s): a local
+        # server can take it, and a submission waits 0.5 s on average instead of 5 s.
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+
+
+def ensure_databases(names: tuple[str, ...] = ("relay_prefect", "relay")) -> None:
+    """Create the stack's PostgreSQL databases if they are missing."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        for name in names:
+            exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if exists.fetchone() is None:
+                admin.execute(f'CREATE DATABASE "{name}"')
+
+
+def start(name: str, command: list[str], env: dict[str, str], pids: dict[str, int]) -> None:
+    """Start one background process in its own group, logging to logs/<name>.log."""
+    log = (STACK_DIR / "logs" / f"{name}.log").open("a")
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    pids[name] = process.pid
+    PIDS.write_text(json.dumps(pids, indent=2))
+    print(f"  {name:20} pid {process.pid}  log {log.name}")
+
+
+def wait_http(url: str, what: str, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"error: {what} did not answer at {url} within {limit:.0f} s")
+
+
+def wait_dask_workers(count: int, limit: float = 180.0) -> None:
+    from distributed import Client
+
+    with Client(f"tcp://127.0.0.1:{DASK_PORT}", timeout=limit) as client:
+        client.wait_for_workers(count, timeout=limit)
+
+
+def pools_here() -> list[str]:
+    """The pools this machine serves: all but asr-gpu unless a GPU is present."""
+    pools = yaml.safe_load((PROJECT_ROOT / "work-pools" / "pools.yaml").read_text())
+    has_gpu = shutil.which("nvidia-smi") is not None
+    return [name for name in pools if name != "asr-gpu" or has_gpu]
+
+
+def up() -> int:
+    """Start the stack (refuses when one is already running)."""
+    if running():
+        print("the stack is already running; `make stack-down` first", file=sys.stderr)
+        return 1
+    (STACK_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    env = stack_env()
+    ensure_databases()
+    pids: dict[str, int] = {}
+    print("starting Relay's local stack:")
+    start(
+        "prefect-server",
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(PREFECT_PORT),
+        ],
+        env,
+        pids,
+    )
+    start(
+        "dask-scheduler",
+        [
+            str(BIN / "dask"),
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(DASK_PORT),
+            "--no-dashboard",
+        ],
+        env,
+        pids,
+    )
+    start(
+        "dask-workers",
+        [
+            str(BIN / "dask"),
+            "worker",
+            f"tcp://127.0.0.1:{DASK_PORT}",
+            "--nworkers",
+            str(DASK_WORKERS),
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--preload",
+            "deployments.dask_preload",
+        ],
+        env,
+        pids,
+    )
+    wait_http(f"http://127.0.0.1:{PREFECT_PORT}/api/health", "the Prefect server")
+    subprocess.run(
+        [sys.executable, "-m", "deployments.bootstrap"], cwd=PROJECT_ROOT, env=env, check=True
+    )
+    subprocess.run(
+        [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    for pool in pools_here():
+        limit = TRANSCRIPTIONS_PER_HOST if pool.startswith("asr-") else 4
+        start(
+            f"worker-{pool}",
+            [
+                str(BIN / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--type",
+                "process",
+                "--limit",
+                str(limit),
+            ],
+            env,
+            pids,
+        )
+    start("api", [sys.executable, "-m", "api"], env, pids)
+    wait_dask_workers(DASK_WORKERS)
+    port = os.environ.get("RELAY_API_PORT", "8000")
+    wait_http(f"http://127.0.0.1:{port}/api/health", "the API")
+    print(
+        f"Relay is up: UI http://127.0.0.1:{PREFECT_PORT}, API http://127.0.0.1:{port}, "
+        f"Dask tcp://127.0.0.1:{DASK_PORT} ({DASK_WORKERS} workers, model preloaded).\n"
+        "Try: prefect deployment run 'transcribe/asr-cpu' --param source=$PWD/samples/meeting.ogg"
+    )
+    return 0
+
+
+def running() -> dict[str, int]:
+    """The stack's processes that are still alive."""
+    if not PIDS.exists():
+        return {}
+    alive = {}
+    for name, pid in json.loads(PIDS.read_text()).items():
+        try:
+            os.killpg(pid, 0)
+            alive[name] = pid
+        except ProcessLookupError:
+            pass
+    return alive
+
+
+def down() -> int:
+    """Stop exactly the process groups `up` started: workers first, the server last."""
+    alive = running()
+    for name, pid in reversed(list(alive.items())):
+        os.killpg(pid, signal.SIGTERM)
+        print(f"  stopping {name} (pid {pid})")
+    deadline = time.monotonic() + 30
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for name, pid in running().items():
+        os.killpg(pid, signal.SIGKILL)
+        print(f"  killed {name} (pid {pid})")
+    PIDS.unlink(missing_ok=True)
+    print("Relay's local stack is stopped." if alive else "Relay's local stack was not running.")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.stack", description=__doc__)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    action = parser.parse_args().action
+    if action == "status":
+        for name, pid in running().items():
+            print(f"{name:20} pid {pid}")
+        return 0
+    return up() if action == "up" else down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

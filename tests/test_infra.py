@@ -1,0 +1,244 @@
+"""Static checks of infra/: the Dockerfile, docker compose file and Kubernetes manifests agree
+with the settings, the work pools, prefect.yaml and each other. Needs no Docker or cluster."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shlex
+from collections import Counter
+from functools import cache
+from urllib.parse import urlsplit
+
+import yaml
+
+from relay_settings import BUNDLED_MODEL, PROJECT_ROOT, RelaySettings
+
+INFRA = PROJECT_ROOT / "infra"
+POOLS = set(yaml.safe_load((PROJECT_ROOT / "work-pools" / "pools.yaml").read_text()))
+SETTINGS = {f"RELAY_{name.upper()}" for name in RelaySettings.model_fields}
+# RELAY_* variables that are not settings fields, with the file that reads each directly.
+READ_DIRECTLY = {"RELAY_DISCORD_WEBHOOK_URL": "deployments/bootstrap.py"}
+PRELOAD = "deployments.dask_preload"
+
+
+@cache
+def compose() -> dict:
+    return yaml.safe_load((INFRA / "docker-compose.yml").read_text())["services"]
+
+
+@cache
+def k8s() -> dict:
+    paths = sorted(set((INFRA / "k8s").glob("*.yaml")) - {INFRA / "k8s" / "dask-values.yaml"})
+    docs = [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+
+
+@cache
+def dask_values() -> dict:
+    return yaml.safe_load((INFRA / "k8s" / "dask-values.yaml").read_text())
+
+
+def args(command) -> list[str]:
+    """A command (compose string or list, k8s list) as words."""
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command or []]
+
+
+def flag(command, name: str) -> str | None:
+    words = args(command)
+    for i, word in enumerate(words[:-1]):
+        if word == name:
+            return words[i + 1]
+    return None
+
+
+def runs(command, *words: str) -> bool:
+    return args(command)[: len(words)] == list(words)
+
+
+def worker_pool(command) -> str | None:
+    return flag(command, "--pool") if runs(command, "prefect", "worker", "start") else None
+
+
+def env(service: dict) -> dict[str, str]:
+    """A compose service's environment, `${VAR:-default}` read as its default."""
+    raw = service.get("environment") or {}
+    pairs = raw.items() if isinstance(raw, dict) else (e.split("=", 1) for e in raw)
+    return {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in pairs}
+
+
+def published(service: dict) -> set[int]:
+    return {int(str(p).rsplit(":", 1)[-1]) for p in service.get("ports", [])}
+
+
+def pods(kind: str = "Deployment") -> dict[str, dict]:
+    return {name: doc["spec"]["template"]["spec"] for (k, name), doc in k8s().items() if k == kind}
+
+
+def env_k8s(pod: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+
+
+def config(key: str) -> str:
+    return k8s()[("ConfigMap", "relay-config")]["data"][key]
+
+
+def test_files_parse():
+    assert compose(), "infra/docker-compose.yml has no services"
+    kinds = {kind for kind, _ in k8s()}
+    assert {"Namespace", "ConfigMap", "Secret", "Deployment", "Service"} <= kinds, kinds
+    assert dask_values()["worker"]["replicas"] >= 1
+
+
+def test_dockerfile_is_multistage_non_root_healthy_and_bakes_the_model():
+    text = (INFRA / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()[:1] not in {"", "#"}]
+    froms = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
+    assert len(froms) >= 2, "infra/Dockerfile must be multi-stage (a builder and a runtime)"
+    final = lines[froms[-1] :]
+    users = [ln.split()[1].split(":")[0] for ln in final if ln.upper().startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}, "the runtime stage must not run as root"
+    checks = [ln for ln in final if ln.upper().startswith("HEALTHCHECK ")]
+    assert checks and "NONE" not in checks[-1].upper(), "the runtime stage needs a HEALTHCHECK"
+    bakes = re.compile(rf"resolve_model\(['\"]{re.escape(BUNDLED_MODEL)}['\"]\)")
+    assert any(ln.startswith("RUN ") and bakes.search(ln) for ln in lines), "model not baked"
+    asr = ast.parse((PROJECT_ROOT / "tasks" / "asr.py").read_text())
+    assert "resolve_model" in {n.name for n in asr.body if isinstance(n, ast.FunctionDef)}
+    copied = " ".join(ln for ln in lines if ln.startswith("COPY ") and "--from" not in ln)
+    packages = {p.parent.name for p in PROJECT_ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    needed = packages | {"work-pools", "relay_settings.py", "prefect.yaml", "uv.lock"}
+    missing = {n for n in needed if not re.search(rf"(^|\s){re.escape(n)}/?(\s|$)", copied)}
+    assert not missing, f"infra/Dockerfile does not copy {sorted(missing)}"
+
+
+def test_compose_relay_services_build_from_the_dockerfile():
+    for name, service in compose().items():
+        words = args(service.get("command"))
+        relay_code = words[:1] in (["prefect"], ["python"], ["dask"], ["sh"])
+        if not (relay_code or "build" in service or "relay" in str(service.get("image"))):
+            continue
+        build = service.get("build") or {}
+        assert build.get("dockerfile") == "infra/Dockerfile", f"{name} is not built from it"
+        assert (INFRA / build["context"]).resolve() == PROJECT_ROOT, f"{name}: wrong context"
+        assert str(service.get("image")).startswith("relay:"), f"{name}: not a relay image"
+
+
+def test_every_relay_variable_is_a_setting():
+    names = {k for service in compose().values() for k in env(service)}
+    names |= set(re.findall(r"\$\{(RELAY_\w+)", (INFRA / "docker-compose.yml").read_text()))
+    names |= set(k8s()[("ConfigMap", "relay-config")]["data"])
+    names |= set(k8s()[("Secret", "relay-secrets")]["stringData"])
+    names |= {k for pod in [*pods().values(), *pods("Job").values()] for k in env_k8s(pod)}
+    names |= {e["name"] for part in ("scheduler", "worker") for e in dask_values()[part]["env"]}
+    relay = {n for n in names if n.startswith("RELAY_")}
+    assert {"RELAY_DATABASE_URL", "RELAY_DATA_DIR", "RELAY_DASK_ADDRESS"} <= relay
+    for name, reader in READ_DIRECTLY.items():
+        assert name in (PROJECT_ROOT / reader).read_text(), f"{reader} no longer reads {name}"
+    unknown = sorted(relay - SETTINGS - set(READ_DIRECTLY))
+    assert not unknown, f"not fields of RelaySettings (typo?): {unknown}"
+
+
+def test_one_worker_per_pool_and_only_known_pools():
+    in_compose = {n: p for n, s in compose().items() if (p := worker_pool(s.get("command")))}
+    containers = [(n, c) for n, pod in pods().items() for c in pod["containers"]]
+    in_k8s = {n: p for n, c in containers if (p := worker_pool(c.get("command")))}
+    for name, pool in in_k8s.items():
+        assert pods()[name].get("nodeSelector", {}).get("relay.io/pool") == pool, name
+    for where, found in (("compose", in_compose), ("k8s", in_k8s)):
+        assert not set(found.values()) - POOLS, f"{where} workers use pools not in pools.yaml"
+        assert Counter(found.values()) == Counter(POOLS), f"{where}: one worker per pool: {found}"
+        assert all(name == f"worker-{pool}" for name, pool in found.items()), found
+    deployments = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    used = {d["name"]: d["work_pool"]["name"] for d in deployments}
+    assert used and not set(used.values()) - POOLS, f"prefect.yaml pools not in pools.yaml: {used}"
+
+
+def test_api_port_is_the_same_everywhere():
+    api = compose()["api"]
+    port = int(env(api)["RELAY_API_PORT"])
+    assert args(api["command"]) == ["python", "-m", "api"]
+    assert port in published(api), f"compose api does not publish RELAY_API_PORT {port}"
+    assert f":{port}/api/health" in " ".join(args(api["healthcheck"]["test"]))
+    pod = pods()["relay-api"]
+    assert int(env_k8s(pod)["RELAY_API_PORT"]) == port, "k8s api sets another RELAY_API_PORT"
+    container = pod["containers"][0]
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/api/health", "port": port}, probe
+    targets = [p["targetPort"] for p in k8s()[("Service", "relay-api")]["spec"]["ports"]]
+    assert targets == [port], f"k8s Service targetPort {targets} != RELAY_API_PORT {port}"
+
+
+def test_prefect_api_url_points_at_the_server():
+    urls = {env(s)["PREFECT_API_URL"] for s in compose().values() if "PREFECT_API_URL" in env(s)}
+    assert len(urls) == 1, f"compose services disagree on PREFECT_API_URL: {urls}"
+    url = urlsplit(urls.pop())
+    server = compose().get(url.hostname, {})
+    assert runs(server.get("command"), "prefect", "server", "start"), f"no server {url.hostname}"
+    assert int(flag(server["command"], "--port")) == url.port, "the server listens elsewhere"
+    assert url.port in published(server), f"{url.hostname} does not publish {url.port}"
+    assert url.path == urlsplit(config("PREFECT_API_URL")).path == "/api", "must end in /api"
+
+
+def test_dask_address_points_at_the_scheduler():
+    addresses = {env(s).get("RELAY_DASK_ADDRESS") for s in compose().values()} - {None, ""}
+    assert len(addresses) == 1, f"compose services disagree on RELAY_DASK_ADDRESS: {addresses}"
+    address = addresses.pop()
+    url = urlsplit(address)
+    scheduler = compose().get(url.hostname, {})
+    assert runs(scheduler.get("command"), "dask", "scheduler"), f"no scheduler {url.hostname}"
+    port = int(flag(scheduler["command"], "--port"))
+    assert (url.scheme, url.port) == ("tcp", port), f"{address}: scheduler is on tcp, :{port}"
+    for name, service in compose().items():
+        if runs(service.get("command"), "dask", "worker"):
+            assert address in args(service["command"]), f"{name} joins another scheduler"
+    values = dask_values()
+    chart = f"tcp://{values['fullnameOverride']}-scheduler:{values['scheduler']['servicePort']}"
+    assert config("RELAY_DASK_ADDRESS") == chart, "k8s address is not the chart's scheduler"
+
+
+def test_dask_workers_preload_the_model():
+    workers = [s["command"] for s in compose().values() if runs(s.get("command"), "dask", "worker")]
+    assert workers and all(flag(c, "--preload") == PRELOAD for c in workers), workers
+    assert flag(dask_values()["worker"]["extraArgs"], "--preload") == PRELOAD, "k8s preload"
+    module = PROJECT_ROOT / (PRELOAD.replace(".", "/") + ".py")
+    assert module.is_file(), f"{module} is missing"
+    hooks = [n for n in ast.parse(module.read_text()).body if isinstance(n, ast.FunctionDef)]
+    assert any(n.name == "dask_setup" and len(n.args.args) == 1 for n in hooks), "no dask_setup"
+
+
+def test_gpu_worker_gets_a_gpu():
+    template = json.loads((PROJECT_ROOT / "work-pools" / "asr-gpu.json").read_text())
+    pool_env = template["variables"]["properties"]["env"]["default"]
+    service = compose()["worker-asr-gpu"]
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert "gpu" in service.get("profiles", []), "the GPU worker belongs in the gpu profile"
+    pod = pods()["worker-asr-gpu"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert int(limits.get("nvidia.com/gpu", 0)) >= 1, "k8s asr-gpu must request nvidia.com/gpu"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod.get("tolerations", [])), "toleration"
+    for where, values in (("compose", env(service)), ("k8s", env_k8s(pod))):
+        for key in ("RELAY_ASR_DEVICE", "RELAY_ASR_COMPUTE_TYPE"):
+            assert values[key] == pool_env[key], f"{where} {key} differs from asr-gpu.json"
+        # The shared Dask workers are CPU-only: GPU chunks must not be sent there.
+        assert values.get("RELAY_DASK_ADDRESS") == "", f"{where} GPU worker uses the CPU cluster"
+
+
+def test_job_folders_are_shared():
+    for name, service in compose().items():
+        command = service.get("command")
+        if name == "api" or runs(command, "prefect", "worker") or runs(command, "dask", "worker"):
+            mounts = {tuple(str(v).split(":")[:2]) for v in service.get("volumes", [])}
+            assert ("relay-data", env(service)["RELAY_DATA_DIR"]) in mounts, f"{name}: no /data"
+    claim = k8s()[("PersistentVolumeClaim", "relay-data")]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"], "relay-data must be ReadWriteMany"
+    for name, pod in [*pods().items(), ("dask workers", dask_values()["worker"]["mounts"])]:
+        claims = {v["name"]: v.get("persistentVolumeClaim", {}) for v in pod["volumes"]}
+        mounts = [m for c in pod.get("containers", [pod]) for m in c["volumeMounts"]]
+        assert any(
+            claims.get(m["name"], {}).get("claimName") == "relay-data"
+            and m["mountPath"] == config("RELAY_DATA_DIR")
+            for m in mounts
+        ), f"{name} does not mount the relay-data claim at RELAY_DATA_DIR"
