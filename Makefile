@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= samples/meeting.ogg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench ui clean system-deps
+.PHONY: setup run test lint bench bench-api bench-stack api bootstrap stack stack-down ui clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -40,6 +40,24 @@ lint: setup
 
 bench: setup system-deps ## speed and accuracy figures, one JSON line each
 	$(PY) -m bench.asr
+
+bench-api: setup ## API figures: status reads on 10,000 PostgreSQL jobs, submission latency
+	$(PY) -m bench.api
+
+api: setup ## the REST API on RELAY_API_HOST:RELAY_API_PORT (embedded Prefect when PREFECT_API_URL is unset)
+	$(PY) -m api
+
+bootstrap: setup ## make the Prefect server at PREFECT_API_URL ready for Relay (idempotent)
+	$(PY) -m deployments.bootstrap
+
+stack: setup ## the whole system on this machine, no Docker: Prefect on PostgreSQL, warm Dask, a worker per pool, the API
+	$(PY) -m deployments.stack up
+
+stack-down: ## stop exactly what `make stack` started
+	$(PY) -m deployments.stack down
+
+bench-stack: setup system-deps ## submission latency and the three-users scenario on the warm stack
+	$(PY) -m bench.stack
 
 ui: setup ## the Prefect UI over the runs that `make run` recorded
 	$(VENV)/bin/prefect server start
