@@ -104,6 +104,26 @@ class RelaySettings(BaseSettings):
         default="", description="Base URL of this API as clients reach it (for status links)."
     )
 
+    batch_workers: int = Field(
+        default=2, ge=1, description="Workers a video batch starts (flow runs on batch-video)."
+    )
+    batch_claim_size: int = Field(
+        default=2, ge=1, description="Videos a batch worker claims at a time."
+    )
+    batch_lease_seconds: float = Field(
+        default=120.0,
+        gt=1,
+        description="A claimed video's lease; renewed every third of it while the worker "
+        "lives, taken over by another worker once it runs out.",
+    )
+    batch_max_attempts: int = Field(
+        default=3, ge=1, description="Attempts per video before it is failed for good."
+    )
+    batch_worker_deployment: str = Field(
+        default="reprocess-worker/batch-video",
+        description="Deployment a batch starts its workers from.",
+    )
+
     def allowed_source_roots(self) -> list[Path]:
         """Folders whose files may be submitted by path."""
         roots = [r.strip() for r in self.source_roots.split(",") if r.strip()]

@@ -56,6 +56,8 @@ class JobEvent:
     status_url: str | None = None
     transcript_text: str | None = None
     error: str | None = None
+    subject: str = "Transcription"  # what the job is: "Transcription", "Video batch", ...
+    summary: str | None = None  # a line of figures shown on events other than "failed"
 
     def __post_init__(self) -> None:
         if self.event not in EVENTS:
@@ -273,13 +275,15 @@ def _build_webhook(
 
 def _embed(event: JobEvent) -> DiscordEmbed:
     embed = DiscordEmbed(
-        title=_truncate(f"Transcription {event.event}: {event.file_name}", TITLE_LIMIT),
+        title=_truncate(f"{event.subject} {event.event}: {event.file_name}", TITLE_LIMIT),
         color=COLOURS[event.event],
     )
     if event.event == "failed":
         embed.set_description(
             _truncate(event.error or "No reason was recorded.", DESCRIPTION_LIMIT)
         )
+    elif event.summary:
+        embed.set_description(_truncate(event.summary, DESCRIPTION_LIMIT))
     if event.status_url and event.status_url.startswith(("https://", "http://")):
         embed.set_url(event.status_url)
     if event.duration_seconds is not None:
