@@ -30,7 +30,7 @@ class MadeVideo:
     corrupt: str | None = None  # why it must fail, for corrupt ones
 
 
-def make_video(path: Path, seconds: float, rng: random.Random) -> MadeVideo:
+def make_video(path: Path, seconds: float, rng: random.Random, *extra: str) -> MadeVideo:
     """An mp4 of about ``seconds`` with a still colour frame and spoken words."""
     count = max(3, round(seconds * WORDS_PER_SECOND))
     start = rng.randrange(len(WORDS))
@@ -43,7 +43,7 @@ def make_video(path: Path, seconds: float, rng: random.Random) -> MadeVideo:
             "-f", "lavfi", "-i", f"color=c={colour}:s=64x64:r=2",
             "-i", str(wav), "-shortest",
             "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-b:a", "32k",
-            str(path),
+            *extra, str(path),
         ],
         check=True,
     )  # fmt: skip
@@ -54,7 +54,8 @@ def make_video(path: Path, seconds: float, rng: random.Random) -> MadeVideo:
 def make_corrupt(path: Path, kind: str, rng: random.Random) -> MadeVideo:
     """A video that can never be processed: truncated, not media, or without sound."""
     if kind == "truncated":
-        whole = make_video(path, 6.0, rng)
+        # The index up front (faststart), so the cut file still opens and declares 6 s.
+        whole = make_video(path, 6.0, rng, "-movflags", "+faststart")
         data = whole.path.read_bytes()
         path.write_bytes(data[: len(data) // 3])
         reason = "truncated"
