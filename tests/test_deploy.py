@@ -163,6 +163,32 @@ def test_prefect_yaml_deploys_every_flow_to_its_pool():
     assert by_name["asr-gpu"].parameters["device"] == "cuda"
     assert all(d.work_queue_name == "long" for d in found)
     assert all(d.global_concurrency_limit.limit == 4 for d in found)
+    with get_client(sync_client=True) as client:
+        batch = client.read_deployment_by_name("reprocess-videos/batch-video")
+        worker = client.read_deployment_by_name("reprocess-worker/batch-video")
+    assert batch.work_pool_name == worker.work_pool_name == "batch-video"
+    assert batch.global_concurrency_limit.limit == 1
+    [nightly] = batch.schedules
+    assert (nightly.slug, nightly.schedule.cron, nightly.active) == ("nightly", "0 2 * * *", True)
+
+
+def test_a_schedule_paused_in_the_ui_stays_paused_after_a_redeploy(env):
+    with get_client(sync_client=True) as client:
+        batch = client.read_deployment_by_name("reprocess-videos/batch-video")
+        [nightly] = batch.schedules
+        client.update_deployment_schedule(batch.id, nightly.id, active=False)  # as the UI does
+    again = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--name", "reprocess-videos/batch-video"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    with get_client(sync_client=True) as client:
+        [after] = client.read_deployment_by_name("reprocess-videos/batch-video").schedules
+    assert (after.id, after.slug, after.active) == (nightly.id, "nightly", False)
 
 
 def test_deployment_run_completes_on_the_cpu_pool(env, tmp_path):
