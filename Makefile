@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= samples/meeting.ogg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench bench-api bench-stack api bootstrap stack stack-down ui clean system-deps
+.PHONY: setup run test lint bench bench-api bench-batch bench-stack api bootstrap stack stack-down ui clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -55,6 +55,9 @@ stack: setup ## the whole system on this machine, no Docker: Prefect on PostgreS
 
 stack-down: ## stop exactly what `make stack` started
 	$(PY) -m deployments.stack down
+
+bench-batch: setup system-deps ## batch: videos/min with 1 and 2 workers, skew, worker memory
+	$(PY) -m bench.batch
 
 bench-stack: setup system-deps ## submission latency and the three-users scenario on the warm stack
 	$(PY) -m bench.stack

@@ -17,8 +17,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 
 from relay_settings import get_settings
 from store import videos
@@ -103,15 +102,12 @@ class WorkerSummary:
     lost: int
 
 
-@task(
-    name="reprocess-video",
-    task_run_name="video-{video.id}",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=0,  # the catalogue's attempts are the one retry layer
-)
 def process_video(video: videos.ClaimedVideo, worker: str, max_attempts: int) -> str:
-    """Process one claimed video and record the outcome under the worker's lease."""
+    """Process one claimed video and record the outcome under the worker's lease.
+
+    A plain function, not a task run per video: thousands of task runs would cost the
+    Prefect server more than the videos (the batch's artifacts and logs carry progress).
+    """
     settings = get_settings()
     folder = f"{settings.data_dir.rstrip('/')}/videos/{video.id}"
     started = time.perf_counter()
@@ -176,6 +172,7 @@ def reprocess_worker(
             for video in claimed:
                 if keeper.holds(video.id):
                     outcome = process_video(video, worker, max_attempts)
+                    logger.info("video %s (%s): %s", video.id, video.name, outcome)
                     outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 keeper.drop(video.id)
     summary = WorkerSummary(
