@@ -21,10 +21,10 @@ log = logging.getLogger("relay.serve")
 
 def main() -> None:
     """Serve every Relay deployment until interrupted."""
-    from flows.reprocess import reprocess_videos
     from prefect import serve
 
     from flows.batch_worker import reprocess_worker
+    from flows.reprocess import reprocess_videos
     from flows.transcribe import transcribe
 
     serve(
