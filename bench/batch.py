@@ -172,27 +172,6 @@ def memory(work: Path, count: int) -> None:
     )
 
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _create_database() -> tuple[str, str]:
-    import uuid
-
-    import psycopg
-
-    name = f"relay_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-def _drop_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--videos", type=int, default=60, help="videos for the throughput run")
@@ -203,7 +182,9 @@ def main() -> None:
     parser.add_argument("--long-seconds", type=float, default=90.0)
     args = parser.parse_args()
 
-    name, url = _create_database()
+    from tests.pg import create_database, drop_database
+
+    name, url = create_database("relay_bench")
     work = Path(tempfile.mkdtemp(prefix="relay-bench-batch-"))
     os.environ["RELAY_DATABASE_URL"] = url
     os.environ["RELAY_DATA_DIR"] = str(work / "data")
@@ -223,7 +204,7 @@ def main() -> None:
         from store.db import engine_for
 
         engine_for(url).dispose()
-        _drop_database(name)
+        drop_database(name)
 
 
 if __name__ == "__main__":

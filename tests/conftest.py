@@ -17,6 +17,7 @@ os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
 import pytest  # noqa: E402
 
 from relay_settings import reload_settings  # noqa: E402
+from tests.pg import create_database, drop_database  # noqa: E402
 
 reload_settings()
 
@@ -49,27 +50,6 @@ def state_dir() -> Path:
     return _STATE
 
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-def _create_pg_database() -> tuple[str, str]:
-    import uuid
-
-    import psycopg
-
-    name = f"relay_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
-def _drop_pg_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def database_url(request, tmp_path_factory):
     """The job store on SQLite and on the real PostgreSQL (a database made for the module)."""
@@ -78,7 +58,7 @@ def database_url(request, tmp_path_factory):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'relay.db'}"
     else:
-        name, url = _create_pg_database()
+        name, url = create_database()
     os.environ["RELAY_DATABASE_URL"] = url
     reload_settings()
     yield url
@@ -88,4 +68,4 @@ def database_url(request, tmp_path_factory):
         from store.db import engine_for
 
         engine_for(url).dispose()
-        _drop_pg_database(name)
+        drop_database(name)

@@ -26,8 +26,8 @@ from relay_settings import reload_settings
 from store.db import session_scope
 from store.models import Video, VideoAttempt, VideoStatus
 from tasks.wer import word_error_rate
-from tests.conftest import _create_pg_database, _drop_pg_database
 from tests.fake_discord import FakeDiscord
+from tests.pg import create_database, drop_database
 from tests.videos import MadeVideo, make_catalogue
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -50,7 +50,7 @@ def discord():
 def stack_env(tmp_path_factory, discord, prefect_server):  # noqa: ARG001
     """The job store on a fresh PostgreSQL database, seen by this process and the served
     worker processes alike; a Discord destination for the batch's closing post."""
-    name, url = _create_pg_database()
+    name, url = create_database()
     values = {
         "RELAY_DATABASE_URL": url,
         "RELAY_DATA_DIR": str(tmp_path_factory.mktemp("batch-data")),
@@ -74,7 +74,7 @@ def stack_env(tmp_path_factory, discord, prefect_server):  # noqa: ARG001
     from store.db import engine_for
 
     engine_for(url).dispose()
-    _drop_pg_database(name)
+    drop_database(name)
 
 
 @pytest.fixture(scope="module")
