@@ -168,6 +168,9 @@ def memory(work: Path, count: int) -> None:
         rss_first_tenth_mb=round(max(rss[:tenth]), 1) if rss else None,
         rss_last_tenth_mb=round(max(rss[-tenth:]), 1) if rss else None,
         rss_peak_mb=round(max(rss), 1) if rss else None,
+        rss_by_tenth_mb=[round(max(rss[i * tenth : (i + 1) * tenth]), 1) for i in range(10)]
+        if len(rss) >= 10
+        else rss,
         target_mb=700,
     )
 
