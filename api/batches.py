@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import require_token
 from api.errors import ApiError
-from store import videos
+from store import batches
 from store.batches import batch_progress
 
 router = APIRouter(prefix="/api/batches", tags=["batches"], dependencies=[Depends(require_token)])
@@ -53,7 +53,7 @@ class BatchView(BaseModel):
     responses={404: {"description": "no batch has run yet"}},
 )
 async def latest() -> BatchView:
-    batch_id = await run_in_threadpool(videos.newest_batch_id)
+    batch_id = await run_in_threadpool(batches.newest_batch_id)
     if batch_id is None:
         raise ApiError(404, "not_found", "no video batch has run yet")
     return await _view(batch_id)

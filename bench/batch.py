@@ -53,11 +53,11 @@ def _run_batch(workers: int, sample_memory: bool = False) -> dict:
     """Start a batch and ``workers`` worker processes; wait for them; return the figures."""
     from sqlmodel import select
 
-    from store import videos
+    from store import batches
     from store.db import session_scope
     from store.models import VideoAttempt
 
-    batch = videos.start_batch(workers)
+    batch = batches.start_batch(workers)
     started = time.monotonic()
     processes = [
         subprocess.Popen(

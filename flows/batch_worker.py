@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from prefect import flow, get_run_logger
 
 from relay_settings import get_settings
-from store import videos
+from store import batches, videos
 from store.models import VideoStatus
 from tasks.asr import AsrOptions
 from tasks.media import MediaError
@@ -160,7 +160,7 @@ def reprocess_worker(
     outcomes: dict[str, int] = {}
     with LeaseKeeper(worker, lease_seconds) as keeper:
         while True:
-            if not videos.batch_is_running(batch_id):
+            if not batches.batch_is_running(batch_id):
                 logger.info("batch %s is no longer running; stopping", batch_id)
                 break
             claimed = videos.claim(batch_id, worker, claim_size, lease_seconds, max_attempts)
@@ -192,7 +192,7 @@ def reprocess_worker(
 def _wait_for_more(batch_id: str) -> bool:
     """Nothing to claim now: wait while other workers still hold videos (their leases may
     run out), and say whether anything of the batch is left at all."""
-    if videos.remaining(batch_id) == 0 or not videos.batch_is_running(batch_id):
+    if batches.remaining(batch_id) == 0 or not batches.batch_is_running(batch_id):
         return False
     time.sleep(IDLE_POLL_SECONDS)
     return True

@@ -34,7 +34,7 @@ from prefect.states import Failed, State
 
 from flows.batch_worker import reprocess_worker
 from relay_settings import get_settings
-from store import videos
+from store import batches, videos
 from store.batches import BatchProgress, batch_progress
 from store.models import BatchStatus, Video, VideoStatus
 from tasks.notify import JobEvent, notify_job
@@ -69,11 +69,11 @@ def reprocess_videos(
     logger = get_run_logger()
     if force_ids:
         logger.info("forcing %d video(s) back to pending", videos.force(force_ids))
-    batch = videos.start_batch(workers)
-    videos.set_batch_flow_run(batch.id, str(runtime.flow_run.get_id() or ""))
+    batch = batches.start_batch(workers)
+    batches.set_batch_flow_run(batch.id, str(runtime.flow_run.get_id() or ""))
     logger.info("batch %s: %d video(s), %d worker(s)", batch.id, batch.videos_total, workers)
     if batch.videos_total == 0:
-        videos.finish_batch(batch.id, BatchStatus.COMPLETED)
+        batches.finish_batch(batch.id, BatchStatus.COMPLETED)
         _final_artifacts(batch_progress(batch.id))
         return BatchOutcome(batch.id, BatchStatus.COMPLETED, 0, 0, 0, 0)
 
@@ -93,7 +93,7 @@ def reprocess_videos(
         reprocess_worker(**parameters)
         runs = []
     status = _follow(batch.id, runs, poll_seconds)
-    videos.finish_batch(batch.id, status)
+    batches.finish_batch(batch.id, status)
     progress = batch_progress(batch.id)
     _final_artifacts(progress)
     _announce(progress)
@@ -303,7 +303,7 @@ def _run(args: argparse.Namespace) -> int:
 def _work(args: argparse.Namespace) -> int:
     from flows.runtime import prefect_api
 
-    if videos.get_batch(args.batch_id) is None:
+    if batches.get_batch(args.batch_id) is None:
         raise LookupError(f"no batch {args.batch_id}")
     with prefect_api():
         summary = reprocess_worker(args.batch_id)
@@ -312,7 +312,7 @@ def _work(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    batch_id = args.batch_id or videos.newest_batch_id()
+    batch_id = args.batch_id or batches.newest_batch_id()
     progress = batch_progress(batch_id) if batch_id else None
     if progress is None:
         raise LookupError(f"no batch {args.batch_id}" if args.batch_id else "no batch yet")
@@ -327,7 +327,7 @@ def _force(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    if not videos.finish_batch(args.batch_id, BatchStatus.CANCELLED):
+    if not batches.finish_batch(args.batch_id, BatchStatus.CANCELLED):
         raise LookupError(f"no running batch {args.batch_id}")
     print(f"batch {args.batch_id} cancelled; its workers stop after their current video")
     return 0

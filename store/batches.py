@@ -1,14 +1,101 @@
-"""Batch progress as the API and the artifacts show it: overall and per worker."""
+"""Video batches: opening, following and closing one, and its progress overall and per worker."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, or_, select, update
 
-from store.db import get_engine
-from store.models import Video, VideoAttempt, VideoBatch, VideoStatus, utcnow
+from store.db import get_engine, session_scope
+from store.models import (
+    BatchStatus,
+    Video,
+    VideoAttempt,
+    VideoBatch,
+    VideoStatus,
+    utcnow,
+)
+from store.videos import db_now
+
+
+def start_batch(workers: int, note: str | None = None) -> VideoBatch:
+    """Create a batch over every video waiting now (and any whose worker died holding it)."""
+    batch = VideoBatch(workers_requested=workers, note=note)
+    with get_engine().begin() as connection:
+        now = db_now(connection)
+        connection.execute(VideoBatch.__table__.insert().values(**batch.model_dump()))
+        adopted = connection.execute(
+            update(Video)
+            .where(
+                or_(
+                    Video.status == VideoStatus.PENDING,
+                    and_(Video.status == VideoStatus.CLAIMED, Video.lease_expires_at < now),
+                )
+            )
+            .values(batch_id=batch.id)
+        ).rowcount
+        connection.execute(
+            update(VideoBatch).where(VideoBatch.id == batch.id).values(videos_total=adopted)
+        )
+    batch.videos_total = adopted
+    return batch
+
+
+def set_batch_flow_run(batch_id: str, flow_run_id: str) -> None:
+    """Remember which Prefect flow run drives the batch."""
+    with get_engine().begin() as connection:
+        connection.execute(
+            update(VideoBatch).where(VideoBatch.id == batch_id).values(flow_run_id=flow_run_id)
+        )
+
+
+def remaining(batch_id: str) -> int:
+    """Videos of the batch not finished yet (waiting or held)."""
+    with get_engine().connect() as connection:
+        return connection.execute(
+            select(func.count())
+            .select_from(Video)
+            .where(
+                Video.batch_id == batch_id,
+                Video.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED]),
+            )
+        ).scalar_one()
+
+
+def batch_is_running(batch_id: str) -> bool:
+    """Whether workers should keep claiming for the batch (not finished or cancelled)."""
+    with get_engine().connect() as connection:
+        status = connection.execute(
+            select(VideoBatch.status).where(VideoBatch.id == batch_id)
+        ).scalar_one_or_none()
+    return status == BatchStatus.RUNNING
+
+
+def finish_batch(batch_id: str, status: BatchStatus) -> bool:
+    """Close a running batch; True when this call closed it."""
+    with get_engine().begin() as connection:
+        return bool(
+            connection.execute(
+                update(VideoBatch)
+                .where(VideoBatch.id == batch_id, VideoBatch.status == BatchStatus.RUNNING)
+                .values(status=status, finished_at=db_now(connection))
+            ).rowcount
+        )
+
+
+def get_batch(batch_id: str) -> VideoBatch | None:
+    """One batch row, or None."""
+    with session_scope() as session:
+        return session.get(VideoBatch, batch_id)
+
+
+def newest_batch_id() -> str | None:
+    """The most recently started batch, if any."""
+    with get_engine().connect() as connection:
+        return connection.execute(
+            select(VideoBatch.id).order_by(VideoBatch.created_at.desc()).limit(1)
+        ).scalar_one_or_none()
 
 
 @dataclass

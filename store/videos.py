@@ -25,10 +25,8 @@ from sqlalchemy.engine import Connection
 
 from store.db import get_engine, session_scope
 from store.models import (
-    BatchStatus,
     Video,
     VideoAttempt,
-    VideoBatch,
     VideoStatus,
     utcnow,
 )
@@ -80,7 +78,7 @@ def import_videos(entries: Iterable[tuple[str, str, float | None]]) -> tuple[int
     return added, len(rows) - added
 
 
-def _now(connection: Connection) -> datetime:
+def db_now(connection: Connection) -> datetime:
     """The database's clock on PostgreSQL (hosts' clocks may disagree), else this host's."""
     if connection.dialect.name == "postgresql":
         return connection.execute(select(func.clock_timestamp())).scalar_one()
@@ -98,37 +96,6 @@ def _claimable(batch_id: str, now: datetime):
     )
 
 
-def start_batch(workers: int, note: str | None = None) -> VideoBatch:
-    """Create a batch over every video waiting now (and any whose worker died holding it)."""
-    batch = VideoBatch(workers_requested=workers, note=note)
-    with get_engine().begin() as connection:
-        now = _now(connection)
-        connection.execute(VideoBatch.__table__.insert().values(**batch.model_dump()))
-        adopted = connection.execute(
-            update(Video)
-            .where(
-                or_(
-                    Video.status == VideoStatus.PENDING,
-                    and_(Video.status == VideoStatus.CLAIMED, Video.lease_expires_at < now),
-                )
-            )
-            .values(batch_id=batch.id)
-        ).rowcount
-        connection.execute(
-            update(VideoBatch).where(VideoBatch.id == batch.id).values(videos_total=adopted)
-        )
-    batch.videos_total = adopted
-    return batch
-
-
-def set_batch_flow_run(batch_id: str, flow_run_id: str) -> None:
-    """Remember which Prefect flow run drives the batch."""
-    with get_engine().begin() as connection:
-        connection.execute(
-            update(VideoBatch).where(VideoBatch.id == batch_id).values(flow_run_id=flow_run_id)
-        )
-
-
 def claim(
     batch_id: str, worker: str, limit: int, lease_seconds: float, max_attempts: int
 ) -> list[ClaimedVideo]:
@@ -138,7 +105,7 @@ def claim(
     worker died on it every time), so a poison video cannot take workers down forever.
     """
     with get_engine().begin() as connection:
-        now = _now(connection)
+        now = db_now(connection)
         _give_up_on_exhausted(connection, batch_id, now, max_attempts)
         candidates = (
             select(Video.id)
@@ -220,7 +187,7 @@ def renew(worker: str, video_ids: Iterable[int], lease_seconds: float) -> set[in
     if not ids:
         return set()
     with get_engine().begin() as connection:
-        now = _now(connection)
+        now = db_now(connection)
         held = connection.execute(
             update(Video)
             .where(_held_by(worker, ids))
@@ -244,7 +211,7 @@ def complete(
 ) -> bool:
     """Mark the video done, only if ``worker`` still holds its lease; False otherwise."""
     with get_engine().begin() as connection:
-        now = _now(connection)
+        now = db_now(connection)
         done = connection.execute(
             update(Video)
             .where(_held_by(worker, [video_id]))
@@ -277,7 +244,7 @@ def fail(
     """Record a failed attempt: failed for good when ``permanent`` or out of attempts, else
     back to pending for another try. None when the worker no longer held the lease."""
     with get_engine().begin() as connection:
-        now = _now(connection)
+        now = db_now(connection)
         attempts = connection.execute(
             select(Video.attempts).where(_held_by(worker, [video_id]))
         ).scalar_one_or_none()
@@ -310,7 +277,7 @@ def release(worker: str, video_ids: Iterable[int]) -> int:
     if not ids:
         return 0
     with get_engine().begin() as connection:
-        now = _now(connection)
+        now = db_now(connection)
         released = (
             connection.execute(
                 update(Video)
@@ -371,55 +338,7 @@ def force(video_ids: Iterable[int]) -> int:
         ).rowcount
 
 
-def remaining(batch_id: str) -> int:
-    """Videos of the batch not finished yet (waiting or held)."""
-    with get_engine().connect() as connection:
-        return connection.execute(
-            select(func.count())
-            .select_from(Video)
-            .where(
-                Video.batch_id == batch_id,
-                Video.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED]),
-            )
-        ).scalar_one()
-
-
-def batch_is_running(batch_id: str) -> bool:
-    """Whether workers should keep claiming for the batch (not finished or cancelled)."""
-    with get_engine().connect() as connection:
-        status = connection.execute(
-            select(VideoBatch.status).where(VideoBatch.id == batch_id)
-        ).scalar_one_or_none()
-    return status == BatchStatus.RUNNING
-
-
-def finish_batch(batch_id: str, status: BatchStatus) -> bool:
-    """Close a running batch; True when this call closed it."""
-    with get_engine().begin() as connection:
-        return bool(
-            connection.execute(
-                update(VideoBatch)
-                .where(VideoBatch.id == batch_id, VideoBatch.status == BatchStatus.RUNNING)
-                .values(status=status, finished_at=_now(connection))
-            ).rowcount
-        )
-
-
-def get_batch(batch_id: str) -> VideoBatch | None:
-    """One batch row, or None."""
-    with session_scope() as session:
-        return session.get(VideoBatch, batch_id)
-
-
 def get_video(video_id: int) -> Video | None:
     """One catalogue entry, or None."""
     with session_scope() as session:
         return session.get(Video, video_id)
-
-
-def newest_batch_id() -> str | None:
-    """The most recently started batch, if any."""
-    with get_engine().connect() as connection:
-        return connection.execute(
-            select(VideoBatch.id).order_by(VideoBatch.created_at.desc()).limit(1)
-        ).scalar_one_or_none()

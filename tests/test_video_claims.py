@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, select, update
 
 from flows.catalogue import CatalogueError, read_sources
-from store import videos
+from store import batches, videos
 from store.batches import batch_progress
 from store.db import get_engine, session_scope
 from store.models import BatchStatus, Video, VideoAttempt, VideoBatch, VideoStatus
@@ -48,7 +48,7 @@ def test_import_is_idempotent():
 
 def test_concurrent_claims_never_hand_out_a_video_twice():
     _import(120)
-    batch = videos.start_batch(workers=6)
+    batch = batches.start_batch(workers=6)
     assert batch.videos_total == 120
 
     def drain(worker: str) -> list[int]:
@@ -68,13 +68,13 @@ def test_concurrent_claims_never_hand_out_a_video_twice():
 
 def test_longest_videos_are_claimed_first():
     videos.import_videos([("/s.mp4", "s", 2.0), ("/l.mp4", "l", 50.0), ("/m.mp4", "m", 9.0)])
-    batch = videos.start_batch(1)
+    batch = batches.start_batch(1)
     assert [v.name for v in videos.claim(batch.id, "w", 3, 60, 3)] == ["l", "m", "s"]
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off():
     _import(1)
-    batch = videos.start_batch(2)
+    batch = batches.start_batch(2)
     [video] = videos.claim(batch.id, "slow", 1, 0.3, 3)
     assert videos.claim(batch.id, "other", 1, 60, 3) == []  # the lease is live
     assert videos.renew("slow", [video.id], 0.3) == {video.id}
@@ -89,12 +89,12 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off():
     outcomes = [(a.worker, a.outcome) for a in _attempts(video.id)]
     assert outcomes == [("slow", "lost"), ("other", "done")]
     # Done is final: nothing in any batch claims it again.
-    assert videos.claim(videos.start_batch(1).id, "third", 5, 60, 3) == []
+    assert videos.claim(batches.start_batch(1).id, "third", 5, 60, 3) == []
 
 
 def test_failures_retry_until_the_attempts_run_out():
     _import(1)
-    batch = videos.start_batch(1)
+    batch = batches.start_batch(1)
     for attempt in (1, 2):
         [video] = videos.claim(batch.id, "w", 1, 60, 3)
         assert video.attempts == attempt
@@ -104,12 +104,12 @@ def test_failures_retry_until_the_attempts_run_out():
     stored = videos.get_video(video.id)
     assert stored.error == "gave up after 3 attempts; last error: model crashed"
     assert [a.outcome for a in _attempts(video.id)] == ["retry", "retry", "failed"]
-    assert videos.remaining(batch.id) == 0
+    assert batches.remaining(batch.id) == 0
 
 
 def test_bad_input_fails_at_once_with_its_reason():
     _import(1)
-    batch = videos.start_batch(1)
+    batch = batches.start_batch(1)
     [video] = videos.claim(batch.id, "w", 1, 60, 3)
     assert videos.fail(video.id, "w", "v0.mp4: no audio stream", True, 3, 0.1) == "failed"
     assert videos.get_video(video.id).error == "v0.mp4: no audio stream"
@@ -117,7 +117,7 @@ def test_bad_input_fails_at_once_with_its_reason():
 
 def test_a_video_whose_worker_dies_every_time_is_given_up():
     _import(1)
-    batch = videos.start_batch(1)
+    batch = batches.start_batch(1)
     for _ in range(2):
         videos.claim(batch.id, "dies", 1, 0.1, 2)
         time.sleep(0.2)
@@ -133,7 +133,7 @@ def _only_id() -> int:
 
 def test_released_videos_go_back_without_spending_an_attempt():
     _import(3)
-    batch = videos.start_batch(1)
+    batch = batches.start_batch(1)
     claimed = videos.claim(batch.id, "w", 3, 60, 3)
     assert videos.release("w", [v.id for v in claimed[1:]]) == 2
     again = videos.claim(batch.id, "x", 3, 60, 3)
@@ -143,20 +143,20 @@ def test_released_videos_go_back_without_spending_an_attempt():
 
 def test_force_makes_only_the_named_video_pending_again():
     _import(3)
-    batch = videos.start_batch(1)
+    batch = batches.start_batch(1)
     for video in videos.claim(batch.id, "w", 3, 60, 3):
         videos.complete(video.id, "w", f"/r{video.id}.json", "en", 5.0, 0.1)
-    assert videos.start_batch(1).videos_total == 0  # a re-run has nothing to do
+    assert batches.start_batch(1).videos_total == 0  # a re-run has nothing to do
     target = _attempts()[0].video_id
     assert videos.force([target]) == 1
-    rerun = videos.start_batch(1)
+    rerun = batches.start_batch(1)
     assert rerun.videos_total == 1
     assert [v.id for v in videos.claim(rerun.id, "w", 3, 60, 3)] == [target]
 
 
 def test_progress_counts_overall_and_per_worker():
     _import(6)
-    batch = videos.start_batch(2)
+    batch = batches.start_batch(2)
     for worker in ("a", "b"):
         for video in videos.claim(batch.id, worker, 2, 60, 3):
             videos.complete(video.id, worker, "/r.json", "en", 5.0, 0.1)
@@ -167,19 +167,19 @@ def test_progress_counts_overall_and_per_worker():
     by_worker = {w.worker: (w.done, w.in_flight) for w in progress.workers}
     assert by_worker == {"a": (2, 1), "b": (2, 0)}
     assert progress.rate_per_minute > 0 and progress.eta_seconds is not None
-    assert videos.finish_batch(batch.id, BatchStatus.CANCELLED)
-    assert not videos.batch_is_running(batch.id)
-    assert not videos.finish_batch(batch.id, BatchStatus.COMPLETED)  # closed once
+    assert batches.finish_batch(batch.id, BatchStatus.CANCELLED)
+    assert not batches.batch_is_running(batch.id)
+    assert not batches.finish_batch(batch.id, BatchStatus.COMPLETED)  # closed once
 
 
 def test_a_new_batch_adopts_videos_left_by_a_dead_batch():
     _import(2)
-    first = videos.start_batch(1)
+    first = batches.start_batch(1)
     videos.claim(first.id, "gone", 2, 0.1, 3)
     time.sleep(0.2)
     with get_engine().begin() as connection:  # the first batch's flow run died as well
         connection.execute(update(VideoBatch).values(status=BatchStatus.INCOMPLETE))
-    second = videos.start_batch(1)
+    second = batches.start_batch(1)
     assert second.videos_total == 2
     assert len(videos.claim(second.id, "new", 5, 60, 3)) == 2
 
