@@ -124,6 +124,23 @@ class RelaySettings(BaseSettings):
         description="Deployment a batch starts its workers from.",
     )
 
+    secret_key: str = Field(
+        default="",
+        description="Seals webhook URLs kept in the job store (their tokens are secrets). Set "
+        "the same value on every host; empty: a key generated once in .relay/secret.key.",
+    )
+    bot_attachment_limit_bytes: int = Field(
+        default=10 * 1024 * 1024,
+        gt=0,
+        description="Largest file attached to a bot answer; larger ones are posted as a link.",
+    )
+    bot_delivery_attempts: int = Field(
+        default=16, ge=1, description="Posts of one bot answer tried before giving up."
+    )
+    bot_delivery_retry_seconds: float = Field(
+        default=30.0, gt=0, description="First wait before posting an undelivered answer again."
+    )
+
     def allowed_source_roots(self) -> list[Path]:
         """Folders whose files may be submitted by path."""
         roots = [r.strip() for r in self.source_roots.split(",") if r.strip()]

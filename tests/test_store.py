@@ -17,12 +17,12 @@ pytestmark = pytest.mark.usefixtures("database_url")
 def test_migrations_build_the_schema_and_are_idempotent(database_url):
     engine = get_engine()
     tables = set(inspect(engine).get_table_names())
-    assert {"transcription_job", "transcription_chunk", "alembic_version"} <= tables
+    assert {"transcription_job", "bot_request", "usage_counter", "alembic_version"} <= tables
     job = jobs.create_job("/x/a.wav", "a.wav")
     migrate(engine_for(database_url))  # a second upgrade changes nothing and loses nothing
     with engine.connect() as connection:
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
         )
     assert jobs.get_job(job.id).source_name == "a.wav"
 

@@ -1,0 +1,100 @@
+"""The bot's routes, per-user limits and providers, read from ``bot.yaml``.
+
+A top-level configuration module like ``relay_settings``: the API routes and admits
+requests with it, the bot task workers pick providers with it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from relay_settings import PROJECT_ROOT
+
+Kind = Literal["chat", "image", "video"]
+KINDS: tuple[str, ...] = ("chat", "image", "video")
+BOT_POOLS: tuple[str, ...] = ("bot-chat", "bot-media")
+CONFIG_ENV = "RELAY_BOT_CONFIG"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Route(_Strict):
+    """Requests of these kinds in channels matching these patterns go to ``pool``."""
+
+    name: str
+    kinds: tuple[Kind, ...]
+    channels: tuple[str, ...]
+    pool: Literal["bot-chat", "bot-media"]
+
+    def matches(self, kind: str, channel: str) -> bool:
+        """True when this route takes ``kind`` requests from ``channel``."""
+        name = channel.lower().lstrip("#")
+        return kind in self.kinds and any(
+            fnmatch.fnmatchcase(name, pattern.lower()) for pattern in self.channels
+        )
+
+
+class KindLimits(_Strict):
+    """Per-user cooldown and daily limits, and the global daily limit, of one kind."""
+
+    cooldown_seconds: float = Field(ge=0)
+    per_user_daily: int = Field(ge=0)
+    global_daily: int = Field(ge=0)
+
+
+class ProviderChoice(_Strict):
+    """Which key pool (block) and model answer one kind, and how long a request may wait."""
+
+    key_pool: str
+    model: str
+    deadline_seconds: float = Field(gt=0)
+
+
+class BotConfig(_Strict):
+    """All of ``bot.yaml``."""
+
+    routes: tuple[Route, ...]
+    fallback: dict[Kind, Literal["bot-chat", "bot-media"]]
+    limits: dict[Kind, KindLimits]
+    providers: dict[Kind, ProviderChoice]
+    max_prompt_chars: int = Field(default=4000, gt=0)
+
+    @model_validator(mode="after")
+    def _every_kind_configured(self) -> BotConfig:
+        for section in ("fallback", "limits", "providers"):
+            missing = [kind for kind in KINDS if kind not in getattr(self, section)]
+            if missing:
+                raise ValueError(f"bot config: {section} has no entry for {', '.join(missing)}")
+        return self
+
+    def route(self, kind: str, channel: str) -> tuple[str, str]:
+        """``(route name, pool)`` for a request; the kind's fallback when no route matches."""
+        for route in self.routes:
+            if route.matches(kind, channel):
+                return route.name, route.pool
+        return f"fallback-{kind}", self.fallback[kind]  # type: ignore[index]
+
+
+def config_path() -> Path:
+    """``RELAY_BOT_CONFIG`` or the committed ``bot.yaml``."""
+    return Path(os.environ.get(CONFIG_ENV) or PROJECT_ROOT / "bot.yaml")
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, mtime: float) -> BotConfig:  # noqa: ARG001 (mtime: cache key)
+    return BotConfig.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def get_bot_config() -> BotConfig:
+    """The bot configuration, re-read when the file changes."""
+    path = config_path()
+    return _load(str(path), path.stat().st_mtime)

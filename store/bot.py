@@ -1,0 +1,214 @@
+"""Bot requests in the job store: intake, the one worker that answers, and delivery."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import or_, true, update
+from sqlmodel import select
+
+from store.db import get_engine, reader, session_scope
+from store.models import BotRequest, BotRequestStatus, DeliveryStatus
+
+FINISHED = (BotRequestStatus.COMPLETED, BotRequestStatus.FAILED, BotRequestStatus.REFUSED)
+UNDELIVERED = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+DELIVERY_LEASE_SECONDS = 120.0  # whoever delivers an answer has it to itself this long
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file of an answer, kept under the request's folder."""
+
+    name: str
+    size: int
+    mime_type: str
+
+
+def create_request(**fields: object) -> BotRequest:
+    """Record a new request (``queued``, or ``refused`` with its reason)."""
+    request = BotRequest(**fields)
+    with session_scope() as session:
+        session.add(request)
+    return request
+
+
+def get_request(request_id: str) -> BotRequest | None:
+    """The request, or None."""
+    with reader().connect() as connection:
+        row = connection.execute(select(BotRequest).where(BotRequest.id == request_id)).first()
+    return BotRequest.model_validate(row._mapping) if row else None
+
+
+def mark_dispatched(request_id: str) -> None:
+    """Note that a task run was created for the request."""
+    _update(request_id, dispatched_at=datetime.now(UTC))
+
+
+def claim_request(request_id: str, worker: str) -> BotRequest | None:
+    """Move a queued request to running for ``worker``; None when another worker has it
+    or it is finished (each request is answered exactly once)."""
+    table = BotRequest.__table__
+    with get_engine().begin() as connection:
+        result = connection.execute(
+            update(table)
+            .where(table.c.id == request_id, table.c.status == BotRequestStatus.QUEUED)
+            .values(status=BotRequestStatus.RUNNING, worker=worker, started_at=datetime.now(UTC))
+        )
+    return get_request(request_id) if result.rowcount == 1 else None
+
+
+def finish_request(
+    request_id: str,
+    *,
+    status: BotRequestStatus,
+    answer_text: str | None = None,
+    files: list[StoredFile] | None = None,
+    error: str | None = None,
+    retry_at: datetime | None = None,
+    **usage: object,
+) -> None:
+    """Record the outcome; its delivery is pending from now on."""
+    _update(
+        request_id,
+        status=status,
+        answer_text=answer_text,
+        answer_files=json.dumps([f.__dict__ for f in files]) if files else None,
+        error=error,
+        retry_at=retry_at,
+        finished_at=datetime.now(UTC),
+        next_delivery_at=delivery_lease_end(),
+        **usage,
+    )
+
+
+def delivery_lease_end() -> datetime:
+    """Until when the process that finished a request delivers it alone."""
+    return datetime.now(UTC) + timedelta(seconds=DELIVERY_LEASE_SECONDS)
+
+
+def claim_delivery(request_id: str) -> bool:
+    """Take a due delivery for this process (no other retries it while the lease runs)."""
+    now = datetime.now(UTC)
+    table = BotRequest.__table__
+    with get_engine().begin() as connection:
+        result = connection.execute(
+            update(table)
+            .where(
+                table.c.id == request_id,
+                table.c.delivery_status.in_(UNDELIVERED),
+                or_(table.c.next_delivery_at.is_(None), table.c.next_delivery_at <= now),
+            )
+            .values(next_delivery_at=delivery_lease_end())
+        )
+    return result.rowcount == 1
+
+
+def answer_files(request: BotRequest) -> list[StoredFile]:
+    """The files recorded with the answer."""
+    return [StoredFile(**item) for item in json.loads(request.answer_files or "[]")]
+
+
+def record_delivery(
+    request_id: str,
+    *,
+    delivered: bool,
+    messages_sent: int,
+    attempts: int,
+    error: str | None,
+    give_up: bool,
+    retry_in: float = 30.0,
+) -> DeliveryStatus:
+    """Store how a delivery went: delivered, to be retried after ``retry_in``, or failed."""
+    now = datetime.now(UTC)
+    if delivered:
+        status, next_at = DeliveryStatus.DELIVERED, None
+    elif give_up:
+        status, next_at = DeliveryStatus.FAILED, None
+    else:
+        status, next_at = DeliveryStatus.RETRYING, now + timedelta(seconds=retry_in)
+    table = BotRequest.__table__
+    with get_engine().begin() as connection:
+        connection.execute(
+            update(table)
+            .where(table.c.id == request_id)
+            .values(
+                delivery_status=status,
+                delivery_attempts=table.c.delivery_attempts + attempts,
+                delivery_messages_sent=messages_sent,
+                delivery_error=error,
+                next_delivery_at=next_at,
+                delivered_at=now if delivered else None,
+            )
+        )
+    return status
+
+
+def deliveries_due(
+    pool: str | None = None, now: datetime | None = None, limit: int = 50
+) -> list[str]:
+    """Finished requests whose answer Discord has not taken yet and whose retry is due."""
+    now = now or datetime.now(UTC)
+    table = BotRequest.__table__
+    with reader().connect() as connection:
+        rows = connection.execute(
+            select(table.c.id)
+            .where(
+                table.c.delivery_status.in_(UNDELIVERED),
+                table.c.status.in_(FINISHED),
+                or_(table.c.next_delivery_at.is_(None), table.c.next_delivery_at <= now),
+                table.c.pool == pool if pool else true(),
+            )
+            .order_by(table.c.next_delivery_at)
+            .limit(limit)
+        ).all()
+    return [row[0] for row in rows]
+
+
+def stranded(
+    older_than: float,
+    pool: str | None = None,
+    kind: str | None = None,
+    now: datetime | None = None,
+    limit: int = 50,
+) -> list[str]:
+    """Requests still queued ``older_than`` seconds after they came in, or running that
+    long after they started: their task run was lost with a worker."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(seconds=older_than)
+    table = BotRequest.__table__
+    with reader().connect() as connection:
+        rows = connection.execute(
+            select(table.c.id)
+            .where(
+                or_(
+                    (table.c.status == BotRequestStatus.QUEUED)
+                    & (table.c.created_at < cutoff)
+                    & or_(table.c.dispatched_at.is_(None), table.c.dispatched_at < cutoff),
+                    (table.c.status == BotRequestStatus.RUNNING) & (table.c.started_at < cutoff),
+                ),
+                table.c.pool == pool if pool else true(),
+                table.c.kind == kind if kind else true(),
+            )
+            .limit(limit)
+        ).all()
+    return [row[0] for row in rows]
+
+
+def requeue(request_id: str) -> bool:
+    """Put a stranded running request back in the queue (its worker died)."""
+    table = BotRequest.__table__
+    with get_engine().begin() as connection:
+        result = connection.execute(
+            update(table)
+            .where(table.c.id == request_id, table.c.status == BotRequestStatus.RUNNING)
+            .values(status=BotRequestStatus.QUEUED, worker=None, started_at=None)
+        )
+    return result.rowcount == 1
+
+
+def _update(request_id: str, **values: object) -> None:
+    table = BotRequest.__table__
+    with get_engine().begin() as connection:
+        connection.execute(update(table).where(table.c.id == request_id).values(**values))
