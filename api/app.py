@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import batches, errors, system, transcriptions
+from api import batches, bot, errors, system, transcriptions
 from api.uploads import UploadLimit
 from relay_settings import RelaySettings, get_settings
 from store.db import get_engine
@@ -25,7 +25,7 @@ def create_app(settings: RelaySettings | None = None) -> FastAPI:
     app = FastAPI(
         title="Relay",
         version="0.1.0",
-        description="Transcription jobs and video batches (and, as they arrive, bot requests) "
+        description="Transcription jobs, video batches and Discord bot requests "
         "submitted to Prefect. Errors are JSON: {error, message, ...}.",
         lifespan=lifespan,
     )
@@ -34,5 +34,6 @@ def create_app(settings: RelaySettings | None = None) -> FastAPI:
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(transcriptions.router)
     app.include_router(batches.router)
+    app.include_router(bot.router)
     app.include_router(system.router)
     return app

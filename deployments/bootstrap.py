@@ -7,6 +7,9 @@ Idempotent: running it twice changes nothing. Against the server at ``PREFECT_AP
 - creates or updates the global concurrency / rate limits in ``deployments/quotas.yaml``;
 - registers Relay's block types and, when ``RELAY_DISCORD_WEBHOOK_URL`` is set, saves that
   webhook as the Discord destination named by ``RELAY_DISCORD_BLOCK``;
+- saves the provider key pools of ``deployments/keys.yaml`` whose keys are set in the
+  environment, and gives every key of every saved pool its Prefect rate limit (and
+  concurrency limit);
 - with a Discord destination saved, keeps an automation that posts to it whenever any
   flow run fails or crashes.
 
@@ -29,13 +32,15 @@ from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr
 
 from blocks.discord import DiscordDestination, redact_webhook_url
+from blocks.keys import ApiKeyPool, limits_for
 from deployments.alerts import ensure_failure_alert
 from relay_settings import PROJECT_ROOT, get_settings
 
 log = logging.getLogger("relay.bootstrap")
 POOLS_DIR = PROJECT_ROOT / "work-pools"
 QUOTAS_FILE = PROJECT_ROOT / "deployments" / "quotas.yaml"
-BLOCK_TYPES = (DiscordDestination,)
+KEYS_FILE = PROJECT_ROOT / "deployments" / "keys.yaml"
+BLOCK_TYPES = (DiscordDestination, ApiKeyPool)
 
 
 def load_pools(folder: Path = POOLS_DIR) -> dict[str, dict[str, Any]]:
@@ -133,6 +138,56 @@ def load_destination(name: str) -> DiscordDestination | None:
         return None
 
 
+def key_pool_from_spec(spec: dict[str, Any], env: dict[str, str]) -> ApiKeyPool | None:
+    """The pool a ``keys.yaml`` entry describes, with the keys set in ``env``; None if none."""
+    present = [key for key in spec["keys"] if env.get(key["secret_env"])]
+    if not present:
+        return None
+    keys = [{k: v for k, v in key.items() if k != "secret_env"} for key in present]
+    secrets = {key["name"]: env[key["secret_env"]] for key in present}
+    base_url = env.get(spec.get("base_url_env") or "", "") or spec["base_url"]
+    return ApiKeyPool(
+        provider=spec["provider"],
+        base_url=base_url,
+        timeout_seconds=spec.get("timeout_seconds", 60.0),
+        keys=keys,
+        secrets=secrets,
+    )
+
+
+def save_key_pool(name: str, wanted: ApiKeyPool) -> str:
+    """Save the pool block; unchanged when the saved one says the same (secrets included)."""
+    try:
+        current = ApiKeyPool.load(name)
+    except ValueError:
+        current = None
+    if current is not None and _pool_data(current) == _pool_data(wanted):
+        return "unchanged"
+    wanted.save(name, overwrite=True)
+    return "updated" if current is not None else "created"
+
+
+def _pool_data(pool: ApiKeyPool) -> dict[str, Any]:
+    data = pool.model_dump(exclude={"block_document_id", "block_document_name"})
+    data["secrets"] = {name: secret.get_secret_value() for name, secret in pool.secrets.items()}
+    return {key: value for key, value in data.items() if not key.startswith("_")}
+
+
+def ensure_key_pools(client: SyncPrefectClient, env: dict[str, str]) -> list[tuple[str, str, str]]:
+    """Save the pools of keys.yaml that have keys set, and every pool's per-key limits."""
+    report: list[tuple[str, str, str]] = []
+    specs = (yaml.safe_load(KEYS_FILE.read_text()) or {}).get("pools", {})
+    for name, spec in specs.items():
+        wanted = key_pool_from_spec(spec, env)
+        outcome = save_key_pool(name, wanted) if wanted else "skipped (no key set)"
+        report.append(("key pool", name, outcome))
+    for document in client.read_block_documents_by_type(ApiKeyPool.get_block_type_slug()):
+        pool = ApiKeyPool.load(document.name)
+        for limit in limits_for(pool):
+            report.append(("limit", str(limit["name"]), ensure_limit(client, limit)))
+    return report
+
+
 def bootstrap() -> list[tuple[str, str, str]]:
     """Do everything; returns ``(kind, name, outcome)`` for each thing it looked at."""
     settings = get_settings()
@@ -153,6 +208,8 @@ def bootstrap() -> list[tuple[str, str, str]]:
         outcome = save_discord_destination(webhook, settings.discord_block)
         where = f"{settings.discord_block} ({redact_webhook_url(webhook)})"
         report.append(("block", where, outcome))
+    with get_client(sync_client=True) as client:
+        report.extend(ensure_key_pools(client, dict(os.environ)))
     destination = load_destination(settings.discord_block)
     if destination is not None:
         report.extend(ensure_failure_alert(destination))

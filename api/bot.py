@@ -1,0 +1,261 @@
+"""``/api/bot/requests``: intake of Discord bot requests and their status.
+
+Intake answers within a few hundred milliseconds (a Discord interaction must be
+acknowledged within 3 s): it routes the request, counts it against the per-user and daily
+limits, records it and creates the background task run of its pool, then returns 202.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Literal
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.auth import require_token
+from api.errors import ApiError, error_body
+from blocks.discord import allowed_hosts, redact_webhook_url, validate_webhook_url
+from bot_config import get_bot_config
+from store import bot as requests
+from store import usage
+from store.models import BotRequest, BotRequestStatus
+
+router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
+
+
+class BotRequestIn(BaseModel):
+    """A request forwarded by the Discord bot."""
+
+    model_config = ConfigDict(hide_input_in_errors=True, extra="forbid")
+
+    kind: Literal["chat", "image", "video"]
+    prompt: str = Field(min_length=1)
+    user_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Discord user id")
+    channel: str = Field(min_length=1, max_length=100, description="channel name")
+    guild: str | None = Field(default=None, max_length=64)
+    destination: str | None = Field(
+        default=None, max_length=128, description="name of a Discord destination block"
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Discord webhook or interaction follow-up URL"
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return value.strip()
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _valid_webhook(cls, value: str | None) -> str | None:
+        return validate_webhook_url(value, allowed_hosts()) if value else None
+
+
+class BotAccepted(BaseModel):
+    request_id: str
+    status: str
+    kind: str
+    route: str
+    pool: str
+    status_url: str
+
+
+class AnswerFile(BaseModel):
+    name: str
+    size: int
+    mime_type: str
+
+
+class BotRequestView(BaseModel):
+    request_id: str
+    kind: str
+    status: str = Field(description="queued, running, completed, failed or refused")
+    user_id: str
+    channel: str
+    route: str
+    pool: str
+    destination: str | None = Field(description="block name or redacted webhook URL")
+    provider: str | None
+    model: str | None
+    key_name: str | None = Field(description="which key of the pool answered (its name)")
+    upstream_calls: int
+    upstream_seconds: float | None
+    answer_text: str | None
+    answer_files: list[AnswerFile]
+    error: str | None
+    retry_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    delivery_status: str = Field(description="pending, delivered, retrying or failed")
+    delivery_attempts: int
+    delivery_error: str | None
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BotAccepted,
+    dependencies=[Depends(require_token)],
+    summary="Queue a chat, image or video request from the Discord bot",
+    responses={429: {"description": "over a cooldown or daily limit; says when to retry"}},
+)
+async def submit(body: BotRequestIn, request: Request, background: BackgroundTasks):
+    config = get_bot_config()
+    if len(body.prompt) > config.max_prompt_chars:
+        raise ApiError(
+            422,
+            "prompt_too_long",
+            f"the prompt has {len(body.prompt)} characters; the limit is {config.max_prompt_chars}",
+        )
+    route, pool = config.route(body.kind, body.channel)
+    limits = config.limits[body.kind]
+    admission = await run_in_threadpool(
+        usage.admit,
+        body.user_id,
+        body.kind,
+        cooldown_seconds=limits.cooldown_seconds,
+        per_user_daily=limits.per_user_daily,
+        global_daily=limits.global_daily,
+    )
+    fields = _fields(body, route, pool, request.app.state.settings.discord_block)
+    if not admission.admitted:
+        refused = await run_in_threadpool(
+            requests.create_request,
+            **fields,
+            status=BotRequestStatus.REFUSED,
+            error=admission.message,
+            retry_at=admission.retry_at,
+            finished_at=datetime.now(UTC),
+            next_delivery_at=requests.delivery_lease_end(),
+        )
+        background.add_task(run_in_threadpool, _deliver, refused.id)
+        return _refusal(refused.id, admission)
+    stored = await run_in_threadpool(requests.create_request, **fields)
+    try:
+        await run_in_threadpool(_dispatch, stored.id, pool)
+    except Exception as err:
+        await run_in_threadpool(
+            requests.finish_request,
+            stored.id,
+            status=BotRequestStatus.FAILED,
+            error="Relay could not queue the request",
+        )
+        raise ApiError(
+            503, "submission_failed", f"could not queue the request: {type(err).__name__}"
+        ) from err
+    return BotAccepted(
+        request_id=stored.id,
+        status=stored.status,
+        kind=stored.kind,
+        route=route,
+        pool=pool,
+        status_url=f"/api/bot/requests/{stored.id}",
+    )
+
+
+@router.get(
+    "/{request_id}",
+    response_model=BotRequestView,
+    dependencies=[Depends(require_token)],
+    summary="Status and answer of a bot request",
+)
+async def status(request_id: str) -> BotRequestView:
+    stored = await run_in_threadpool(requests.get_request, request_id)
+    if stored is None:
+        raise ApiError(404, "not_found", f"no bot request {request_id!r}")
+    return _view(stored)
+
+
+@router.get("/{request_id}/files/{name}", summary="A file of an answer (signed link or token)")
+async def answer_file(request_id: str, name: str, request: Request, sig: str = "") -> FileResponse:
+    from tasks.bot_answer import answer_folder
+    from tasks.bot_handling import file_signature
+
+    if not (sig and hmac.compare_digest(sig, file_signature(request_id, name))):
+        require_token(request)
+    stored = await run_in_threadpool(requests.get_request, request_id)
+    files = {f.name: f for f in requests.answer_files(stored)} if stored else {}
+    if name not in files:
+        raise ApiError(404, "not_found", f"no file {name!r} in bot request {request_id!r}")
+    return FileResponse(answer_folder(request_id) / name, media_type=files[name].mime_type)
+
+
+def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> dict[str, object]:
+    from tasks.bot_handling import seal_destination
+
+    fields: dict[str, object] = {
+        "kind": body.kind,
+        "prompt": body.prompt,
+        "user_id": body.user_id,
+        "channel": body.channel,
+        "guild": body.guild,
+        "route": route,
+        "pool": pool,
+    }
+    if body.webhook_url:
+        fields["destination_sealed"] = seal_destination(body.webhook_url)
+        fields["destination_shown"] = redact_webhook_url(body.webhook_url)
+    else:
+        fields["destination_block"] = body.destination or default_block
+        fields["destination_shown"] = fields["destination_block"]
+    return fields
+
+
+def _dispatch(request_id: str, pool: str) -> None:
+    from flows.bot import dispatch
+
+    dispatch(request_id, pool)
+
+
+def _deliver(request_id: str) -> None:
+    from tasks.bot_handling import deliver
+
+    deliver(request_id)
+
+
+def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:
+    retry_at = admission.retry_at or datetime.now(UTC)
+    wait = max((retry_at - datetime.now(UTC)).total_seconds(), 0.0)
+    body = error_body(
+        admission.reason or "refused",
+        admission.message or "refused",
+        request_id=request_id,
+        retry_at=retry_at.isoformat(),
+        retry_after_seconds=round(wait, 1),
+    )
+    return JSONResponse(body, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
+
+
+def _view(stored: BotRequest) -> BotRequestView:
+    return BotRequestView(
+        request_id=stored.id,
+        kind=stored.kind,
+        status=stored.status,
+        user_id=stored.user_id,
+        channel=stored.channel,
+        route=stored.route,
+        pool=stored.pool,
+        destination=stored.destination_shown,
+        provider=stored.provider,
+        model=stored.model,
+        key_name=stored.key_name,
+        upstream_calls=stored.upstream_calls,
+        upstream_seconds=stored.upstream_seconds,
+        answer_text=stored.answer_text,
+        answer_files=[AnswerFile(**f.__dict__) for f in requests.answer_files(stored)],
+        error=stored.error,
+        retry_at=stored.retry_at,
+        created_at=stored.created_at,
+        started_at=stored.started_at,
+        finished_at=stored.finished_at,
+        delivery_status=stored.delivery_status,
+        delivery_attempts=stored.delivery_attempts,
+        delivery_error=stored.delivery_error,
+    )

@@ -1,0 +1,170 @@
+"""One bot request from claim to Discord: ask the provider, store the answer, deliver it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import socket
+from datetime import datetime
+from urllib.parse import quote
+
+from blocks.discord import DiscordDestination, redact_text
+from bot_config import get_bot_config
+from relay_settings import get_settings
+from store import bot as requests
+from store.models import BotRequest, BotRequestStatus, DeliveryStatus
+from store.sealed import seal, unseal
+from tasks.bot_answer import answer_folder, ask_provider
+from tasks.bot_reply import BotReply, ReplyFile, deliver_reply
+from tasks.providers import UpstreamError
+from tasks.quota import QuotaExhaustedError
+
+log = logging.getLogger("relay.bot")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+USER_MESSAGES = {
+    "unauthorized": "the AI provider refused every key Relay has; an operator has been told",
+    "unavailable": "the AI provider is not answering right now; please try again later",
+    "rate_limited": "the AI provider is busy; please try again in a minute",
+}
+
+
+def handle_request(request_id: str) -> str:
+    """Answer the request unless another worker has it; returns its final status."""
+    request = requests.claim_request(request_id, WORKER)
+    if request is None:
+        current = requests.get_request(request_id)
+        log.info("bot request %s: not claimed (%s)", request_id, current and current.status)
+        return current.status if current else "missing"
+    try:
+        answer = ask_provider(request, get_bot_config())
+    except QuotaExhaustedError as err:
+        _finish_failed(request, str(err), retry_at=err.next_slot_at)
+    except UpstreamError as err:
+        message = err.args[0] if err.kind == "refused" else USER_MESSAGES[err.kind]
+        _finish_failed(request, message, detail=f"{err.kind}: {err}")
+    except Exception as err:  # a bug or a broken configuration: still answer the user
+        log.exception("bot request %s failed", request_id)
+        _finish_failed(
+            request, "Relay could not answer this request", detail=redact_text(repr(err))
+        )
+    else:
+        requests.finish_request(
+            request_id,
+            status=BotRequestStatus.COMPLETED,
+            answer_text=answer.text,
+            files=answer.files,
+            provider=answer.provider,
+            model=answer.model,
+            key_name=answer.spent.key_name,
+            upstream_calls=answer.spent.calls,
+            upstream_seconds=round(answer.upstream_seconds, 4),
+        )
+    deliver(request_id)
+    final = requests.get_request(request_id)
+    return final.status if final else "missing"
+
+
+def _finish_failed(
+    request: BotRequest,
+    message: str,
+    *,
+    detail: str | None = None,
+    retry_at: datetime | None = None,
+) -> None:
+    log.warning("bot request %s failed: %s", request.id, detail or message)
+    requests.finish_request(
+        request.id, status=BotRequestStatus.FAILED, error=message, retry_at=retry_at
+    )
+
+
+def deliver(request_id: str) -> DeliveryStatus | None:
+    """Post a finished request's answer (or refusal) to its destination; records how it went
+    and when to try again. Never raises."""
+    request = requests.get_request(request_id)
+    if request is None or request.delivery_status == DeliveryStatus.DELIVERED:
+        return request.delivery_status if request else None
+    settings = get_settings()
+    try:
+        url = destination_url(request)
+    except Exception as err:
+        error = f"no destination to post to: {redact_text(str(err))}"
+        return requests.record_delivery(
+            request_id, delivered=False, messages_sent=0, attempts=0, error=error, give_up=True
+        )
+    result = deliver_reply(
+        url,
+        _reply(request),
+        attachment_limit=settings.bot_attachment_limit_bytes,
+        skip_messages=request.delivery_messages_sent,
+    )
+    attempts = request.delivery_attempts + result.attempts
+    give_up = not result.delivered and attempts >= settings.bot_delivery_attempts
+    status = requests.record_delivery(
+        request_id,
+        delivered=result.delivered,
+        messages_sent=result.messages_sent,
+        attempts=result.attempts,
+        error=result.error,
+        give_up=give_up,
+        retry_in=min(settings.bot_delivery_retry_seconds * 2 ** (attempts // 4), 600.0),
+    )
+    if status == DeliveryStatus.FAILED:
+        log.error("bot request %s: delivery given up: %s", request_id, result.error)
+    return status
+
+
+def destination_url(request: BotRequest) -> str:
+    """The webhook URL the answer goes to (from its block, or unsealed from the store)."""
+    if request.destination_sealed:
+        return unseal(request.destination_sealed)
+    if request.destination_block:
+        block = DiscordDestination.load(request.destination_block, _sync=True)
+        return block.webhook_url.get_secret_value()
+    raise ValueError("the request names no destination")
+
+
+def seal_destination(url: str) -> str:
+    """What the store keeps of a webhook URL."""
+    return seal(url)
+
+
+def _reply(request: BotRequest) -> BotReply:
+    failed = request.status in (BotRequestStatus.FAILED, BotRequestStatus.REFUSED)
+    folder = answer_folder(request.id)
+    files = tuple(
+        ReplyFile(name=f.name, path=folder / f.name, url=file_link(request.id, f.name))
+        for f in requests.answer_files(request)
+    )
+    return BotReply(
+        request_id=request.id,
+        user_id=request.user_id,
+        kind=request.kind,
+        text=request.answer_text or "",
+        files=files,
+        failure=_failure_text(request) if failed else None,
+    )
+
+
+def _failure_text(request: BotRequest) -> str:
+    text = request.error or "the request failed"
+    if request.retry_at:
+        text += f" (retry after {request.retry_at:%Y-%m-%d %H:%M:%S} UTC)"
+    return text
+
+
+def file_signature(request_id: str, name: str) -> str:
+    """Signature that lets a link to an answer's file be opened without the API token."""
+    key = hashlib.sha256(f"relay-files:{get_settings().secret_key or 'local'}".encode()).digest()
+    return hmac.new(key, f"{request_id}/{name}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def file_link(request_id: str, name: str) -> str | None:
+    """Public link to an answer's file (``RELAY_PUBLIC_URL`` set), for files too large to
+    attach."""
+    base = get_settings().public_url.rstrip("/")
+    if not base:
+        return None
+    signature = file_signature(request_id, name)
+    return f"{base}/api/bot/requests/{request_id}/files/{quote(name)}?sig={signature}"

@@ -1,0 +1,468 @@
+"""Bot requests end to end on the real PostgreSQL and a real Prefect server: the API takes
+requests, task worker processes (one per pool, two for chat) answer them through fake
+OpenAI / Stability / MiniMax servers that enforce per-key limits themselves, and the answers
+arrive at a fake Discord."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from sqlalchemy import text
+
+from api.app import create_app
+from blocks.keys import ApiKeyPool
+from deployments.bootstrap import ensure_limit
+from relay_settings import PROJECT_ROOT, reload_settings
+from store.db import get_engine
+from tests.fake_discord import FakeDiscord
+from tests.fake_providers import FakeMiniMax, FakeOpenAI, FakeStability
+from tests.pg import create_database, drop_database
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+WEBHOOK_TOKEN = "bot-webhook-token-do-not-leak"
+KEYS = {"sk-chat-a": 600, "sk-chat-b": 600}
+
+
+def _config(chat_pool: str = "openai-main", chat_deadline: float = 20.0, **limits) -> dict:
+    chat_limits = {"cooldown_seconds": 0, "per_user_daily": 1000, "global_daily": 100000}
+    chat_limits.update(limits)
+    return {
+        "routes": [
+            {
+                "name": "chat-channels",
+                "kinds": ["chat"],
+                "channels": ["chat-*"],
+                "pool": "bot-chat",
+            },
+            {
+                "name": "media-channels",
+                "kinds": ["image", "video"],
+                "channels": ["art-*", "video-*"],
+                "pool": "bot-media",
+            },
+        ],
+        "fallback": {"chat": "bot-chat", "image": "bot-media", "video": "bot-media"},
+        "limits": {
+            "chat": chat_limits,
+            "image": {"cooldown_seconds": 0, "per_user_daily": 100, "global_daily": 1000},
+            "video": {"cooldown_seconds": 0, "per_user_daily": 100, "global_daily": 1000},
+        },
+        "providers": {
+            "chat": {
+                "key_pool": chat_pool,
+                "model": "gpt-4o-mini",
+                "deadline_seconds": chat_deadline,
+            },
+            "image": {"key_pool": "stability-main", "model": "core", "deadline_seconds": 30},
+            "video": {
+                "key_pool": "minimax-main",
+                "model": "MiniMax-Hailuo-02",
+                "deadline_seconds": 60,
+            },
+        },
+        "max_prompt_chars": 500,
+    }
+
+
+@pytest.fixture(scope="module")
+def fakes():
+    with (
+        FakeOpenAI(keys={**KEYS, "sk-burst-1": 6, "sk-burst-2": 6, **REST_KEYS}) as openai,
+        FakeStability(keys={"sk-stab": 100}) as stability,
+        FakeMiniMax(keys={"sk-mm": 100}, video_seconds=0.5) as minimax,
+        FakeDiscord(retry_after=0.1) as discord,
+    ):
+        yield {"openai": openai, "stability": stability, "minimax": minimax, "discord": discord}
+
+
+REST_KEYS = {"sk-rest-429": 600, "sk-rest-401": 600, "sk-rest-ok": 600}
+
+
+def _save_pool(name: str, provider: str, base_url: str, keys: list[dict]) -> None:
+    secrets = {key["name"]: key.pop("secret") for key in keys}
+    pool = ApiKeyPool(
+        provider=provider, base_url=base_url, timeout_seconds=5, keys=keys, secrets=secrets
+    )
+    pool.save(name, overwrite=True)
+    from blocks.keys import limits_for
+
+    with get_client(sync_client=True) as client:
+        for limit in limits_for(pool):
+            ensure_limit(client, limit)
+
+
+@pytest.fixture(scope="module")
+def bot_env(fakes, tmp_path_factory):
+    """PostgreSQL store, key pool blocks and limits, a bot config file, and the task worker
+    processes (two for bot-chat, one for bot-media) with their logs."""
+    name, url = create_database()
+    folder = tmp_path_factory.mktemp("bot")
+    config = folder / "bot.yaml"
+    config.write_text(yaml.safe_dump(_config()))
+    values = {
+        "RELAY_DATABASE_URL": url,
+        "RELAY_DATA_DIR": str(folder / "data"),
+        "RELAY_WEBHOOK_ALLOWED_HOSTS": fakes["discord"].host,
+        "RELAY_BOT_CONFIG": str(config),
+        "RELAY_SECRET_KEY": "test-sealing-key",
+        "RELAY_BOT_DELIVERY_RETRY_SECONDS": "1",
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+    }
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    reload_settings()
+    openai_url = fakes["openai"].base_url
+    _save_pool(
+        "openai-main",
+        "openai",
+        openai_url,
+        [{"name": k[3:], "secret": k, "requests_per_minute": n} for k, n in KEYS.items()],
+    )
+    _save_pool(
+        "stability-main",
+        "stability",
+        fakes["stability"].base_url,
+        [{"name": "stab", "secret": "sk-stab", "requests_per_minute": 100, "max_concurrent": 2}],
+    )
+    _save_pool(
+        "minimax-main",
+        "minimax",
+        fakes["minimax"].base_url,
+        [{"name": "mm", "secret": "sk-mm", "requests_per_minute": 100, "max_concurrent": 1}],
+    )
+    workers, logs = [], []
+    for index, pool in enumerate(["bot-chat", "bot-chat", "bot-media"]):
+        log = folder / f"worker-{index}.log"
+        logs.append(log)
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "flows.bot", "worker", "--pool", pool],
+                cwd=PROJECT_ROOT,
+                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                stdout=log.open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        )
+    _wait_for_subscriptions(logs)
+    yield {"config": config, "logs": logs, "url": url, "folder": folder}
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    reload_settings()
+    from store.db import engine_for
+
+    engine_for(url).dispose()
+    drop_database(name)
+
+
+def _wait_for_subscriptions(logs: list[Path], limit: float = 90.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if all("Subscribing to runs" in log.read_text() for log in logs):
+            return
+        time.sleep(0.3)
+    raise AssertionError("task workers did not start: " + logs[0].read_text()[-2000:])
+
+
+@pytest.fixture
+def api(bot_env):  # noqa: ARG001 (the workers must run)
+    with TestClient(create_app(reload_settings())) as client:
+        yield client
+
+
+@pytest.fixture
+def use_config(bot_env):
+    def write(**kwargs) -> None:
+        bot_env["config"].write_text(yaml.safe_dump(_config(**kwargs)))
+        time.sleep(0.05)  # a new mtime, so every process re-reads it
+
+    yield write
+    write()
+
+
+def _ask(api, discord, kind="chat", prompt="hello", user="1001", channel="chat-general", **extra):
+    body = {
+        "kind": kind,
+        "prompt": prompt,
+        "user_id": user,
+        "channel": channel,
+        "webhook_url": discord.url_for("42", WEBHOOK_TOKEN),
+        **extra,
+    }
+    return api.post("/api/bot/requests", json=body)
+
+
+def _wait_finished(api, request_id: str, limit: float = 60.0) -> dict:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        view = api.get(f"/api/bot/requests/{request_id}").json()
+        if view["status"] in ("completed", "failed", "refused") and view["delivery_status"] in (
+            "delivered",
+            "failed",
+        ):
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"request {request_id} did not finish: {view}")
+
+
+def _messages_for(discord, request_user: str) -> list[str]:
+    return [
+        r.payload.get("content", "")
+        for r in discord.requests
+        if r.payload.get("content", "").startswith(f"<@{request_user}>")
+    ]
+
+
+def test_chat_request_is_answered_in_discord_by_one_worker(api, fakes):
+    discord, openai = fakes["discord"], fakes["openai"]
+    started = time.monotonic()
+    response = _ask(api, discord, prompt="what is relay?", user="2001")
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert (accepted["route"], accepted["pool"], accepted["status"]) == (
+        "chat-channels",
+        "bot-chat",
+        "queued",
+    )
+    view = _wait_finished(api, accepted["request_id"])
+    elapsed = time.monotonic() - started
+    assert view["status"] == "completed" and view["delivery_status"] == "delivered"
+    assert view["answer_text"] == "Echo: what is relay?"
+    assert view["key_name"] in ("chat-a", "chat-b") and view["upstream_calls"] == 1
+    assert view["destination"].endswith("/***") and WEBHOOK_TOKEN not in str(view)
+    messages = _messages_for(discord, "2001")
+    assert messages == ["<@2001> Echo: what is relay?"] or messages[0].startswith("<@2001>")
+    assert len(openai.requests_for(path="/v1/chat/completions")) >= 1
+    assert sum(r.prompt == "what is relay?" for r in openai.requests) == 1  # answered once
+    assert elapsed < 30
+
+
+def test_long_answer_is_split_at_discords_limit(api, fakes):
+    discord = fakes["discord"]
+    view = _wait_finished(
+        api, _ask(api, discord, prompt="long:4500 go", user="2002").json()["request_id"]
+    )
+    assert view["status"] == "completed" and len(view["answer_text"]) == 4500
+    parts = [
+        r.payload["content"]
+        for r in discord.requests
+        if r.payload.get("content", "").startswith("<@2002>") or False
+    ]
+    posted = [
+        r.payload["content"]
+        for r in discord.requests
+        if "2002" in str(r.payload.get("allowed_mentions", {}))
+    ]
+    assert len(posted) == 3 and all(len(p) <= 2000 for p in posted)
+    assert parts and posted[0].startswith("<@2002>")
+
+
+def test_routing_by_kind_and_channel_with_fallbacks(api, fakes):
+    discord = fakes["discord"]
+    cases = [
+        ("chat", "chat-random", "chat-channels", "bot-chat"),
+        ("image", "art-gallery", "media-channels", "bot-media"),
+        ("video", "video-lab", "media-channels", "bot-media"),
+        ("image", "general", "fallback-image", "bot-media"),
+        ("chat", "art-gallery", "fallback-chat", "bot-chat"),
+    ]
+    ids = []
+    for index, (kind, channel, route, pool) in enumerate(cases):
+        response = _ask(
+            api, discord, kind=kind, prompt=f"route {index}", user=f"30{index}", channel=channel
+        )
+        assert response.status_code == 202, response.text
+        assert (response.json()["route"], response.json()["pool"]) == (route, pool)
+        ids.append(response.json()["request_id"])
+    views = [_wait_finished(api, request_id) for request_id in ids]
+    assert all(v["status"] == "completed" for v in views), views
+    image = views[1]
+    assert image["provider"] == "stability" and image["answer_files"][0]["mime_type"] == "image/png"
+    video = views[2]
+    assert video["provider"] == "minimax" and video["answer_files"][0]["mime_type"] == "video/mp4"
+    attached = {name: data for r in discord.requests for name, data in r.files.items()}
+    stored = Path(os.environ["RELAY_DATA_DIR"]) / "bot" / image["request_id"]
+    name = image["answer_files"][0]["name"]
+    assert attached[name] == (stored / name).read_bytes()
+    assert (stored / name).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "needle"),
+    [
+        ({"kind": "poem"}, "invalid_request", "kind"),
+        ({"prompt": "   "}, "invalid_request", "prompt is empty"),
+        ({"prompt": "x" * 501}, "prompt_too_long", "limit is 500"),
+        (
+            {"webhook_url": f"https://evil.example/api/webhooks/1/{WEBHOOK_TOKEN}"},
+            "invalid_request",
+            "evil.example",
+        ),
+        ({"user_id": "not a user"}, "invalid_request", "user_id"),
+    ],
+)
+def test_bad_requests_are_refused_with_the_reason(api, fakes, body, code, needle):
+    base = {
+        "kind": "chat",
+        "prompt": "hi",
+        "user_id": "4001",
+        "channel": "chat-x",
+        "webhook_url": fakes["discord"].url_for("42", WEBHOOK_TOKEN),
+    }
+    response = api.post("/api/bot/requests", json={**base, **body})
+    assert response.status_code == 422
+    assert response.json()["error"] == code and needle in response.json()["message"]
+    assert WEBHOOK_TOKEN not in response.text
+
+
+def test_unknown_request_is_404_and_token_is_required(api, relay_env):
+    assert api.get("/api/bot/requests/nope").status_code == 404
+    settings = relay_env(API_TOKEN="s3cret")
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/api/bot/requests", json={}).status_code == 401
+        assert client.get("/api/bot/requests/nope").status_code == 401
+
+
+def test_burst_at_twice_the_quota_never_exceeds_a_key(api, fakes, use_config):
+    """Two keys of 6 requests a minute, 24 requests at once: the fake never sees a key over
+    its limit; every request ends answered or refused with when to retry; none is lost."""
+    openai, discord = fakes["openai"], fakes["discord"]
+    _save_pool(
+        "openai-burst",
+        "openai",
+        openai.base_url,
+        [
+            {"name": "burst-1", "secret": "sk-burst-1", "requests_per_minute": 6},
+            {"name": "burst-2", "secret": "sk-burst-2", "requests_per_minute": 6},
+        ],
+    )
+    use_config(chat_pool="openai-burst", chat_deadline=6.0)
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(lambda i: _ask(api, discord, prompt=f"burst {i}", user=f"5{i:03d}"), range(24))
+        )
+    assert all(r.status_code == 202 for r in responses), [r.text for r in responses]
+    views = [_wait_finished(api, r.json()["request_id"], limit=90) for r in responses]
+    completed = [v for v in views if v["status"] == "completed"]
+    failed = [v for v in views if v["status"] == "failed"]
+    assert len(completed) + len(failed) == 24
+    assert completed, "no request got through"
+    assert all("quota exhausted, next slot at" in v["error"] for v in failed), failed
+    assert all(v["delivery_status"] == "delivered" for v in views)
+    for key in ("sk-burst-1", "sk-burst-2"):
+        assert openai.max_in_window(key) <= 6
+        assert openai.rejected(key) == 0  # Relay never even tried past the quota
+    refusals = [m for m in _messages_for_prefix(discord, "<@5") if "quota exhausted" in m]
+    assert len(refusals) == len(failed)
+
+
+def _messages_for_prefix(discord, prefix: str) -> list[str]:
+    return [
+        r.payload.get("content", "")
+        for r in discord.requests
+        if r.payload.get("content", "").startswith(prefix)
+    ]
+
+
+def test_a_key_answering_429_or_401_rests_and_the_others_carry_the_load(api, fakes, use_config):
+    openai = fakes["openai"]
+    _save_pool(
+        "openai-rest",
+        "openai",
+        openai.base_url,
+        [{"name": k[8:], "secret": k, "requests_per_minute": 600} for k in REST_KEYS],
+    )
+    openai.fail("sk-rest-429", 429)
+    openai.revoke("sk-rest-401")
+    use_config(chat_pool="openai-rest")
+    try:
+        ids = [
+            _ask(api, fakes["discord"], prompt=f"rest {i}", user=f"60{i}").json()["request_id"]
+            for i in range(8)
+        ]
+        views = [_wait_finished(api, request_id) for request_id in ids]
+    finally:
+        openai.reset_script()
+    assert all(v["status"] == "completed" for v in views), views
+    assert {v["key_name"] for v in views} == {"ok"}
+    # A revoked key is tried once per worker process at most, then rests for an hour; the
+    # 429 key rests for the second its Retry-After says, so it is tried about once a second.
+    revoked = sorted(r.received_at for r in openai.requests_for(key="sk-rest-401"))
+    assert revoked[-1] - revoked[0] < 1.5  # only calls already under way when it was refused
+    tried = sorted(r.received_at for r in openai.requests_for(key="sk-rest-429"))
+    assert len(tried) <= 2 + (tried[-1] - tried[0]) / 0.9
+    with get_engine().connect() as connection:
+        rests = dict(
+            connection.execute(
+                text("SELECT key_name, reason FROM api_key_state WHERE provider = 'openai'")
+            ).all()
+        )
+    assert rests["429"].startswith("rate_limited") and rests["401"].startswith("unauthorized")
+    assert "sk-rest" not in " ".join(rests.values())
+
+
+def test_over_a_user_limit_is_refused_in_discord_with_when_to_retry(api, fakes, use_config):
+    discord = fakes["discord"]
+    use_config(cooldown_seconds=60)
+    first = _ask(api, discord, prompt="one", user="7001")
+    second = _ask(api, discord, prompt="two", user="7001")
+    assert first.status_code == 202
+    assert second.status_code == 429
+    body = second.json()
+    assert body["error"] == "cooldown" and 55 <= body["retry_after_seconds"] <= 60
+    assert int(second.headers["Retry-After"]) >= 55
+    view = _wait_finished(api, body["request_id"])
+    assert view["status"] == "refused" and view["delivery_status"] == "delivered"
+    posted = _messages_for(discord, "7001")
+    assert any("you can send another chat request in" in m for m in posted)
+    _wait_finished(api, first.json()["request_id"])
+
+
+def test_undelivered_answer_is_retried_until_discord_takes_it(api, fakes):
+    discord = fakes["discord"]
+    discord.script(*["500"] * 6)  # the worker's first delivery (4 tries) and 2 more fail
+    view = _wait_finished(
+        api, _ask(api, discord, prompt="retry me", user="8001").json()["request_id"], limit=60
+    )
+    assert view["status"] == "completed" and view["delivery_status"] == "delivered"
+    assert view["delivery_attempts"] >= 7
+    assert len([m for m in _messages_for(discord, "8001")]) >= 1
+    accepted = [r for r in discord.requests if r.behaviour == "ok" and "retry me" in str(r.payload)]
+    assert len(accepted) == 1  # posted once, not once per try
+
+
+def test_no_secret_reaches_the_store_or_the_logs(api, fakes, bot_env):
+    _wait_finished(
+        api, _ask(api, fakes["discord"], prompt="secret check", user="9001").json()["request_id"]
+    )
+    with get_engine().connect() as connection:
+        dump = " ".join(
+            str(row)
+            for table in ("bot_request", "api_key_state", "usage_counter")
+            for row in connection.execute(text(f"SELECT * FROM {table}")).all()
+        )
+    assert "bot_request" and WEBHOOK_TOKEN not in dump
+    assert "sk-chat" not in dump and "sk-stab" not in dump
+    for log in bot_env["logs"]:
+        content = log.read_text()
+        assert WEBHOOK_TOKEN not in content
+        assert "sk-chat-a" not in content and "sk-mm" not in content
