@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -49,11 +50,14 @@ def get_engine() -> Engine:
     """The engine of the configured job store, migrated to the current schema."""
     engine = engine_for(get_settings().database_url)
     if id(engine) not in _migrated:
-        migrate(engine)
+        with _migrating:  # threads of one process: the first migrates, the others wait
+            if id(engine) not in _migrated:
+                migrate(engine)
     return engine
 
 
 _migrated: set[int] = set()
+_migrating = threading.Lock()
 
 
 def alembic_config() -> Config:
