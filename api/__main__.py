@@ -1,5 +1,5 @@
-"""``python -m api`` (``make api``): the REST API, plus in the embedded mode a Prefect server
-and a serve process that runs the submitted flows."""
+"""``python -m api`` (``make api``): the REST API, plus in the embedded mode a Prefect server,
+a serve process that runs the submitted flows and the bot task workers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import uvicorn
 
-from deployments.serve import served_flows
+from deployments.serve import served_bot_tasks, served_flows
 from flows.runtime import prefect_api
 from relay_settings import get_settings
 
@@ -40,6 +40,7 @@ def main() -> int:
         if embedded:
             log.info("embedded mode: Prefect at %s, serving the flows locally", api_url)
             stack.enter_context(served_flows(settings.transcribe_deployment))
+            stack.enter_context(served_bot_tasks())
         from api.app import create_app
 
         uvicorn.run(

@@ -48,6 +48,21 @@ def served_flows(wait_for: str, limit: float = 120.0) -> Iterator[subprocess.Pop
         stop(process)
 
 
+@contextmanager
+def served_bot_tasks() -> Iterator[list[subprocess.Popen]]:
+    """Run a bot task worker per bot pool (``python -m flows.bot worker``) while the block
+    runs, so bot requests are answered in the embedded mode too."""
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "flows.bot", "worker", "--pool", pool])
+        for pool in ("bot-chat", "bot-media")
+    ]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
 def wait_for_deployment(name: str, process: subprocess.Popen, limit: float = 120.0) -> bool:
     """Wait until the serve process has registered ``name``; False if it never did."""
     from prefect.client.orchestration import get_client

@@ -5,7 +5,8 @@
 1. ``prefect server start`` on PostgreSQL (database ``relay_prefect``);
 2. a Dask scheduler and workers that preload the model (``deployments.dask_preload``);
 3. ``make bootstrap`` (pools, queues, limits, blocks) and ``prefect deploy --all``;
-4. a process worker per pool (``asr-gpu`` only where ``nvidia-smi`` works);
+4. a process worker per pool (``asr-gpu`` only where ``nvidia-smi`` works), and a bot task
+   worker per bot pool (``python -m flows.bot worker``);
 5. the API (``python -m api``) against that server.
 
 Each runs in its own process group; their ids go to ``.relay/stack/pids.json`` and their
@@ -197,6 +198,13 @@ def up() -> int:
                 "--limit",
                 str(limit),
             ],
+            env,
+            pids,
+        )
+    for pool, limit in (("bot-chat", 32), ("bot-media", 8)):
+        start(
+            f"bot-tasks-{pool.removeprefix('bot-')}",
+            [sys.executable, "-m", "flows.bot", "worker", "--pool", pool, "--limit", str(limit)],
             env,
             pids,
         )

@@ -19,7 +19,19 @@ INFRA = PROJECT_ROOT / "infra"
 POOLS = set(yaml.safe_load((PROJECT_ROOT / "work-pools" / "pools.yaml").read_text()))
 SETTINGS = {f"RELAY_{name.upper()}" for name in RelaySettings.model_fields}
 # RELAY_* variables that are not settings fields, with the file that reads each directly.
-READ_DIRECTLY = {"RELAY_DISCORD_WEBHOOK_URL": "deployments/bootstrap.py"}
+READ_DIRECTLY = {
+    "RELAY_DISCORD_WEBHOOK_URL": "deployments/bootstrap.py",
+    **{
+        f"RELAY_{provider}_KEY_{which}": "deployments/keys.yaml"
+        for provider, which in [
+            ("OPENAI", "PRIMARY"),
+            ("OPENAI", "SECONDARY"),
+            ("STABILITY", "PRIMARY"),
+            ("MINIMAX", "PRIMARY"),
+        ]
+    },
+}
+BOT_POOLS = {"bot-chat", "bot-media"}
 PRELOAD = "deployments.dask_preload"
 
 
@@ -242,3 +254,30 @@ def test_job_folders_are_shared():
             and m["mountPath"] == config("RELAY_DATA_DIR")
             for m in mounts
         ), f"{name} does not mount the relay-data claim at RELAY_DATA_DIR"
+
+
+def bot_task_pool(command) -> str | None:
+    return flag(command, "--pool") if runs(command, "python", "-m", "flows.bot") else None
+
+
+def test_every_bot_pool_has_task_workers_that_share_the_api_secret_and_storage():
+    in_compose = {n: p for n, s in compose().items() if (p := bot_task_pool(s.get("command")))}
+    assert set(in_compose.values()) == BOT_POOLS, in_compose
+    api_env = env(compose()["api"])
+    for name in in_compose:
+        service_env = env(compose()[name])
+        for shared in ("RELAY_SECRET_KEY", "PREFECT_LOCAL_STORAGE_PATH", "RELAY_DATABASE_URL"):
+            assert service_env.get(shared) == api_env.get(shared), f"{name}: {shared} differs"
+        assert service_env["PREFECT_LOCAL_STORAGE_PATH"].startswith(service_env["RELAY_DATA_DIR"])
+    assert config("PREFECT_LOCAL_STORAGE_PATH").startswith(config("RELAY_DATA_DIR"))
+    assert "RELAY_SECRET_KEY" in k8s()[("Secret", "relay-secrets")]["stringData"]
+    in_k8s = {
+        n: p
+        for n, pod in pods().items()
+        for c in pod["containers"]
+        if (p := bot_task_pool(c["command"]))
+    }
+    assert set(in_k8s.values()) == BOT_POOLS, in_k8s
+    for name, pool in in_k8s.items():
+        assert pods()[name]["nodeSelector"]["relay.io/pool"] == pool
+        assert "RELAY_SECRET_KEY" in env_k8s(pods()[name])
