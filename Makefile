@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= samples/meeting.ogg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench bench-api bench-batch bench-stack api bootstrap stack stack-down ui clean system-deps
+.PHONY: setup run test lint bench bench-api bench-batch bench-bot bench-stack api bootstrap stack stack-down ui clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -58,6 +58,9 @@ stack-down: ## stop exactly what `make stack` started
 
 bench-batch: setup system-deps ## batch: videos/min with 1 and 2 workers, skew, worker memory
 	$(PY) -m bench.batch
+
+bench-bot: setup ## bot: chat latency under 5 x 100 messages/min, quota path throughput
+	$(PY) -m bench.bot
 
 bench-stack: setup system-deps ## submission latency and the three-users scenario on the warm stack
 	$(PY) -m bench.stack

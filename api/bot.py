@@ -137,9 +137,9 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
         )
         background.add_task(run_in_threadpool, _deliver, refused.id)
         return _refusal(refused.id, admission)
-    stored = await run_in_threadpool(requests.create_request, **fields)
+    stored = await run_in_threadpool(requests.create_request, **fields, dispatched_at=_now())
     try:
-        await run_in_threadpool(_dispatch, stored.id, pool)
+        await _dispatch(request, stored.id, pool)
     except Exception as err:
         await run_in_threadpool(
             requests.finish_request,
@@ -208,10 +208,22 @@ def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> di
     return fields
 
 
-def _dispatch(request_id: str, pool: str) -> None:
-    from flows.bot import dispatch
+async def _dispatch(request: Request, request_id: str, pool: str) -> None:
+    """Create the request's background task run with the app's long-lived Prefect client."""
+    from prefect.client.orchestration import get_client
 
-    dispatch(request_id, pool)
+    from flows.bot import adispatch
+
+    client = getattr(request.app.state, "prefect_client", None)
+    if client is None:
+        client = get_client()
+        await client.__aenter__()  # closed with the process; one per API process
+        request.app.state.prefect_client = client
+    await adispatch(client, request_id, pool)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _deliver(request_id: str) -> None:

@@ -14,9 +14,14 @@ import logging
 import sys
 import threading
 import time
+from uuid import uuid4
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import PrefectClient
+from prefect.results import ResultStore, get_or_create_default_task_scheduling_storage
+from prefect.states import Scheduled
+from prefect.task_worker import store_parameters
 
 from bot_config import BOT_POOLS, get_bot_config
 from store import bot as requests
@@ -43,10 +48,51 @@ POOL_TASKS = {"bot-chat": answer_on_bot_chat, "bot-media": answer_on_bot_media}
 
 
 def dispatch(request_id: str, pool: str) -> str:
-    """Create the background task run that answers the request; returns its id."""
+    """Create the background task run that answers the request (``.delay()``); returns its
+    id. For threads and scripts; the API uses ``adispatch`` with its long-lived client."""
     future = POOL_TASKS[pool].delay(request_id)
     requests.mark_dispatched(request_id)
     return str(future.task_run_id)
+
+
+async def adispatch(client: PrefectClient, request_id: str, pool: str) -> str:
+    """What ``.delay()`` does, on the API's open client: store the task's parameters where
+    task workers read them and create its scheduled (deferred) task run.
+
+    Unlike ``.delay()`` it stores no settings context: a worker runs with its own settings
+    (its own PREFECT_API_URL on another host), and rebuilding the caller's settings made
+    every task run re-read the TOML profile files, about 60 % of a chat request's CPU.
+    """
+    task = POOL_TASKS[pool]
+    parameters_id = uuid4()
+    store = await _parameter_store(task)
+    await store_parameters(
+        store, parameters_id, {"parameters": {"request_id": request_id}, "context": {}}
+    )
+    state = Scheduled()
+    state.state_details.deferred = True
+    state.state_details.task_parameters_id = parameters_id
+    task_run = await client.create_task_run(
+        task=task,
+        name=task.name,
+        flow_run_id=None,
+        dynamic_key=f"{task.task_key}-{uuid4().hex}",
+        state=state,
+        task_inputs={"request_id": []},
+    )
+    return str(task_run.id)
+
+
+_stores: dict[str, ResultStore] = {}
+
+
+async def _parameter_store(task: Task) -> ResultStore:
+    if task.task_key not in _stores:
+        storage = await get_or_create_default_task_scheduling_storage()
+        _stores[task.task_key] = await ResultStore(result_storage=storage).aupdate_for_task(
+            task.with_options(persist_result=True)
+        )
+    return _stores[task.task_key]
 
 
 def maintain(pool: str, grace: float = STRANDED_GRACE_SECONDS) -> None:
@@ -73,6 +119,10 @@ def _maintenance_loop(pool: str, stop: threading.Event) -> None:
 def serve_pool(pool: str, limit: int) -> None:
     """Serve the pool's task until interrupted, with the maintenance loop beside it."""
     from prefect.task_worker import serve
+
+    import tasks.providers.minimax
+    import tasks.providers.openai_api
+    import tasks.providers.stability  # noqa: F401 (imported once now, not by the first requests)
 
     stop = threading.Event()
     threading.Thread(target=_maintenance_loop, args=(pool, stop), daemon=True).start()

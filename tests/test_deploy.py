@@ -23,6 +23,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.settings import PREFECT_API_URL
 
+from blocks.keys import ApiKeyPool, rate_limit_shape
 from deployments import bootstrap
 from deployments.alerts import ALERT_NAME
 from relay_settings import reload_settings
@@ -53,6 +54,10 @@ def env(discord) -> dict[str, str]:
         "RELAY_DISCORD_WEBHOOK_URL": discord.url_for(token="deploy-secret"),
         "RELAY_WEBHOOK_ALLOWED_HOSTS": discord.host,
         "RELAY_DISCORD_BLOCK": "deploy-test-discord",
+        "RELAY_OPENAI_KEY_PRIMARY": "sk-deploy-openai-1",
+        "RELAY_OPENAI_KEY_SECONDARY": "sk-deploy-openai-2",
+        "RELAY_MINIMAX_KEY_PRIMARY": "sk-deploy-minimax",
+        "RELAY_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
     }
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
@@ -148,6 +153,26 @@ def test_bootstrap_creates_everything_once(deployed):
         assert client.read_global_concurrency_limit_by_name("discord-webhook").limit == 5
         env = pools["asr-gpu"]["base_job_template"]["variables"]["properties"]["env"]["default"]
         assert env["RELAY_ASR_DEVICE"] == "cuda" and env["RELAY_ASR_COMPUTE_TYPE"] == "float16"
+
+
+def test_bootstrap_saves_the_key_pools_set_in_the_environment_with_a_limit_per_key(deployed):
+    first, _ = deployed
+    pools = {name: outcome for kind, name, outcome in first if kind == "key pool"}
+    assert pools == {
+        "openai": "created",
+        "stability": "skipped (no key set)",
+        "minimax": "created",
+    }
+    assert "sk-deploy" not in json.dumps(first)
+    openai = ApiKeyPool.load("openai")
+    assert openai.base_url == "http://127.0.0.1:9/v1"  # RELAY_OPENAI_BASE_URL wins
+    assert [k.name for k in openai.keys] == ["primary", "secondary"]
+    assert openai.secret("secondary") == "sk-deploy-openai-2"
+    with get_client(sync_client=True) as client:
+        rpm = client.read_global_concurrency_limit_by_name("key.openai.primary.rpm")
+        assert (rpm.limit, rpm.slot_decay_per_second) == rate_limit_shape(500)
+        concurrent = client.read_global_concurrency_limit_by_name("key.minimax.primary.concurrent")
+        assert concurrent.limit == 3 and not concurrent.slot_decay_per_second
 
 
 def test_prefect_yaml_deploys_every_flow_to_its_pool():
