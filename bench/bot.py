@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from deployments.stack import wait_http
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_PORT, API_PORT = 4391, 8391
 KEYS = {f"sk-bench-{i}": 240 for i in range(4)}  # 960 requests a minute between them
@@ -50,18 +52,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
         return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
     return {"p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)}
-
-
-def wait_http(url: str, limit: float = 120.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer within {limit:.0f} s")
 
 
 class Bench:
@@ -111,7 +101,7 @@ class Bench:
 
     def start(self, chat_workers: int) -> None:
         self._spawn("prefect-server", ["prefect", "server", "start", "--port", str(PREFECT_PORT)])
-        wait_http(f"http://127.0.0.1:{PREFECT_PORT}/api/health")
+        wait_http(f"http://127.0.0.1:{PREFECT_PORT}/api/health", "the Prefect server")
         self._save_key_pool()
         for index in range(chat_workers):
             self._spawn(
@@ -128,7 +118,7 @@ class Bench:
                 ],
             )
         self._spawn("api", [sys.executable, "-m", "api"])
-        wait_http(f"http://127.0.0.1:{API_PORT}/api/health")
+        wait_http(f"http://127.0.0.1:{API_PORT}/api/health", "the API")
         logs = [self.work / f"{name}.log" for name in self.names if name.startswith("bot-")]
         deadline = time.monotonic() + 120
         while not all("Subscribing to runs" in log.read_text() for log in logs):

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from relay_settings import reload_settings
 from store.db import session_scope
 from store.models import Video, VideoAttempt, VideoStatus
 from tasks.wer import word_error_rate
+from tests.environ import environment
 from tests.fake_discord import FakeDiscord
 from tests.pg import create_database, drop_database
 from tests.videos import MadeVideo, make_catalogue
@@ -58,19 +60,14 @@ def stack_env(tmp_path_factory, discord, prefect_server):  # noqa: ARG001
         "RELAY_DISCORD_BLOCK": "batch-test-discord",
         "PREFECT_API_URL": PREFECT_API_URL.value(),
     }
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
+    restore = ExitStack()
+    restore.enter_context(environment(values))
     settings = reload_settings()
     DiscordDestination(webhook_url=discord.url_for(token="batch-secret")).save(
         "batch-test-discord", overwrite=True
     )
     yield settings
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    reload_settings()
+    restore.close()
     from store.db import engine_for
 
     engine_for(url).dispose()

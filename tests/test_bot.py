@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from blocks.keys import ApiKeyPool
 from deployments.bootstrap import ensure_limit
 from relay_settings import PROJECT_ROOT, reload_settings
 from store.db import get_engine
+from tests.environ import environment
 from tests.fake_discord import FakeDiscord
 from tests.fake_providers import FakeMiniMax, FakeOpenAI, FakeStability
 from tests.pg import create_database, drop_database
@@ -118,9 +120,8 @@ def bot_env(fakes, tmp_path_factory):
         "RELAY_BOT_DELIVERY_RETRY_SECONDS": "1",
         "PREFECT_API_URL": PREFECT_API_URL.value(),
     }
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    reload_settings()
+    restore = ExitStack()
+    restore.enter_context(environment(values))
     openai_url = fakes["openai"].base_url
     _save_pool(
         "openai-main",
@@ -162,12 +163,7 @@ def bot_env(fakes, tmp_path_factory):
             worker.wait(timeout=15)
         except subprocess.TimeoutExpired:
             worker.kill()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    reload_settings()
+    restore.close()
     from store.db import engine_for
 
     engine_for(url).dispose()
@@ -466,3 +462,46 @@ def test_no_secret_reaches_the_store_or_the_logs(api, fakes, bot_env):
         content = log.read_text()
         assert WEBHOOK_TOKEN not in content
         assert "sk-chat-a" not in content and "sk-mm" not in content
+
+
+def test_a_request_stranded_by_a_dead_worker_is_answered_once(api, fakes):
+    """A worker died holding a request (running, an hour old) and another request's task run
+    was lost (queued, dispatched an hour ago): the maintenance pass answers both, once."""
+    from datetime import UTC, datetime, timedelta
+
+    from flows.bot import maintain
+    from store import bot as requests
+    from store.models import BotRequestStatus
+    from tasks.bot_handling import seal_destination
+
+    discord = fakes["discord"]
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    common = {
+        "kind": "chat",
+        "channel": "chat-general",
+        "route": "chat-channels",
+        "pool": "bot-chat",
+        "destination_sealed": seal_destination(discord.url_for("42", WEBHOOK_TOKEN)),
+        "created_at": hour_ago,
+    }
+    running = requests.create_request(
+        prompt="stranded running",
+        user_id="9101",
+        status=BotRequestStatus.RUNNING,
+        worker="dead-host:1",
+        started_at=hour_ago,
+        **common,
+    )
+    queued = requests.create_request(
+        prompt="stranded queued", user_id="9102", dispatched_at=hour_ago, **common
+    )
+    maintain("bot-chat")
+    for stored in (running, queued):
+        view = _wait_finished(api, stored.id)
+        assert view["status"] == "completed" and view["delivery_status"] == "delivered"
+    maintain("bot-chat")  # a second pass finds nothing left to do
+    time.sleep(2)
+    openai = fakes["openai"]
+    assert sum(r.prompt == "stranded running" for r in openai.requests) == 1
+    assert sum(r.prompt == "stranded queued" for r in openai.requests) == 1
+    assert len(_messages_for(discord, "9101")) == 1 and len(_messages_for(discord, "9102")) == 1

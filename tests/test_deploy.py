@@ -26,11 +26,11 @@ from prefect.settings import PREFECT_API_URL
 from blocks.keys import ApiKeyPool, rate_limit_shape
 from deployments import bootstrap
 from deployments.alerts import ALERT_NAME
-from relay_settings import reload_settings
 from store import jobs
 from store.models import JobStatus
 from tasks.wer import word_error_rate
 from tests.audio import DATA, ROOT
+from tests.environ import environment
 from tests.fake_discord import FakeDiscord
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "deployed")
@@ -59,16 +59,9 @@ def env(discord) -> dict[str, str]:
         "RELAY_MINIMAX_KEY_PRIMARY": "sk-deploy-minimax",
         "RELAY_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
     }
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    reload_settings()  # the bootstrap runs in this process and reads RELAY_DISCORD_BLOCK
-    yield {**os.environ}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    reload_settings()
+    # The bootstrap runs in this process and reads RELAY_DISCORD_BLOCK.
+    with environment(values):
+        yield {**os.environ}
 
 
 @pytest.fixture(scope="module")
