@@ -22,7 +22,7 @@ from blocks.discord import allowed_hosts, redact_webhook_url, validate_webhook_u
 from bot_config import get_bot_config
 from store import bot as requests
 from store import usage
-from store.models import BotRequest, BotRequestStatus
+from store.models import BotRequest, BotRequestStatus, DeliveryStatus
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
 
@@ -126,6 +126,7 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
     )
     fields = _fields(body, route, pool, request.app.state.settings.discord_block)
     if not admission.admitted:
+        lease = requests.delivery_lease_end()  # this process posts the refusal
         refused = await run_in_threadpool(
             requests.create_request,
             **fields,
@@ -133,9 +134,9 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
             error=admission.message,
             retry_at=admission.retry_at,
             finished_at=datetime.now(UTC),
-            next_delivery_at=requests.delivery_lease_end(),
+            next_delivery_at=lease,
         )
-        background.add_task(run_in_threadpool, _deliver, refused.id)
+        background.add_task(run_in_threadpool, _deliver, refused.id, lease)
         return _refusal(refused.id, admission)
     stored = await run_in_threadpool(requests.create_request, **fields, dispatched_at=_now())
     try:
@@ -145,7 +146,11 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
             requests.finish_request,
             stored.id,
             status=BotRequestStatus.FAILED,
+            claimed_by=None,
             error="Relay could not queue the request",
+            # The client is told now (503): nothing to post to Discord later.
+            delivery_status=DeliveryStatus.FAILED,
+            delivery_error="not posted: the client was answered 503",
         )
         raise ApiError(
             503, "submission_failed", f"could not queue the request: {type(err).__name__}"
@@ -226,10 +231,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _deliver(request_id: str) -> None:
+def _deliver(request_id: str, lease: datetime) -> None:
     from tasks.bot_handling import deliver
 
-    deliver(request_id)
+    deliver(request_id, lease)
 
 
 def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:

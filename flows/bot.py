@@ -51,7 +51,6 @@ def dispatch(request_id: str, pool: str) -> str:
     """Create the background task run that answers the request (``.delay()``); returns its
     id. For threads and scripts; the API uses ``adispatch`` with its long-lived client."""
     future = POOL_TASKS[pool].delay(request_id)
-    requests.mark_dispatched(request_id)
     return str(future.task_run_id)
 
 
@@ -97,15 +96,18 @@ async def _parameter_store(task: Task) -> ResultStore:
 
 def maintain(pool: str, grace: float = STRANDED_GRACE_SECONDS) -> None:
     """One pass: retry due deliveries, and dispatch again the requests stranded by a dead
-    worker (queued or running ``grace`` seconds past their kind's deadline)."""
+    worker (queued, or running, for twice their kind's deadline plus ``grace``). Several
+    workers may run it at once: each delivery and each re-dispatch is taken by one."""
     for request_id in requests.deliveries_due(pool=pool):
-        if requests.claim_delivery(request_id):
-            deliver(request_id)
+        lease = requests.claim_delivery(request_id)
+        if lease is not None:
+            deliver(request_id, lease)
     for kind, choice in get_bot_config().providers.items():
-        for request_id in requests.stranded(choice.deadline_seconds + grace, pool, kind):
-            requests.requeue(request_id)
-            log.warning("bot request %s was stranded; dispatching it again", request_id)
-            dispatch(request_id, pool)
+        older_than = 2 * choice.deadline_seconds + grace
+        for request_id in requests.stranded(older_than, pool, kind):
+            if requests.take_stranded(request_id, older_than):
+                log.warning("bot request %s was stranded; dispatching it again", request_id)
+                dispatch(request_id, pool)
 
 
 def _maintenance_loop(pool: str, stop: threading.Event) -> None:

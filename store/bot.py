@@ -14,7 +14,9 @@ from store.models import BotRequest, BotRequestStatus, DeliveryStatus
 
 FINISHED = (BotRequestStatus.COMPLETED, BotRequestStatus.FAILED, BotRequestStatus.REFUSED)
 UNDELIVERED = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
-DELIVERY_LEASE_SECONDS = 120.0  # whoever delivers an answer has it to itself this long
+# Whoever delivers an answer has it to itself this long: longer than any one delivery (a
+# message may take 130 s of timeouts and Retry-After waits, and an answer has a few).
+DELIVERY_LEASE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -41,11 +43,6 @@ def get_request(request_id: str) -> BotRequest | None:
     return BotRequest.model_validate(row._mapping) if row else None
 
 
-def mark_dispatched(request_id: str) -> None:
-    """Note that a task run was created for the request."""
-    _update(request_id, dispatched_at=datetime.now(UTC))
-
-
 def claim_request(request_id: str, worker: str) -> BotRequest | None:
     """Move a queued request to running for ``worker``; None when another worker has it
     or it is finished (each request is answered exactly once)."""
@@ -63,24 +60,39 @@ def finish_request(
     request_id: str,
     *,
     status: BotRequestStatus,
+    claimed_by: str | None,
     answer_text: str | None = None,
     files: list[StoredFile] | None = None,
     error: str | None = None,
     retry_at: datetime | None = None,
     **usage: object,
-) -> None:
-    """Record the outcome; its delivery is pending from now on."""
-    _update(
-        request_id,
-        status=status,
-        answer_text=answer_text,
-        answer_files=json.dumps([f.__dict__ for f in files]) if files else None,
-        error=error,
-        retry_at=retry_at,
-        finished_at=datetime.now(UTC),
-        next_delivery_at=delivery_lease_end(),
-        **usage,
+) -> datetime | None:
+    """Record the outcome if ``claimed_by`` still holds the request (None: the API, for a
+    request no worker holds). Returns the delivery lease the caller now holds, or None when
+    the request was taken from it (stranded and answered by another worker)."""
+    lease = delivery_lease_end()
+    table = BotRequest.__table__
+    holder = (
+        (table.c.status == BotRequestStatus.RUNNING) & (table.c.worker == claimed_by)
+        if claimed_by
+        else table.c.status.in_([BotRequestStatus.QUEUED, BotRequestStatus.RUNNING])
     )
+    with get_engine().begin() as connection:
+        result = connection.execute(
+            update(table)
+            .where(table.c.id == request_id, holder)
+            .values(
+                status=status,
+                answer_text=answer_text,
+                answer_files=json.dumps([f.__dict__ for f in files]) if files else None,
+                error=error,
+                retry_at=retry_at,
+                finished_at=datetime.now(UTC),
+                next_delivery_at=lease,
+                **usage,
+            )
+        )
+    return lease if result.rowcount == 1 else None
 
 
 def delivery_lease_end() -> datetime:
@@ -88,9 +100,10 @@ def delivery_lease_end() -> datetime:
     return datetime.now(UTC) + timedelta(seconds=DELIVERY_LEASE_SECONDS)
 
 
-def claim_delivery(request_id: str) -> bool:
-    """Take a due delivery for this process (no other retries it while the lease runs)."""
-    now = datetime.now(UTC)
+def claim_delivery(request_id: str) -> datetime | None:
+    """Take a due delivery for this process; returns the lease (None: not due, or taken).
+    The lease is the row's ``next_delivery_at``: only its holder can record the outcome."""
+    now, lease = datetime.now(UTC), delivery_lease_end()
     table = BotRequest.__table__
     with get_engine().begin() as connection:
         result = connection.execute(
@@ -100,9 +113,9 @@ def claim_delivery(request_id: str) -> bool:
                 table.c.delivery_status.in_(UNDELIVERED),
                 or_(table.c.next_delivery_at.is_(None), table.c.next_delivery_at <= now),
             )
-            .values(next_delivery_at=delivery_lease_end())
+            .values(next_delivery_at=lease)
         )
-    return result.rowcount == 1
+    return lease if result.rowcount == 1 else None
 
 
 def answer_files(request: BotRequest) -> list[StoredFile]:
@@ -118,9 +131,12 @@ def record_delivery(
     attempts: int,
     error: str | None,
     give_up: bool,
+    lease: datetime,
     retry_in: float = 30.0,
-) -> DeliveryStatus:
-    """Store how a delivery went: delivered, to be retried after ``retry_in``, or failed."""
+) -> DeliveryStatus | None:
+    """Store how a delivery went: delivered, to be retried after ``retry_in``, or failed.
+    None (nothing stored) when ``lease`` is no longer the delivery's: another process has
+    taken it over, and its record wins."""
     now = datetime.now(UTC)
     if delivered:
         status, next_at = DeliveryStatus.DELIVERED, None
@@ -130,9 +146,13 @@ def record_delivery(
         status, next_at = DeliveryStatus.RETRYING, now + timedelta(seconds=retry_in)
     table = BotRequest.__table__
     with get_engine().begin() as connection:
-        connection.execute(
+        result = connection.execute(
             update(table)
-            .where(table.c.id == request_id)
+            .where(
+                table.c.id == request_id,
+                table.c.next_delivery_at == lease,
+                table.c.delivery_status.in_(UNDELIVERED),
+            )
             .values(
                 delivery_status=status,
                 delivery_attempts=table.c.delivery_attempts + attempts,
@@ -142,7 +162,7 @@ def record_delivery(
                 delivered_at=now if delivered else None,
             )
         )
-    return status
+    return status if result.rowcount == 1 else None
 
 
 def deliveries_due(
@@ -182,12 +202,7 @@ def stranded(
         rows = connection.execute(
             select(table.c.id)
             .where(
-                or_(
-                    (table.c.status == BotRequestStatus.QUEUED)
-                    & (table.c.created_at < cutoff)
-                    & or_(table.c.dispatched_at.is_(None), table.c.dispatched_at < cutoff),
-                    (table.c.status == BotRequestStatus.RUNNING) & (table.c.started_at < cutoff),
-                ),
+                _stranded(table, cutoff),
                 table.c.pool == pool if pool else true(),
                 table.c.kind == kind if kind else true(),
             )
@@ -196,19 +211,25 @@ def stranded(
     return [row[0] for row in rows]
 
 
-def requeue(request_id: str) -> bool:
-    """Put a stranded running request back in the queue (its worker died)."""
+def take_stranded(request_id: str, older_than: float) -> bool:
+    """Put a stranded request back in the queue, marked dispatched now, if it still is
+    stranded; True for the one process that did it (it dispatches the request again)."""
+    now = datetime.now(UTC)
+    cutoff = now - timedelta(seconds=older_than)
     table = BotRequest.__table__
     with get_engine().begin() as connection:
         result = connection.execute(
             update(table)
-            .where(table.c.id == request_id, table.c.status == BotRequestStatus.RUNNING)
-            .values(status=BotRequestStatus.QUEUED, worker=None, started_at=None)
+            .where(table.c.id == request_id, _stranded(table, cutoff))
+            .values(status=BotRequestStatus.QUEUED, worker=None, started_at=None, dispatched_at=now)
         )
     return result.rowcount == 1
 
 
-def _update(request_id: str, **values: object) -> None:
-    table = BotRequest.__table__
-    with get_engine().begin() as connection:
-        connection.execute(update(table).where(table.c.id == request_id).values(**values))
+def _stranded(table, cutoff: datetime):
+    return or_(
+        (table.c.status == BotRequestStatus.QUEUED)
+        & (table.c.created_at < cutoff)
+        & or_(table.c.dispatched_at.is_(None), table.c.dispatched_at < cutoff),
+        (table.c.status == BotRequestStatus.RUNNING) & (table.c.started_at < cutoff),
+    )

@@ -45,3 +45,12 @@ def unseal(token: str) -> str:
             "cannot unseal a stored webhook URL: RELAY_SECRET_KEY differs from the one "
             "that sealed it"
         ) from None
+
+
+def signing_key() -> bytes:
+    """Key for signed links, derived from the same secret (never the sealing key itself)."""
+    secret = get_settings().secret_key
+    if not secret:
+        _fernet(secret)  # makes the key file on first use
+        secret = KEY_FILE.read_bytes().decode().strip()
+    return hashlib.sha256(f"relay-signed-links:{secret}".encode()).digest()

@@ -15,7 +15,7 @@ from bot_config import get_bot_config
 from relay_settings import get_settings
 from store import bot as requests
 from store.models import BotRequest, BotRequestStatus, DeliveryStatus
-from store.sealed import seal, unseal
+from store.sealed import seal, signing_key, unseal
 from tasks.bot_answer import answer_folder, ask_provider
 from tasks.bot_reply import BotReply, ReplyFile, deliver_reply
 from tasks.providers import UpstreamError
@@ -40,19 +40,19 @@ def handle_request(request_id: str) -> str:
     try:
         answer = ask_provider(request, get_bot_config())
     except QuotaExhaustedError as err:
-        _finish_failed(request, str(err), retry_at=err.next_slot_at)
+        lease = _finish_failed(request, str(err), retry_at=err.next_slot_at)
     except UpstreamError as err:
         message = err.args[0] if err.kind == "refused" else USER_MESSAGES[err.kind]
-        _finish_failed(request, message, detail=f"{err.kind}: {err}")
+        lease = _finish_failed(request, message, detail=f"{err.kind}: {err}")
     except Exception as err:  # a bug or a broken configuration: still answer the user
         log.exception("bot request %s failed", request_id)
-        _finish_failed(
-            request, "Relay could not answer this request", detail=redact_text(repr(err))
-        )
+        detail = redact_text(repr(err))
+        lease = _finish_failed(request, "Relay could not answer this request", detail=detail)
     else:
-        requests.finish_request(
+        lease = requests.finish_request(
             request_id,
             status=BotRequestStatus.COMPLETED,
+            claimed_by=WORKER,
             answer_text=answer.text,
             files=answer.files,
             provider=answer.provider,
@@ -61,7 +61,10 @@ def handle_request(request_id: str) -> str:
             upstream_calls=answer.spent.calls,
             upstream_seconds=round(answer.upstream_seconds, 4),
         )
-    deliver(request_id)
+    if lease is None:  # taken from us as stranded: the other worker's answer is posted
+        log.warning("bot request %s: answered elsewhere meanwhile; not posting", request_id)
+    else:
+        deliver(request_id, lease)
     final = requests.get_request(request_id)
     return final.status if final else "missing"
 
@@ -72,16 +75,20 @@ def _finish_failed(
     *,
     detail: str | None = None,
     retry_at: datetime | None = None,
-) -> None:
+) -> datetime | None:
     log.warning("bot request %s failed: %s", request.id, detail or message)
-    requests.finish_request(
-        request.id, status=BotRequestStatus.FAILED, error=message, retry_at=retry_at
+    return requests.finish_request(
+        request.id,
+        status=BotRequestStatus.FAILED,
+        claimed_by=WORKER,
+        error=message,
+        retry_at=retry_at,
     )
 
 
-def deliver(request_id: str) -> DeliveryStatus | None:
-    """Post a finished request's answer (or refusal) to its destination; records how it went
-    and when to try again. Never raises."""
+def deliver(request_id: str, lease: datetime) -> DeliveryStatus | None:
+    """Post a finished request's answer (or refusal) to its destination, holding its delivery
+    ``lease``; records how it went and when to try again. Never raises."""
     request = requests.get_request(request_id)
     if request is None or request.delivery_status == DeliveryStatus.DELIVERED:
         return request.delivery_status if request else None
@@ -91,7 +98,13 @@ def deliver(request_id: str) -> DeliveryStatus | None:
     except Exception as err:
         error = f"no destination to post to: {redact_text(str(err))}"
         return requests.record_delivery(
-            request_id, delivered=False, messages_sent=0, attempts=0, error=error, give_up=True
+            request_id,
+            delivered=False,
+            messages_sent=0,
+            attempts=0,
+            error=error,
+            give_up=True,
+            lease=lease,
         )
     result = deliver_reply(
         url,
@@ -108,10 +121,13 @@ def deliver(request_id: str) -> DeliveryStatus | None:
         attempts=result.attempts,
         error=result.error,
         give_up=give_up,
+        lease=lease,
         retry_in=min(settings.bot_delivery_retry_seconds * 2 ** (attempts // 4), 600.0),
     )
     if status == DeliveryStatus.FAILED:
         log.error("bot request %s: delivery given up: %s", request_id, result.error)
+    elif status is None:
+        log.warning("bot request %s: delivery lease lost; the new holder records it", request_id)
     return status
 
 
@@ -156,8 +172,8 @@ def _failure_text(request: BotRequest) -> str:
 
 def file_signature(request_id: str, name: str) -> str:
     """Signature that lets a link to an answer's file be opened without the API token."""
-    key = hashlib.sha256(f"relay-files:{get_settings().secret_key or 'local'}".encode()).digest()
-    return hmac.new(key, f"{request_id}/{name}".encode(), hashlib.sha256).hexdigest()[:32]
+    message = f"{request_id}/{name}".encode()
+    return hmac.new(signing_key(), message, hashlib.sha256).hexdigest()[:32]
 
 
 def file_link(request_id: str, name: str) -> str | None:

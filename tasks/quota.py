@@ -120,7 +120,12 @@ class KeyPool:
                 lease_id = self._take_concurrency(key, deadline)
                 if lease_id is False:
                     continue
-                if self._take_slot(key):
+                try:
+                    taken = self._take_slot(key)
+                except BaseException:
+                    self._release(key, lease_id)
+                    raise
+                if taken:
                     return key, lease_id
                 self._release(key, lease_id)
             now = time.monotonic()
@@ -157,6 +162,7 @@ class KeyPool:
             return self._count_day(key, now)
         want = min(rate_limit_shape(key.requests_per_minute)[0], SLOTS_PER_TAKE)
         name = rate_limit_name(self.provider, key.name)
+        asked = time.monotonic()  # the hold counts from before Prefect granted the slots
         try:
             response = self._prefect().increment_concurrency_slots(
                 names=[name], slots=want, mode="rate_limit"
@@ -173,7 +179,7 @@ class KeyPool:
                 f"Prefect has no rate limit {name!r}: run `make bootstrap` for this key pool"
             )
         with self._lock:
-            expiry = time.monotonic() + HOLD_SECONDS
+            expiry = asked + HOLD_SECONDS
             self._slots[key.name].extend([expiry] * (want - 1))
         return self._count_day(key, time.monotonic())
 
@@ -207,10 +213,13 @@ class KeyPool:
             return {k: v for k, v in self._rests.items() if v[0] > wall}
 
     def _next_slot_at(self) -> datetime:
+        rests = self._current_rests()
         wall, now = datetime.now(UTC), time.monotonic()
-        times = [wall + timedelta(seconds=max(until - now, 0)) for until in self._blocked.values()]
-        times += [until for until, _ in self._current_rests().values()]
-        times += [until for until in self._spent_until.values() if until > wall]
+        with self._lock:
+            blocked, spent = list(self._blocked.values()), list(self._spent_until.values())
+        times = [wall + timedelta(seconds=max(until - now, 0)) for until in blocked]
+        times += [until for until, _ in rests.values()]
+        times += [until for until in spent if until > wall]
         later = [t for t in times if t > wall]
         return min(later) if later else wall + timedelta(seconds=1)
 
@@ -227,7 +236,11 @@ class KeyPool:
                 names=[name],
                 slots=1,
                 mode="concurrency",
-                lease_duration=max(60.0, deadline - time.monotonic() + 30.0),
+                # Past the deadline a call may still run its own timeouts (a video: poll,
+                # retrieve, download); the lease must outlive it, or others slip in.
+                lease_duration=max(60.0, deadline - time.monotonic())
+                + 3 * self.block.timeout_seconds
+                + 60.0,
             )
         except PrefectHTTPStatusError as err:
             if err.response.status_code != 423:
@@ -236,8 +249,11 @@ class KeyPool:
             with self._lock:
                 self._blocked[key.name] = time.monotonic() + min(max(wait, 0.05), 1.0)
             return False
-        lease_id = response.json().get("lease_id")
-        if not lease_id:
+        body = response.json()
+        lease_id = body.get("lease_id")
+        if not body.get("limits"):  # Prefect grants a lease on a limit that does not exist
+            if lease_id:
+                self._prefect().release_concurrency_slots_with_lease(lease_id)
             raise QuotaMisconfiguredError(
                 f"Prefect has no concurrency limit {name!r}: run `make bootstrap` for this pool"
             )

@@ -141,3 +141,62 @@ def test_a_routes_file_missing_a_kind_is_refused_with_the_reason():
     raw["routes"][0]["pool"] = "asr-cpu"
     with pytest.raises(ValueError, match="pool"):
         BotConfig.model_validate(raw)
+
+
+@pytest.mark.usefixtures("database_url")
+class TestFencing:
+    """A worker or delivery that lost its claim never overwrites the one that took over."""
+
+    def _request(self, **fields):
+        from store import bot
+
+        return bot.create_request(
+            kind="chat",
+            prompt="p",
+            user_id="1",
+            channel="chat-x",
+            route="r",
+            pool="bot-chat",
+            **fields,
+        )
+
+    def test_a_stranded_request_is_taken_once_and_its_old_worker_is_fenced_off(self):
+        from store import bot
+        from store.models import BotRequestStatus
+
+        old = datetime.now(UTC) - timedelta(hours=1)
+        request = self._request(status=BotRequestStatus.RUNNING, worker="old", started_at=old)
+        with ThreadPoolExecutor(8) as pool:
+            taken = list(pool.map(lambda _: bot.take_stranded(request.id, 60), range(8)))
+        assert sum(taken) == 1
+        assert bot.claim_request(request.id, "new") is not None
+        late = bot.finish_request(
+            request.id, status=BotRequestStatus.COMPLETED, claimed_by="old", answer_text="stale"
+        )
+        assert late is None
+        lease = bot.finish_request(
+            request.id, status=BotRequestStatus.COMPLETED, claimed_by="new", answer_text="fresh"
+        )
+        assert lease is not None and bot.get_request(request.id).answer_text == "fresh"
+
+    def test_only_the_delivery_lease_holder_records_the_outcome(self):
+        from store import bot
+        from store.models import BotRequestStatus, DeliveryStatus
+
+        request = self._request(
+            status=BotRequestStatus.COMPLETED,
+            finished_at=datetime.now(UTC),
+            next_delivery_at=datetime.now(UTC) - timedelta(seconds=1),
+        )
+        with ThreadPoolExecutor(8) as pool:
+            leases = list(pool.map(lambda _: bot.claim_delivery(request.id), range(8)))
+        held = [lease for lease in leases if lease is not None]
+        assert len(held) == 1
+        stale = datetime.now(UTC) - timedelta(minutes=5)
+        outcome = {"messages_sent": 1, "attempts": 1, "error": None, "give_up": False}
+        assert bot.record_delivery(request.id, delivered=True, lease=stale, **outcome) is None
+        assert bot.get_request(request.id).delivery_status == DeliveryStatus.PENDING
+        recorded = bot.record_delivery(request.id, delivered=True, lease=held[0], **outcome)
+        assert recorded == DeliveryStatus.DELIVERED
+        # Delivered is final: a late holder cannot turn it back into a retry.
+        assert bot.record_delivery(request.id, delivered=False, lease=held[0], **outcome) is None
