@@ -79,6 +79,7 @@ class KeyPool:
         self._recent: dict[str, deque[float]] = defaultdict(deque)  # our calls, last minute
         self._rests: dict[str, tuple[datetime, str]] = {}
         self._rests_read = 0.0
+        self._rested_here: dict[str, float] = {}  # when this process rested a key
 
     def call(self, fn: Callable[[str], T], deadline: float) -> tuple[T, Spent]:
         """``fn(secret)`` with the key that has the most headroom; on a 429, 5xx or refused
@@ -107,6 +108,7 @@ class KeyPool:
         log.warning("%s key %s rests %.1f s (%s)", self.provider, key_name, seconds, reason)
         with self._lock:
             self._rests[key_name] = (until, reason)
+            self._rested_here[key_name] = time.monotonic()
         usage.cool_key(self.provider, key_name, until, reason)
         return until
 
@@ -207,7 +209,13 @@ class KeyPool:
         if now - self._rests_read > RESTS_CACHE_SECONDS:
             stored = usage.key_rests(self.provider)  # the store is the truth (rest() writes it)
             with self._lock:
-                self._rests, self._rests_read = stored, now
+                # A rest this process recorded while the read was under way may not be in it.
+                recent = {
+                    k: v
+                    for k, v in self._rests.items()
+                    if self._rested_here.get(k, -1e9) > now - 2 * RESTS_CACHE_SECONDS
+                }
+                self._rests, self._rests_read = {**recent, **stored}, now
         with self._lock:
             wall = datetime.now(UTC)
             return {k: v for k, v in self._rests.items() if v[0] > wall}

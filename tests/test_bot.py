@@ -403,7 +403,9 @@ def test_a_key_answering_429_or_401_rests_and_the_others_carry_the_load(api, fak
     # A revoked key is tried once per worker process at most, then rests for an hour; the
     # 429 key rests for the second its Retry-After says, so it is tried about once a second.
     revoked = sorted(r.received_at for r in openai.requests_for(key="sk-rest-401"))
-    assert revoked[-1] - revoked[0] < 1.5  # only calls already under way when it was refused
+    # Only calls under way when it was refused, and the other worker's until it next reads
+    # the rests from the store (every second): never again after that.
+    assert revoked[-1] - revoked[0] < 2.5
     tried = sorted(r.received_at for r in openai.requests_for(key="sk-rest-429"))
     assert len(tried) <= 2 + (tried[-1] - tried[0]) / 0.9
     with get_engine().connect() as connection:
