@@ -108,11 +108,7 @@ def claim_delivery(request_id: str) -> datetime | None:
     with get_engine().begin() as connection:
         result = connection.execute(
             update(table)
-            .where(
-                table.c.id == request_id,
-                table.c.delivery_status.in_(UNDELIVERED),
-                or_(table.c.next_delivery_at.is_(None), table.c.next_delivery_at <= now),
-            )
+            .where(table.c.id == request_id, _delivery_due(table, now))
             .values(next_delivery_at=lease)
         )
     return lease if result.rowcount == 1 else None
@@ -175,9 +171,8 @@ def deliveries_due(
         rows = connection.execute(
             select(table.c.id)
             .where(
-                table.c.delivery_status.in_(UNDELIVERED),
+                _delivery_due(table, now),
                 table.c.status.in_(FINISHED),
-                or_(table.c.next_delivery_at.is_(None), table.c.next_delivery_at <= now),
                 table.c.pool == pool if pool else true(),
             )
             .order_by(table.c.next_delivery_at)
@@ -224,6 +219,13 @@ def take_stranded(request_id: str, older_than: float) -> bool:
             .values(status=BotRequestStatus.QUEUED, worker=None, started_at=None, dispatched_at=now)
         )
     return result.rowcount == 1
+
+
+def _delivery_due(table, now: datetime):
+    """Not delivered yet, and no process holds the delivery (or its retry time has come)."""
+    return table.c.delivery_status.in_(UNDELIVERED) & or_(
+        table.c.next_delivery_at.is_(None), table.c.next_delivery_at <= now
+    )
 
 
 def _stranded(table, cutoff: datetime):
