@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import bindparam, update
 from sqlmodel import select
@@ -25,8 +26,10 @@ def create_job(
     job_id: str | None = None,
     work_pool: str | None = None,
     duration: float | None = None,
+    options: str | None = None,
 ) -> TranscriptionJob:
-    """A new queued job (or the existing one with this id, e.g. created by the API)."""
+    """A new queued job (or the existing one with this id, e.g. created by the API);
+    ``options`` (JSON) are kept for a job that may have to be run again."""
     with session_scope() as session:
         if job_id and (existing := session.get(TranscriptionJob, job_id)):
             return existing
@@ -35,6 +38,7 @@ def create_job(
             source_name=source_name,
             work_pool=work_pool,
             duration_seconds=duration,
+            options=options,
         )
         if job_id:
             job.id = job_id
@@ -120,12 +124,86 @@ def finish_chunk(
         session.add(chunk)
         counter = TranscriptionJob.chunks_failed if error else TranscriptionJob.chunks_done
         values = {counter.key: counter + 1}
-        if not error:
-            length = chunk.end_seconds - chunk.start_seconds
-            values["audio_seconds_done"] = TranscriptionJob.audio_seconds_done + length
+        if not error:  # what the worker has not reported yet
+            rest = max(chunk.end_seconds - chunk.start_seconds - chunk.seconds_done, 0.0)
+            values["audio_seconds_done"] = TranscriptionJob.audio_seconds_done + rest
         session.execute(
             update(TranscriptionJob).where(TranscriptionJob.id == job_id).values(**values)
         )
+
+
+def record_chunk_progress(job_id: str, index: int, seconds: float) -> bool:
+    """A pending chunk has decoded ``seconds`` of its audio: move it and the job's progress
+    forward by what is new. Never backwards (a retry re-decodes from 0); False when nothing
+    moved."""
+    with session_scope() as session:
+        chunk = session.exec(
+            select(TranscriptionChunk).where(
+                TranscriptionChunk.job_id == job_id, TranscriptionChunk.index == index
+            )
+        ).first()
+        if chunk is None or chunk.status != ChunkStatus.PENDING:
+            return False
+        seconds = min(seconds, chunk.end_seconds - chunk.start_seconds)
+        before = chunk.seconds_done
+        if seconds <= before:
+            return False
+        moved = session.execute(  # only from the value read: two writers never add twice
+            update(TranscriptionChunk)
+            .where(
+                TranscriptionChunk.id == chunk.id,
+                TranscriptionChunk.seconds_done == before,
+                TranscriptionChunk.status == ChunkStatus.PENDING,
+            )
+            .values(seconds_done=seconds)
+        )
+        if moved.rowcount != 1:
+            return False
+        session.execute(
+            update(TranscriptionJob)
+            .where(TranscriptionJob.id == job_id)
+            .values(audio_seconds_done=TranscriptionJob.audio_seconds_done + (seconds - before))
+        )
+        return True
+
+
+def beat(job_id: str) -> None:
+    """The process coordinating the job is alive (a warm task worker, every few seconds)."""
+    with session_scope() as session:
+        session.execute(
+            update(TranscriptionJob)
+            .where(TranscriptionJob.id == job_id, TranscriptionJob.status.not_in(FINAL_STATES))
+            .values(heartbeat_at=utcnow())
+        )
+
+
+def stranded(pool: str, older_than: float) -> list[TranscriptionJob]:
+    """Unfinished jobs of ``pool`` whose coordinator has not beaten for ``older_than`` s:
+    its task worker died. Jobs that never had a coordinator (still queued) are not here."""
+    with session_scope() as session:
+        query = select(TranscriptionJob).where(
+            TranscriptionJob.work_pool == pool, *_silent_for(older_than)
+        )
+        return list(session.exec(query.order_by(TranscriptionJob.created_at)))
+
+
+def take_stranded(job_id: str, older_than: float) -> bool:
+    """Claim a stranded job to run it again: one caller of several wins (the beat moves)."""
+    with session_scope() as session:
+        taken = session.execute(
+            update(TranscriptionJob)
+            .where(TranscriptionJob.id == job_id, *_silent_for(older_than))
+            .values(heartbeat_at=utcnow())
+        )
+        return taken.rowcount == 1
+
+
+def _silent_for(seconds: float) -> tuple:
+    """Unfinished, and its coordinator's last heartbeat is older than ``seconds``."""
+    return (
+        TranscriptionJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        TranscriptionJob.heartbeat_at < utcnow() - timedelta(seconds=seconds),
+    )
 
 
 def complete_job(job_id: str, language: str | None, model: str) -> None:

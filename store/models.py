@@ -54,6 +54,10 @@ class TranscriptionJob(SQLModel, table=True):
     flow_run_id: str | None = Field(default=None, max_length=64)
     work_pool: str | None = Field(default=None, max_length=128)
     notification_error: str | None = None
+    # Submitted to a warm task worker: the job's options (JSON), kept to run it again, and
+    # the last sign of life of the process coordinating it.
+    options: str | None = None
+    heartbeat_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -77,6 +81,7 @@ class TranscriptionChunk(SQLModel, table=True):
     asr_seconds: float | None = None
     worker_pid: int | None = None
     segments: int | None = None
+    seconds_done: float = 0.0  # decoded so far, reported by the worker as segments come out
 
 
 class VideoStatus(StrEnum):

@@ -22,7 +22,7 @@ def test_migrations_build_the_schema_and_are_idempotent(database_url):
     migrate(engine_for(database_url))  # a second upgrade changes nothing and loses nothing
     with engine.connect() as connection:
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         )
     assert jobs.get_job(job.id).source_name == "a.wav"
 
@@ -57,6 +57,65 @@ def test_concurrent_chunk_updates_lose_nothing():
     assert [c.index for c in chunks] == list(range(40))
     assert sum(c.status == ChunkStatus.FAILED for c in chunks) == 4
     assert all(c.error for c in chunks if c.status == ChunkStatus.FAILED)
+
+
+def test_chunk_progress_moves_the_job_forward_once_and_never_back():
+    job = jobs.create_job("/x/p.wav", "p.wav")
+    jobs.add_chunks(job.id, [(0, 0.0, 60.0), (1, 60.0, 120.0)])
+    assert jobs.record_chunk_progress(job.id, 0, 25.0)
+    assert jobs.record_chunk_progress(job.id, 1, 10.0)
+    assert not jobs.record_chunk_progress(job.id, 0, 12.0)  # a retry starting again from 0
+    assert jobs.record_chunk_progress(job.id, 0, 90.0)  # capped at the chunk's 60 s
+    assert jobs.get_job(job.id).audio_seconds_done == 70.0
+    jobs.finish_chunk(job.id, 1, asr_seconds=1.0, worker_pid=1, segments=3)  # adds the rest
+    assert not jobs.record_chunk_progress(job.id, 1, 59.0)  # a finished chunk stays put
+    jobs.finish_chunk(job.id, 0, asr_seconds=1.0, worker_pid=1, segments=3)
+    assert jobs.get_job(job.id).audio_seconds_done == 120.0  # exactly the audio, never more
+    assert not jobs.record_chunk_progress(job.id, 7, 5.0)  # no such chunk
+
+
+def test_concurrent_progress_reports_add_each_second_once():
+    job = jobs.create_job("/x/q.wav", "q.wav")
+    jobs.add_chunks(job.id, [(0, 0.0, 100.0)])
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda s: jobs.record_chunk_progress(job.id, 0, float(s)), range(1, 81)))
+    # whatever the interleaving, the job holds the chunk's furthest point: never a sum of both
+    chunk = jobs.get_chunks(job.id)[0]
+    assert jobs.get_job(job.id).audio_seconds_done == chunk.seconds_done <= 80.0
+    jobs.finish_chunk(job.id, 0, asr_seconds=1.0, worker_pid=1, segments=1)
+    assert jobs.get_job(job.id).audio_seconds_done == 100.0
+
+
+def test_a_job_whose_coordinator_stopped_beating_is_taken_once():
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from store.db import session_scope
+    from store.models import TranscriptionJob, utcnow
+
+    alive = jobs.create_job("/x/alive.wav", "alive.wav", work_pool="asr-cpu", options="{}")
+    dead = jobs.create_job("/x/dead.wav", "dead.wav", work_pool="asr-cpu", options='{"a": 1}')
+    queued = jobs.create_job("/x/queued.wav", "queued.wav", work_pool="asr-cpu")
+    jobs.start_job(dead.id, None, 10.0, "/x/out")
+    jobs.beat(alive.id)
+    jobs.beat(dead.id)
+    with session_scope() as session:
+        session.execute(
+            update(TranscriptionJob)
+            .where(TranscriptionJob.id == dead.id)
+            .values(heartbeat_at=utcnow() - timedelta(minutes=5))
+        )
+    found = [job.id for job in jobs.stranded("asr-cpu", 60)]
+    assert dead.id in found and alive.id not in found and queued.id not in found
+    assert dead.id not in [job.id for job in jobs.stranded("asr-gpu", 60)]  # another pool's
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        taken = list(pool.map(lambda _: jobs.take_stranded(dead.id, 60), range(8)))
+    assert taken.count(True) == 1  # exactly one worker runs it again
+    assert dead.id not in [job.id for job in jobs.stranded("asr-cpu", 60)]
+    jobs.fail_job(alive.id, "done with it")
+    jobs.beat(alive.id)  # a finished job's heartbeat no longer moves
+    assert jobs.get_job(alive.id).status == JobStatus.FAILED
 
 
 def test_a_cancelled_job_is_not_completed_later():
