@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,12 @@ class RelaySettings(BaseSettings):
     chunk_target_seconds: float = Field(
         default=120.0, gt=5, description="Aimed-for chunk length when splitting on silence."
     )
+    chunk_first_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="Aimed-for length of a job's first chunk (0: like the others); short, "
+        "so that its text, and the job's progress, come back within seconds.",
+    )
     chunk_search_seconds: float = Field(
         default=20.0,
         gt=0,
@@ -86,6 +93,12 @@ class RelaySettings(BaseSettings):
     )
     transcribe_deployment: str = Field(
         default="transcribe/asr-cpu", description="Deployment that API submissions run on."
+    )
+    transcribe_via: Literal["deployment", "task-worker"] = Field(
+        default="deployment",
+        description="How API submissions run: 'deployment' (a flow run on the pool's worker) "
+        "or 'task-worker' (a background task on the pool's warm task worker, "
+        "`python -m flows.asr_tasks worker`: starts in about a second).",
     )
     short_audio_seconds: float = Field(
         default=300.0,

@@ -22,6 +22,13 @@ def dask_setup(worker) -> None:  # noqa: ARG001  (Dask's preload hook signature)
     started = time.perf_counter()
     options = AsrOptions.from_settings(get_settings())
     load_model(options)
+
+    try:  # chunks report their progress to the job store: connect now, not mid-chunk
+        from store.db import get_engine
+
+        get_engine()
+    except Exception as err:
+        log.warning("the job store is not reachable from this worker: %s", err)
     log.info(
         "model %s (%s/%s) loaded in %.1f s",
         options.model,

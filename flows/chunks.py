@@ -12,10 +12,19 @@ from store import jobs
 from tasks.asr import AsrOptions, ChunkResult, transcribe_chunk
 from tasks.split import Chunk
 
+# Above any job's own priority: each job's first chunk goes before every other waiting chunk.
+FIRST_CHUNK_PRIORITY = 1_000_000
+
 
 def job_priority(chunks: list[Chunk]) -> int:
     """Dask priority of a job's chunks: minus its length in seconds (shorter runs first)."""
     return -round(chunks[-1].end) if chunks else 0
+
+
+def chunk_priority(chunks: list[Chunk], chunk: Chunk) -> int:
+    """A job's first chunk before anything else waiting (every user sees text early), then
+    shorter jobs before longer ones (short work is never stuck behind a long file)."""
+    return FIRST_CHUNK_PRIORITY if chunk.index == chunks[0].index else job_priority(chunks)
 
 
 @flow(name="transcribe-chunks", persist_result=False)
@@ -31,13 +40,19 @@ def transcribe_chunks(
     limit = settings.chunk_timeout_seconds
     # On a shared cluster, a shorter job's chunks go first: short work is never stuck
     # behind a long file (Dask runs higher priorities first; a LocalCluster is ours alone).
-    with dask.annotate(priority=job_priority(chunks)):
-        futures = {task.submit(chunk, options, limit): chunk for chunk in chunks}
+    futures = {}
+    for chunk in chunks:
+        with dask.annotate(priority=chunk_priority(chunks, chunk)):
+            futures[task.submit(chunk, options, limit, job_id)] = chunk
     progress = create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
     results: list[ChunkResult] = []
     failures: list[str] = []
     for finished, future in enumerate(as_completed(list(futures)), start=1):
         chunk = futures[future]
+        if jobs.is_cancelled(job_id):  # a user cancelled it: free the workers for others
+            _cancel_waiting(futures)
+            failures.append("the job was cancelled")
+            break
         try:
             result = future.result()
         except Exception as err:  # the chunk's final failure, after its retries
@@ -55,3 +70,11 @@ def transcribe_chunks(
             )
         update_progress_artifact(progress, 100.0 * finished / len(chunks))
     return results, failures
+
+
+def _cancel_waiting(futures: dict) -> None:
+    """Cancel the chunks still waiting on the cluster (a running one finishes its segment)."""
+    for future in futures:
+        wrapped = getattr(future, "wrapped_future", None)
+        if wrapped is not None and not wrapped.done():
+            wrapped.cancel()

@@ -11,7 +11,7 @@ from pathlib import Path
 import fsspec
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Failed, State
+from prefect.states import Cancelled, Failed, State
 
 from flows.chunks import transcribe_chunks
 from flows.runtime import chunk_task_runner
@@ -94,7 +94,9 @@ def transcribe(
     folder = f"{settings.data_dir.rstrip('/')}/jobs/{job.id}"
     jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder)
     _notify(JobEvent("started", job.id, name, duration_seconds=info.duration))
-    split_options = SplitOptions(settings.chunk_target_seconds, settings.chunk_search_seconds)
+    split_options = SplitOptions(
+        settings.chunk_target_seconds, settings.chunk_search_seconds, settings.chunk_first_seconds
+    )
     split = split_audio(info, f"{folder}/chunks", split_options, return_state=True)
     if split.is_failed():
         return _fail(job.id, name, split.message, folder)
@@ -105,6 +107,9 @@ def transcribe(
 
     runner = chunk_task_runner(sum(c.has_speech for c in chunks))
     results, failures = transcribe_chunks.with_options(task_runner=runner)(job.id, chunks, options)
+    if jobs.is_cancelled(job.id):
+        _remove(folder)
+        return Cancelled(message="cancelled by a user")
     if failures:
         return _fail(
             job.id,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,11 +137,17 @@ class ChunkTimeoutError(TimeoutError):
     """A chunk took longer than its time limit."""
 
 
-def recognise(chunk: Chunk, options: AsrOptions, timeout: float | None = None) -> ChunkResult:
+def recognise(
+    chunk: Chunk,
+    options: AsrOptions,
+    timeout: float | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> ChunkResult:
     """Transcribe one chunk; a chunk without speech gives no segments (no invented text).
 
     ``timeout`` is checked between decoded segments (a CTranslate2 call cannot be interrupted
     from another thread), so a chunk stops within one segment's time of its limit.
+    ``on_progress`` is told the seconds of the chunk decoded so far, once per segment.
     """
     started = time.perf_counter()
     if not chunk.has_speech:
@@ -171,6 +179,8 @@ def recognise(chunk: Chunk, options: AsrOptions, timeout: float | None = None) -
         if text := piece.text.strip():
             words = tuple(Word(w.start, w.end, w.word, w.probability) for w in piece.words or ())
             segments.append(Segment(piece.start, piece.end, text, words))
+        if on_progress is not None:
+            on_progress(piece.end)
     return ChunkResult(
         index=chunk.index,
         segments=tuple(segments),
@@ -198,7 +208,41 @@ from prefect.tasks import exponential_backoff  # noqa: E402
     retry_jitter_factor=0.5,
 )
 def transcribe_chunk(
-    chunk: Chunk, options: AsrOptions, timeout: float | None = None
+    chunk: Chunk, options: AsrOptions, timeout: float | None = None, job_id: str | None = None
 ) -> ChunkResult:
-    """Transcribe one chunk with the worker process's model, within ``timeout`` seconds."""
-    return recognise(chunk, options, timeout)
+    """Transcribe one chunk with the worker process's model, within ``timeout`` seconds;
+    with ``job_id``, the job's progress moves in the store as segments are decoded."""
+    reporter = ProgressReporter(job_id, chunk.index) if job_id else None
+    return recognise(chunk, options, timeout, reporter)
+
+
+class ProgressReporter:
+    """Records a chunk's decoded seconds in the job store, at most every ``every`` seconds
+    and not in its first ``after`` seconds (a chunk done by then reports when it finishes,
+    and its worker need not open the store at all).
+
+    Progress is a courtesy: a store this worker cannot reach is logged once, and the chunk
+    goes on (its result still reaches the store through the flow when it finishes).
+    """
+
+    warned = False
+
+    def __init__(self, job_id: str, index: int, every: float = 1.0, after: float = 2.0) -> None:
+        self.job_id, self.index, self.every = job_id, index, every
+        self.last = time.monotonic() + after - every
+
+    def __call__(self, seconds: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        try:
+            from store.jobs import record_chunk_progress
+
+            record_chunk_progress(self.job_id, self.index, seconds)
+        except Exception as err:
+            if not ProgressReporter.warned:
+                ProgressReporter.warned = True
+                logging.getLogger("relay.asr").warning(
+                    "cannot record chunk progress in the job store: %s", err
+                )

@@ -40,10 +40,18 @@ class Chunk:
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """How to split: the aimed-for chunk length and how far to search for a pause."""
+    """How to split: the aimed-for chunk length, how far to search for a pause, and a
+    shorter first chunk (its text comes back first: a user sees progress early)."""
 
     target_seconds: float = 120.0
     search_seconds: float = 20.0
+    first_seconds: float | None = None
+
+    def target_of(self, index: int) -> float:
+        """The aimed-for length of chunk ``index``."""
+        if index == 0 and self.first_seconds:
+            return min(self.first_seconds, self.target_seconds)
+        return self.target_seconds
 
 
 def frame_levels(samples: np.ndarray) -> np.ndarray:
@@ -79,12 +87,12 @@ def cut_points(samples: np.ndarray, options: SplitOptions) -> list[float]:
     """
     levels = frame_levels(samples)
     duration = len(samples) / SAMPLE_RATE
-    target, search = options.target_seconds, options.search_seconds
     pauses = _pauses(silence_mask(levels))
     min_pause = MIN_PAUSE_SECONDS / FRAME_SECONDS
     cuts: list[float] = []
     last = 0.0
-    while duration - last > target * 1.25:
+    while duration - last > (target := options.target_of(len(cuts))) * 1.25:
+        search = min(options.search_seconds, target * 0.5)
         aim = last + target
         low = max(last + target * 0.5, aim - search)
         high = min(duration - target * 0.25, aim + search)

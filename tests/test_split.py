@@ -56,6 +56,18 @@ def test_short_audio_is_one_chunk_and_long_audio_has_no_tiny_tail():
     assert all(lengths >= 7.5), lengths  # no piece shorter than a quarter target
 
 
+def test_the_first_chunk_is_short_and_the_rest_are_full_length():
+    pieces = []
+    for _ in range(7):  # a pause every 15 s
+        pieces += [noise(14.0), quiet(1.0)]
+    audio = np.concatenate(pieces)
+    options = SplitOptions(target_seconds=45, search_seconds=8, first_seconds=15)
+    cuts = cut_points(audio, options)
+    assert 14.0 < cuts[0] < 15.0  # first text back after 15 s of audio, not 45
+    assert all(44.0 < b - a < 46.0 for a, b in itertools.pairwise(cuts)), cuts
+    assert cut_points(audio, SplitOptions(target_seconds=45, search_seconds=8))[0] > 40.0
+
+
 def test_chunks_cover_the_audio_exactly_as_16k_mono_files(tmp_path):
     audio = np.concatenate([noise(20.0), quiet(1.0), noise(20.0), quiet(10.0)])
     cuts = cut_points(audio, SplitOptions(target_seconds=20, search_seconds=4))
