@@ -10,7 +10,7 @@ from contextlib import ExitStack
 
 import uvicorn
 
-from deployments.serve import served_bot_tasks, served_flows
+from deployments.serve import served_bot_tasks, served_flows, served_task_workers
 from flows.runtime import prefect_api
 from relay_settings import get_settings
 
@@ -41,6 +41,9 @@ def main() -> int:
             log.info("embedded mode: Prefect at %s, serving the flows locally", api_url)
             stack.enter_context(served_flows(settings.transcribe_deployment))
             stack.enter_context(served_bot_tasks())
+            if settings.transcribe_via == "task-worker":  # submissions need the pool's worker
+                pool = settings.transcribe_deployment.split("/")[-1]
+                stack.enter_context(served_task_workers("flows.asr_tasks", (pool,)))
         from api.app import create_app
 
         uvicorn.run(

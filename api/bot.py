@@ -215,16 +215,10 @@ def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> di
 
 async def _dispatch(request: Request, request_id: str, pool: str) -> None:
     """Create the request's background task run with the app's long-lived Prefect client."""
-    from prefect.client.orchestration import get_client
-
+    from api.submit import app_prefect_client
     from flows.bot import adispatch
 
-    client = getattr(request.app.state, "prefect_client", None)
-    if client is None:
-        client = get_client()
-        await client.__aenter__()  # closed with the process; one per API process
-        request.app.state.prefect_client = client
-    await adispatch(client, request_id, pool)
+    await adispatch(await app_prefect_client(request), request_id, pool)
 
 
 def _now() -> datetime:

@@ -29,6 +29,7 @@ class Accepted(BaseModel):
     estimated_seconds: float
     duration_seconds: float
     flow_run_id: str | None
+    task_run_id: str | None = None
 
 
 class ChunkCounts(BaseModel):
@@ -42,6 +43,7 @@ class JobStatusView(BaseModel):
     status: str
     file_name: str
     progress_percent: float
+    audio_seconds_done: float
     chunks: ChunkCounts
     duration_seconds: float | None
     language: str | None

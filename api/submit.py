@@ -1,10 +1,12 @@
-"""Handing accepted jobs to Prefect: ``run_deployment(..., timeout=0)``, never inline."""
+"""Handing accepted jobs to Prefect, never inline: a flow run of the pool's deployment
+(``run_deployment(..., timeout=0)``) or a background task run for its warm task worker."""
 
 from __future__ import annotations
 
 from uuid import UUID
 
-from prefect.client.orchestration import get_client
+from fastapi import Request
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
@@ -38,6 +40,33 @@ async def submit_transcription(
             503, "submission_failed", f"could not submit to deployment {deployment!r}: {reason}"
         ) from err
     return str(flow_run.id)
+
+
+async def app_prefect_client(request: Request) -> PrefectClient:
+    """The API process's long-lived Prefect client (opened on first use, closed with it)."""
+    client = getattr(request.app.state, "prefect_client", None)
+    if client is None:
+        client = get_client()
+        await client.__aenter__()
+        request.app.state.prefect_client = client
+    return client
+
+
+async def submit_to_task_worker(
+    client: PrefectClient, pool: str, job_id: str, source: str, options: dict[str, object]
+) -> str:
+    """Create the job's background task run for ``pool``'s warm task workers; its id."""
+    from flows.asr_tasks import adispatch
+
+    try:
+        return await adispatch(client, pool, job_id, source, options)
+    except ValueError as err:
+        raise ApiError(503, "no_task_worker_pool", str(err)) from err
+    except Exception as err:
+        reason = str(err) or type(err).__name__
+        raise ApiError(
+            503, "submission_failed", f"could not hand the job to pool {pool!r}: {reason}"
+        ) from err
 
 
 async def _existing_queue(deployment: str, work_queue: str | None) -> str | None:

@@ -25,7 +25,13 @@ from api.schemas import (
     PathSubmission,
     TranscriptionOptions,
 )
-from api.submit import cancel_flow_run, flow_run_url, submit_transcription
+from api.submit import (
+    app_prefect_client,
+    cancel_flow_run,
+    flow_run_url,
+    submit_to_task_worker,
+    submit_transcription,
+)
 from api.uploads import allowed_path, save_upload
 from relay_settings import RelaySettings
 from store import jobs, status
@@ -36,6 +42,9 @@ router = APIRouter(
     prefix="/api/transcriptions", tags=["transcriptions"], dependencies=[Depends(require_token)]
 )
 
+# Share of a job's progress that decoding and splitting stand for (about what they take of a
+# job's time on CPU); transcription is the rest, as the workers decode the audio.
+PREPARED_PERCENT = 3.0
 _MEDIA_STATUS = {"too_long": 413, "not_media": 415, "no_audio": 415, "undecodable": 415}
 _CONTENT_TYPES = {
     "txt": "text/plain",
@@ -93,22 +102,34 @@ async def submit(request: Request) -> Accepted:
     pool = settings.transcribe_deployment.split("/")[-1]
     ahead = await run_in_threadpool(status.waiting_audio_seconds)
     speed = await run_in_threadpool(status.throughput)
-    await run_in_threadpool(jobs.create_job, str(source), source.name, job_id, pool, info.duration)
     chosen = options.model_dump(include=set(TranscriptionOptions.model_fields), exclude_none=True)
-    parameters = {"source": str(source), "job_id": job_id, **chosen}
+    await run_in_threadpool(
+        jobs.create_job, str(source), source.name, job_id, pool, info.duration, json.dumps(chosen)
+    )
+    flow_run_id = task_run_id = None
     try:
-        queue = "short" if info.duration <= settings.short_audio_seconds else "long"
-        flow_run_id = await submit_transcription(settings.transcribe_deployment, parameters, queue)
+        if settings.transcribe_via == "task-worker":
+            client = await app_prefect_client(request)
+            task_run_id = await submit_to_task_worker(client, pool, job_id, str(source), chosen)
+        else:
+            queue = "short" if info.duration <= settings.short_audio_seconds else "long"
+            flow_run_id = await submit_transcription(
+                settings.transcribe_deployment,
+                {"source": str(source), "job_id": job_id, **chosen},
+                queue,
+            )
     except ApiError as err:
         await run_in_threadpool(jobs.fail_job, job_id, err.message)
         raise
-    await run_in_threadpool(jobs.set_flow_run, job_id, flow_run_id)
+    if flow_run_id:
+        await run_in_threadpool(jobs.set_flow_run, job_id, flow_run_id)
     return Accepted(
         job_id=job_id,
         status=JobStatus.QUEUED,
         estimated_seconds=round(speed.seconds_for(info.duration + ahead), 1),
         duration_seconds=round(info.duration, 2),
         flow_run_id=flow_run_id,
+        task_run_id=task_run_id,
     )
 
 
@@ -158,8 +179,9 @@ def view(job: TranscriptionJob) -> JobStatusView:
     duration = job.duration_seconds or 0.0
     if job.status == JobStatus.COMPLETED:
         progress = 100.0
-    elif duration:
-        progress = min(99.9, 100.0 * job.audio_seconds_done / duration)
+    elif duration and job.chunks_total:  # decoded and split: the rest is transcription
+        transcribed = min(job.audio_seconds_done / duration, 1.0)
+        progress = min(99.9, PREPARED_PERCENT + (100.0 - PREPARED_PERCENT) * transcribed)
     else:
         progress = 0.0
     return JobStatusView(
@@ -167,6 +189,7 @@ def view(job: TranscriptionJob) -> JobStatusView:
         status=job.status,
         file_name=job.source_name,
         progress_percent=round(progress, 1),
+        audio_seconds_done=round(min(job.audio_seconds_done, duration), 1),
         chunks=ChunkCounts(total=job.chunks_total, done=job.chunks_done, failed=job.chunks_failed),
         duration_seconds=job.duration_seconds,
         language=job.language,

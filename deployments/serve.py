@@ -50,11 +50,17 @@ def served_flows(wait_for: str, limit: float = 120.0) -> Iterator[subprocess.Pop
 
 @contextmanager
 def served_bot_tasks() -> Iterator[list[subprocess.Popen]]:
-    """Run a bot task worker per bot pool (``python -m flows.bot worker``) while the block
-    runs, so bot requests are answered in the embedded mode too."""
+    """A bot task worker per bot pool (``python -m flows.bot worker``) while the block runs,
+    so bot requests are answered in the embedded mode too."""
+    with served_task_workers("flows.bot", ("bot-chat", "bot-media")) as workers:
+        yield workers
+
+
+@contextmanager
+def served_task_workers(module: str, pools: tuple[str, ...]) -> Iterator[list[subprocess.Popen]]:
+    """``python -m MODULE worker --pool POOL`` for each pool while the block runs."""
     workers = [
-        subprocess.Popen([sys.executable, "-m", "flows.bot", "worker", "--pool", pool])
-        for pool in ("bot-chat", "bot-media")
+        subprocess.Popen([sys.executable, "-m", module, "worker", "--pool", pool]) for pool in pools
     ]
     try:
         yield workers

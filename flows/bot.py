@@ -9,22 +9,16 @@ died, so no request is lost.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-import threading
-import time
-from uuid import uuid4
+from functools import partial
 
-from prefect import Task, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import PrefectClient
-from prefect.context import SyncClientContext
-from prefect.results import ResultStore, get_or_create_default_task_scheduling_storage
-from prefect.states import Scheduled
-from prefect.task_worker import store_parameters
 
 from bot_config import BOT_POOLS, get_bot_config
+from flows.deferred import adefer, serve_warm, worker_main
 from store import bot as requests
 from tasks.bot_handling import deliver, handle_request
 
@@ -56,43 +50,8 @@ def dispatch(request_id: str, pool: str) -> str:
 
 
 async def adispatch(client: PrefectClient, request_id: str, pool: str) -> str:
-    """What ``.delay()`` does, on the API's open client: store the task's parameters where
-    task workers read them and create its scheduled (deferred) task run.
-
-    Unlike ``.delay()`` it stores no settings context: a worker runs with its own settings
-    (its own PREFECT_API_URL on another host), and rebuilding the caller's settings made
-    every task run re-read the TOML profile files, about 60 % of a chat request's CPU.
-    """
-    task = POOL_TASKS[pool]
-    parameters_id = uuid4()
-    store = await _parameter_store(task)
-    await store_parameters(
-        store, parameters_id, {"parameters": {"request_id": request_id}, "context": {}}
-    )
-    state = Scheduled()
-    state.state_details.deferred = True
-    state.state_details.task_parameters_id = parameters_id
-    task_run = await client.create_task_run(
-        task=task,
-        name=task.name,
-        flow_run_id=None,
-        dynamic_key=f"{task.task_key}-{uuid4().hex}",
-        state=state,
-        task_inputs={"request_id": []},
-    )
-    return str(task_run.id)
-
-
-_stores: dict[str, ResultStore] = {}
-
-
-async def _parameter_store(task: Task) -> ResultStore:
-    if task.task_key not in _stores:
-        storage = await get_or_create_default_task_scheduling_storage()
-        _stores[task.task_key] = await ResultStore(result_storage=storage).aupdate_for_task(
-            task.with_options(persist_result=True)
-        )
-    return _stores[task.task_key]
+    """Create the request's background task run on the API's open client (``adefer``)."""
+    return await adefer(client, POOL_TASKS[pool], {"request_id": request_id})
 
 
 def maintain(pool: str, grace: float = STRANDED_GRACE_SECONDS) -> None:
@@ -111,53 +70,26 @@ def maintain(pool: str, grace: float = STRANDED_GRACE_SECONDS) -> None:
                 dispatch(request_id, pool)
 
 
-def _maintenance_loop(pool: str, stop: threading.Event) -> None:
-    while not stop.wait(MAINTENANCE_SECONDS):
-        try:
-            maintain(pool)
-        except Exception:
-            log.exception("bot maintenance pass failed; trying again")
-
-
 def serve_pool(pool: str, limit: int) -> None:
     """Serve the pool's task until interrupted, with the maintenance loop beside it."""
-    from prefect.task_worker import serve
-
     import tasks.providers.minimax
     import tasks.providers.openai_api
     import tasks.providers.stability  # noqa: F401 (imported once now, not by the first requests)
 
-    stop = threading.Event()
-    threading.Thread(target=_maintenance_loop, args=(pool, stop), daemon=True).start()
-    # One Prefect client for every task run of this process: without it each run builds its
-    # own (an SSL context with the CA bundle each time: about 15 % of a chat request's CPU).
-    # Task runs start in copies of this context, so they find it; httpx's client is
-    # thread-safe.
-    try:
-        with SyncClientContext.get_or_create():
-            serve(POOL_TASKS[pool], limit=limit)
-    finally:
-        stop.set()
+    serve_warm(POOL_TASKS[pool], limit, partial(maintain, pool), MAINTENANCE_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flows.bot worker --pool bot-chat [--limit N]``."""
-    parser = argparse.ArgumentParser(prog="python -m flows.bot", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    worker = commands.add_parser("worker", help="serve one pool's bot requests")
-    worker.add_argument("--pool", choices=BOT_POOLS, required=True)
-    worker.add_argument(
-        "--limit", type=int, default=32, help="requests answered at once by this process"
+    return worker_main(
+        argv,
+        module="flows.bot",
+        description=__doc__,
+        pools=BOT_POOLS,
+        default_limit=32,
+        limit_help="requests answered at once by this process",
+        serve_pool=serve_pool,
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    started = time.monotonic()
-    log.info("bot worker for %s (limit %d) starting", args.pool, args.limit)
-    serve_pool(args.pool, args.limit)
-    log.info("bot worker for %s stopped after %.0f s", args.pool, time.monotonic() - started)
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ from prefect_dask import DaskTaskRunner
 from relay_settings import get_settings
 
 EMBEDDED_SERVER_TIMEOUT_SECONDS = 120
+# Dask's distributed.scheduler.worker-saturation for a cluster shared by jobs: a worker is
+# sent only as many chunks as it has threads and the rest wait at the scheduler in priority
+# order, so a short job's chunks overtake a long one's (Dask's default, 1.1, sends one more,
+# which then runs first whatever arrives after it).
+SCHEDULER_SATURATION = 1.0
 
 
 @contextmanager

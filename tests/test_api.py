@@ -343,3 +343,22 @@ def test_a_crashed_flow_run_fails_its_job(client, serve_process):
     body = wait_for(client, accepted["job_id"], limit=90)
     assert body["status"] == "failed"
     assert body["error"].startswith("the flow run crashed")
+
+
+def test_progress_counts_the_split_then_the_audio_transcribed():
+    from api.transcriptions import PREPARED_PERCENT, view
+    from store.models import TranscriptionJob
+
+    job = TranscriptionJob(
+        source_name="a.wav", source_path="/a.wav", status=JobStatus.RUNNING, duration_seconds=600
+    )
+    assert view(job).progress_percent == 0.0  # probed, not split yet
+    job.chunks_total = 6
+    assert view(job).progress_percent == PREPARED_PERCENT
+    job.audio_seconds_done = 300.0
+    assert view(job).progress_percent == round(PREPARED_PERCENT + (100 - PREPARED_PERCENT) / 2, 1)
+    assert view(job).audio_seconds_done == 300.0
+    job.audio_seconds_done = 600.0
+    assert view(job).progress_percent == 99.9  # 100 only once the transcript is stored
+    job.status = JobStatus.COMPLETED
+    assert view(job).progress_percent == 100.0

@@ -1,0 +1,187 @@
+"""Transcriptions as Prefect background tasks, served by warm task workers per ASR pool.
+
+With ``RELAY_TRANSCRIBE_VIA=task-worker`` the API creates a background task run
+(``transcribe-on-asr-cpu`` or ``-gpu``) instead of a flow run. A long-lived task worker of
+that pool (``python -m flows.asr_tasks worker --pool asr-cpu``) takes it within a few hundred
+milliseconds and runs the ``transcribe`` flow in-process, as a subflow of the task run, on
+the warm Dask cluster: no flow-run process to start, no imports or model loads per job.
+Jobs run side by side; Dask's priorities decide which chunks go first (see flows/chunks.py).
+``prefect deployment run 'transcribe/asr-cpu'`` still runs a flow run on the pool's worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import threading
+from functools import partial
+
+from prefect import runtime as prefect_runtime
+from prefect import tags, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import PrefectClient
+
+from flows.deferred import adefer, serve_warm, worker_main
+from relay_settings import get_settings, reload_settings
+from store import jobs
+
+log = logging.getLogger("relay.asr")
+ASR_POOLS = ("asr-cpu", "asr-gpu")
+# What each pool's deployment passes in prefect.yaml; a job's own options override them.
+POOL_OPTIONS: dict[str, dict[str, str]] = {
+    "asr-cpu": {"device": "cpu", "compute_type": "int8"},
+    "asr-gpu": {"device": "cuda", "compute_type": "float16"},
+}
+
+
+HEARTBEAT_SECONDS = 10.0
+STRANDED_AFTER_SECONDS = 60.0
+MAINTENANCE_SECONDS = 15.0
+
+
+def run_job(pool: str, job_id: str, source: str, options: dict[str, object]) -> str:
+    """Run the ``transcribe`` flow for an accepted job; returns the job's final status.
+
+    While it runs, a heartbeat in the store says this process is alive; if it dies, another
+    task worker of the pool runs the job again (``recover_stranded``).
+    """
+    from flows.transcribe import transcribe
+
+    job = jobs.get_job(job_id)
+    if job is None or job.status in jobs.FINAL_STATES:
+        return str(job.status) if job else "missing"
+    stop = threading.Event()
+    jobs.beat(job_id)
+    threading.Thread(target=_beat_until, args=(job_id, stop), daemon=True).start()
+    # Prefect links no parent to a flow started in a background task: tags tie them together.
+    task_run_id = prefect_runtime.task_run.id
+    try:
+        with tags(f"relay-job:{job_id}", f"relay-task-run:{task_run_id}"):
+            state = transcribe(
+                source, job_id=job_id, **{**POOL_OPTIONS[pool], **options}, return_state=True
+            )
+    finally:
+        stop.set()
+    job = jobs.get_job(job_id)
+    log.info("job %s ended %s: %s", job_id, job.status if job else "?", state.message or "")
+    return str(job.status) if job else state.type.value.lower()
+
+
+def _beat_until(job_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS):
+        try:
+            jobs.beat(job_id)
+        except Exception:
+            log.warning("could not record job %s's heartbeat", job_id, exc_info=True)
+
+
+@task(name="transcribe-on-asr-cpu", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def transcribe_on_asr_cpu(job_id: str, source: str, options: dict[str, object]) -> str:
+    """Transcribe an accepted job on the asr-cpu pool's warm task worker."""
+    return run_job("asr-cpu", job_id, source, options)
+
+
+@task(name="transcribe-on-asr-gpu", cache_policy=NO_CACHE, persist_result=False, retries=0)
+def transcribe_on_asr_gpu(job_id: str, source: str, options: dict[str, object]) -> str:
+    """Transcribe an accepted job on the asr-gpu pool's warm task worker."""
+    return run_job("asr-gpu", job_id, source, options)
+
+
+POOL_TASKS = {"asr-cpu": transcribe_on_asr_cpu, "asr-gpu": transcribe_on_asr_gpu}
+
+
+async def adispatch(
+    client: PrefectClient, pool: str, job_id: str, source: str, options: dict[str, object]
+) -> str:
+    """Create the job's background task run on the API's open client; returns its id."""
+    if pool not in POOL_TASKS:
+        raise ValueError(f"no ASR task for pool {pool!r}; expected one of {', '.join(ASR_POOLS)}")
+    parameters = {"job_id": job_id, "source": source, "options": options}
+    return await adefer(client, POOL_TASKS[pool], parameters)
+
+
+def dispatch(pool: str, job_id: str, source: str, options: dict[str, object]) -> str:
+    """``adispatch`` from a thread without an event loop (the maintenance loop)."""
+    from prefect.client.orchestration import get_client
+
+    async def submit() -> str:
+        async with get_client() as client:
+            return await adispatch(client, pool, job_id, source, options)
+
+    return asyncio.run(submit())
+
+
+def recover_stranded(pool: str, older_than: float = STRANDED_AFTER_SECONDS) -> list[str]:
+    """Run again the pool's jobs whose task worker died (no heartbeat for ``older_than`` s).
+    Several workers may look at once; each job is taken by one. Returns the jobs taken."""
+    taken = []
+    for job in jobs.stranded(pool, older_than):
+        if jobs.take_stranded(job.id, older_than):
+            log.warning("job %s lost its task worker; running it again", job.id)
+            dispatch(pool, job.id, job.source_path, json.loads(job.options or "{}"))
+            taken.append(job.id)
+    return taken
+
+
+def warm_local_cluster(workers: int):  # -> distributed.LocalCluster
+    """No RELAY_DASK_ADDRESS: one LocalCluster for the worker's life, its model preloaded,
+    so that every job of this process finds it warm (a laptop without a Dask cluster)."""
+    import dask
+    from distributed import LocalCluster
+
+    from flows.runtime import SCHEDULER_SATURATION
+
+    threads = get_settings().asr_cpu_threads or 1
+    saturation = {"distributed.scheduler.worker-saturation": SCHEDULER_SATURATION}
+    with dask.config.set(saturation):
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            env={"OMP_NUM_THREADS": str(threads), "DASK_LOGGING__DISTRIBUTED": "warning"},
+            preload=["deployments.dask_preload"],
+        )
+    os.environ["RELAY_DASK_ADDRESS"] = cluster.scheduler_address
+    reload_settings()
+    return cluster
+
+
+def serve_pool(pool: str, limit: int) -> None:
+    """Serve the pool's transcriptions until interrupted."""
+    import flows.transcribe  # noqa: F401 (imported once now, not by the first job)
+
+    os.environ.setdefault("RELAY_WORK_POOL", pool)
+    cluster = None
+    if not get_settings().dask_address:
+        from flows.runtime import local_worker_count
+
+        cluster = warm_local_cluster(local_worker_count(64))
+        log.info(
+            "no RELAY_DASK_ADDRESS: started a warm LocalCluster at %s", cluster.scheduler_address
+        )
+    try:
+        serve_warm(POOL_TASKS[pool], limit, partial(recover_stranded, pool), MAINTENANCE_SECONDS)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flows.asr_tasks worker --pool asr-cpu [--limit N]``."""
+    return worker_main(
+        argv,
+        module="flows.asr_tasks",
+        description=__doc__,
+        pools=ASR_POOLS,
+        default_limit=8,
+        limit_help="jobs coordinated at once by this process",
+        serve_pool=serve_pool,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

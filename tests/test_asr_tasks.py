@@ -1,0 +1,275 @@
+"""API submissions on the warm transcription task worker (``RELAY_TRANSCRIBE_VIA=task-worker``).
+
+Real Prefect server, a real ``python -m flows.asr_tasks worker`` process with its warm
+LocalCluster, the store on the real PostgreSQL, and Dask's real scheduling of priorities.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from uuid import UUID
+
+import dask
+import pytest
+from distributed import Client, LocalCluster
+from fastapi.testclient import TestClient
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+
+from api.app import create_app
+from flows.asr_tasks import POOL_OPTIONS
+from flows.chunks import chunk_priority
+from flows.runtime import SCHEDULER_SATURATION
+from relay_settings import PROJECT_ROOT, RelaySettings
+from store import jobs
+from tasks.split import Chunk
+from tasks.wer import word_error_rate
+from tests.audio import DATA
+from tests.environ import environment
+from tests.pg import create_database, drop_database
+
+TOKEN = "warm-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def settings(prefect_server, tmp_path_factory):  # noqa: ARG001 (the server must be up)
+    name, url = create_database()
+    data = tmp_path_factory.mktemp("warm-data")
+    with environment({"RELAY_DATABASE_URL": url, "RELAY_DATA_DIR": str(data)}):
+        yield RelaySettings(
+            database_url=url, data_dir=str(data), api_token=TOKEN, transcribe_via="task-worker"
+        )
+        from store.db import engine_for
+
+        engine_for(url).dispose()
+    drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def task_worker(settings, tmp_path_factory):
+    """``python -m flows.asr_tasks worker --pool asr-cpu``: no Dask address, so it keeps its
+    own warm LocalCluster (one worker: this machine has two cores for everything)."""
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "RELAY_DATABASE_URL": settings.database_url,
+        "RELAY_DATA_DIR": settings.data_dir,
+        "RELAY_DASK_ADDRESS": "",
+        "RELAY_DASK_WORKERS": "1",
+    }
+    log = tmp_path_factory.mktemp("asr-tasks") / "worker.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.asr_tasks", "worker", "--pool", "asr-cpu", "--limit", "4"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    yield log
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def upload(client: TestClient, path: Path):
+    with path.open("rb") as handle:
+        return client.post(
+            "/api/transcriptions",
+            headers=AUTH,
+            files={"file": (path.name, handle, "application/octet-stream")},
+        )
+
+
+def wait_final(client: TestClient, job_id: str, limit: float = 240.0) -> dict:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        body = client.get(f"/api/transcriptions/{job_id}", headers=AUTH).json()
+        if body["status"] in ("completed", "failed", "cancelled"):
+            return body
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {body}")
+
+
+def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker):
+    accepted = upload(client, DATA / "weather.mp3")
+    assert accepted.status_code == 202, accepted.text
+    first = accepted.json()
+    assert first["flow_run_id"] is None and first["task_run_id"]
+    done = wait_final(client, first["job_id"])
+    assert done["status"] == "completed", (done, task_worker.read_text()[-3000:])
+    text = client.get(f"/api/transcriptions/{first['job_id']}/transcript", headers=AUTH).text
+    assert word_error_rate((DATA / "weather.txt").read_text(), text) < 0.35, text
+    assert done["progress_percent"] == 100.0 and done["work_pool"] == "asr-cpu"
+
+    # Prefect shows it: the background task run, and the transcribe flow run tagged with it.
+    with get_client(sync_client=True) as prefect:
+        deadline = time.monotonic() + 30  # the task run ends just after its job
+        while not (task_run := prefect.read_task_run(UUID(first["task_run_id"]))).state.is_final():
+            assert time.monotonic() < deadline, task_run.state
+            time.sleep(0.2)
+        flow_run = prefect.read_flow_run(UUID(done["flow_run_id"]))
+    assert task_run.name == "transcribe-on-asr-cpu" and task_run.state.is_completed()
+    assert flow_run.state.is_completed() and flow_run.name and flow_run.flow_id
+    assert {f"relay-task-run:{task_run.id}", f"relay-job:{first['job_id']}"} <= set(flow_run.tags)
+
+    # A second job finds the same warm Dask worker process (no cluster start, no model load).
+    second = upload(client, DATA / "library.m4a").json()
+    assert wait_final(client, second["job_id"])["status"] == "completed"
+    pids = {c.worker_pid for job in (first, second) for c in jobs.get_chunks(job["job_id"])}
+    assert len(pids - {None}) == 1, pids
+
+
+def test_decoding_progress_reaches_the_store_segment_by_segment(settings, tmp_path):  # noqa: ARG001
+    """What a Dask worker does while it decodes a chunk: the job's progress moves with each
+    segment, then the chunk's end adds only the rest."""
+    from tasks.asr import AsrOptions, ProgressReporter, recognise
+    from tasks.media import decode, probe
+    from tasks.split import write_chunks
+
+    path = PROJECT_ROOT / "samples" / "meeting.ogg"
+    (chunk,) = write_chunks(decode(probe(path)), [], str(tmp_path))
+    job = jobs.create_job(str(path), path.name, work_pool="asr-cpu")
+    jobs.add_chunks(job.id, [(0, chunk.start, chunk.end)])
+    reporter = ProgressReporter(job.id, 0, every=0.0, after=0.0)
+    seen: list[float] = []
+
+    def report(seconds: float) -> None:
+        reporter(seconds)
+        seen.append(jobs.get_job(job.id).audio_seconds_done)
+
+    result = recognise(chunk, AsrOptions(), on_progress=report)
+    assert len(seen) == len(result.segments) >= 3
+    assert seen == sorted(seen) and 0 < seen[0] < seen[-1] <= chunk.duration
+    assert seen[-1] == pytest.approx(result.segments[-1].end, abs=0.01)
+    jobs.finish_chunk(job.id, 0, asr_seconds=result.asr_seconds, worker_pid=1, segments=3)
+    assert jobs.get_job(job.id).audio_seconds_done == pytest.approx(chunk.duration)
+    other = jobs.create_job(str(path), path.name, work_pool="asr-cpu")
+    jobs.add_chunks(other.id, [(0, 0.0, 20.0)])
+    ProgressReporter(other.id, 0)(5.0)  # by default nothing in a chunk's first two seconds
+    assert jobs.get_job(other.id).audio_seconds_done == 0.0
+    ProgressReporter(other.id, 0, after=0.0)(5.0)
+    assert jobs.get_job(other.id).audio_seconds_done == 5.0
+
+
+def test_the_task_pools_pass_what_the_deployments_pass():
+    import yaml
+
+    declared = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    for pool, options in POOL_OPTIONS.items():
+        (deployment,) = [d for d in declared if d["name"] == pool]
+        assert {k: deployment["parameters"][k] for k in options} == options
+
+
+def test_dask_runs_every_first_chunk_then_the_shorter_jobs_first():
+    """Three jobs waiting behind a busy worker (the bench scenario: 10, 5 and 15 minutes,
+    submitted in that order): Dask takes every job's first chunk, then the 5-minute job, then
+    the 10-minute one, then the 15-minute one."""
+    RAN.clear()
+    GATE.clear()
+
+    def split(minutes: int) -> list[Chunk]:
+        return [
+            Chunk(i, i * 120.0, min((i + 1) * 120.0, minutes * 60.0), "")
+            for i in range(-(-minutes * 60 // 120))
+        ]
+
+    with (
+        dask.config.set({"distributed.scheduler.worker-saturation": SCHEDULER_SATURATION}),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as dask_client,
+    ):
+        busy = dask_client.submit(_hold, pure=False)
+        submitted, futures = {}, [busy]
+        for job, minutes in (("ten", 10), ("five", 5), ("fifteen", 15)):
+            chunks = split(minutes)
+            for chunk in chunks:
+                with dask.annotate(priority=chunk_priority(chunks, chunk)):
+                    future = dask_client.submit(_work, job, chunk.index, pure=False)
+                submitted[future.key] = (job, chunk.index)
+                futures.append(future)
+        time.sleep(1.0)  # every chunk is waiting behind the busy worker
+        # Tasks Dask had already handed to the worker run first, whatever came after them
+        # (the first few of a new kind of task are not queued at the scheduler).
+        (worker,) = cluster.workers.values()
+        held = {submitted[key] for key in worker.state.tasks if key in submitted}
+        GATE.set()
+        dask_client.gather(futures)
+    assert len(held) <= 2, held
+    rest = [pair for pair in RAN if pair not in held]
+    firsts = {(job, 0) for job in ("ten", "five", "fifteen")} - held
+    assert set(rest[: len(firsts)]) == firsts, RAN
+    expected = [
+        (job, index)
+        for job, count in (("five", 3), ("ten", 5), ("fifteen", 8))
+        for index in range(1, count)
+        if (job, index) not in held
+    ]
+    assert rest[len(firsts) :] == expected, RAN
+
+
+def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_worker):
+    """A job whose coordinator died mid-run (it beat, then stopped) is taken up again by the
+    pool's task worker with the options it was submitted with, and completes."""
+    import json
+    import shutil
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from store.db import session_scope
+    from store.models import TranscriptionJob, utcnow
+
+    folder = Path(settings.data_dir) / "uploads" / "orphan"
+    folder.mkdir(parents=True)
+    source = shutil.copy(DATA / "weather.mp3", folder / "weather.mp3")
+    job = jobs.create_job(
+        str(source), "weather.mp3", None, "asr-cpu", 20.0, json.dumps({"word_timestamps": True})
+    )
+    jobs.start_job(job.id, None, 20.0, f"{settings.data_dir}/jobs/{job.id}")
+    jobs.add_chunks(job.id, [(0, 0.0, 20.0)])
+    with session_scope() as session:  # its worker beat two minutes ago, then died
+        session.execute(
+            update(TranscriptionJob)
+            .where(TranscriptionJob.id == job.id)
+            .values(heartbeat_at=utcnow() - timedelta(minutes=2))
+        )
+    done = wait_final(client, job.id, limit=180)
+    assert done["status"] == "completed", (done, task_worker.read_text()[-3000:])
+    assert done["chunks"]["done"] == done["chunks"]["total"] == 1
+    transcript = client.get(
+        f"/api/transcriptions/{job.id}/transcript", params={"format": "json"}, headers=AUTH
+    ).json()
+    assert all(segment["words"] for segment in transcript["segments"])  # its own options
+    assert f"job {job.id} lost its task worker" in task_worker.read_text()
+
+
+# The one Dask worker runs in this process (processes=False): it records into this list.
+RAN: list[tuple[str, int]] = []
+
+
+def _work(job: str, index: int) -> None:
+    RAN.append((job, index))
+
+
+GATE = threading.Event()
+
+
+def _hold() -> None:
+    GATE.wait(timeout=30)
