@@ -5,8 +5,10 @@
 1. ``prefect server start`` on PostgreSQL (database ``relay_prefect``);
 2. a Dask scheduler and workers that preload the model (``deployments.dask_preload``);
 3. ``make bootstrap`` (pools, queues, limits, blocks) and ``prefect deploy --all``;
-4. a process worker per pool (``asr-gpu`` only where ``nvidia-smi`` works), and a bot task
-   worker per bot pool (``python -m flows.bot worker``);
+4. a process worker per pool (``asr-gpu`` only where ``nvidia-smi`` works), for deployment
+   runs; a transcription task worker per ASR pool (``python -m flows.asr_tasks worker``),
+   which takes the API's submissions; and a bot task worker per bot pool
+   (``python -m flows.bot worker``);
 5. the API (``python -m api``) against that server.
 
 Each runs in its own process group; their ids go to ``.relay/stack/pids.json`` and their
@@ -31,6 +33,7 @@ import httpx
 import psycopg
 import yaml
 
+from flows.runtime import SCHEDULER_SATURATION
 from relay_settings import DEFAULT_STATE_DIR, PROJECT_ROOT
 
 STACK_DIR = DEFAULT_STATE_DIR / "stack"
@@ -57,11 +60,14 @@ def stack_env() -> dict[str, str]:
         "RELAY_DATABASE_URL": os.environ.get("RELAY_DATABASE_URL", f"{pg}/relay"),
         "RELAY_DASK_ADDRESS": f"tcp://127.0.0.1:{DASK_PORT}",
         "DASK_LOGGING__DISTRIBUTED": "warning",
+        "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": str(SCHEDULER_SATURATION),
         "OMP_NUM_THREADS": "1",
         # Workers ask for scheduled runs every second (Prefect's default is 10 s): a local
         # server can take it, and a submission waits 0.5 s on average instead of 5 s.
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        # API submissions go to the warm transcription task workers (flows.asr_tasks).
+        "RELAY_TRANSCRIBE_VIA": os.environ.get("RELAY_TRANSCRIBE_VIA", "task-worker"),
         "PYTHONPATH": str(PROJECT_ROOT),
     }
 
@@ -77,7 +83,9 @@ def ensure_databases(names: tuple[str, ...] = ("relay_prefect", "relay")) -> Non
 
 def start(name: str, command: list[str], env: dict[str, str], pids: dict[str, int]) -> None:
     """Start one background process in its own group, logging to logs/<name>.log."""
-    log = (STACK_DIR / "logs" / f"{name}.log").open("a")
+    path = STACK_DIR / "logs" / f"{name}.log"
+    _log_offsets[name] = path.stat().st_size if path.exists() else 0  # this start's lines
+    log = path.open("a")
     process = subprocess.Popen(
         command,
         cwd=PROJECT_ROOT,
@@ -101,6 +109,23 @@ def wait_http(url: str, what: str, limit: float = 120.0) -> None:
             pass
         time.sleep(0.5)
     raise SystemExit(f"error: {what} did not answer at {url} within {limit:.0f} s")
+
+
+def wait_log(name: str, text: str, limit: float = 180.0) -> None:
+    """Wait until process ``name``'s log (from this start) says ``text``."""
+    log = STACK_DIR / "logs" / f"{name}.log"
+    offset = _log_offsets.get(name, 0)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            if text.encode() in handle.read():
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"error: {name} did not say {text!r} within {limit:.0f} s; see {log}")
+
+
+_log_offsets: dict[str, int] = {}
 
 
 def wait_dask_workers(count: int, limit: float = 180.0) -> None:
@@ -201,6 +226,13 @@ def up() -> int:
             env,
             pids,
         )
+    for pool in (p for p in pools_here() if p.startswith("asr-")):
+        start(
+            f"asr-tasks-{pool.removeprefix('asr-')}",
+            [sys.executable, "-m", "flows.asr_tasks", "worker", "--pool", pool],
+            env,
+            pids,
+        )
     for pool, limit in (("bot-chat", 32), ("bot-media", 8)):
         start(
             f"bot-tasks-{pool.removeprefix('bot-')}",
@@ -210,6 +242,9 @@ def up() -> int:
         )
     start("api", [sys.executable, "-m", "api"], env, pids)
     wait_dask_workers(DASK_WORKERS)
+    for name in pids:  # a submission made before its task worker listens waits for it
+        if name.startswith(("asr-tasks-", "bot-tasks-")):
+            wait_log(name, "Subscribing to runs of task(s)")
     port = os.environ.get("RELAY_API_PORT", "8000")
     wait_http(f"http://127.0.0.1:{port}/api/health", "the API")
     print(

@@ -281,3 +281,56 @@ def test_every_bot_pool_has_task_workers_that_share_the_api_secret_and_storage()
     for name, pool in in_k8s.items():
         assert pods()[name]["nodeSelector"]["relay.io/pool"] == pool
         assert "RELAY_SECRET_KEY" in env_k8s(pods()[name])
+
+
+def asr_task_pool(command) -> str | None:
+    return flag(command, "--pool") if runs(command, "python", "-m", "flows.asr_tasks") else None
+
+
+def test_every_asr_pool_has_a_task_worker_that_the_api_submits_to():
+    asr_pools = {pool for pool in POOLS if pool.startswith("asr-")}
+    in_compose = {n: p for n, s in compose().items() if (p := asr_task_pool(s.get("command")))}
+    assert set(in_compose.values()) == asr_pools, in_compose
+    assert env(compose()["api"])["RELAY_TRANSCRIBE_VIA"] == "task-worker"
+    assert config("RELAY_TRANSCRIBE_VIA") == "task-worker"
+    api_env = env(compose()["api"])
+    for name in in_compose:
+        service_env = env(compose()[name])
+        for shared in ("PREFECT_LOCAL_STORAGE_PATH", "RELAY_DATABASE_URL", "RELAY_DATA_DIR"):
+            assert service_env.get(shared) == api_env.get(shared), f"{name}: {shared} differs"
+        assert ("relay-data", service_env["RELAY_DATA_DIR"]) in {
+            tuple(str(v).split(":")[:2]) for v in compose()[name].get("volumes", [])
+        }, f"{name}: no /data"
+    in_k8s = {
+        n: p
+        for n, pod in pods().items()
+        for c in pod["containers"]
+        if (p := asr_task_pool(c["command"]))
+    }
+    assert set(in_k8s.values()) == asr_pools, in_k8s
+    for name, pool in in_k8s.items():
+        assert pods()[name]["nodeSelector"]["relay.io/pool"] == pool
+    # The GPU pool's task worker runs its chunks on its own GPU, never on the CPU cluster.
+    template = json.loads((PROJECT_ROOT / "work-pools" / "asr-gpu.json").read_text())
+    pool_env = template["variables"]["properties"]["env"]["default"]
+    gpu = {"compose": compose()["asr-tasks-gpu"], "k8s": pods()["asr-tasks-gpu"]}
+    for where, values in (("compose", env(gpu["compose"])), ("k8s", env_k8s(gpu["k8s"]))):
+        assert values.get("RELAY_DASK_ADDRESS") == "", (
+            f"{where} GPU task worker uses the CPU cluster"
+        )
+        for key in ("RELAY_ASR_DEVICE", "RELAY_ASR_COMPUTE_TYPE"):
+            assert values[key] == pool_env[key], f"{where} {key} differs from asr-gpu.json"
+    assert "gpu" in gpu["compose"].get("profiles", [])
+    assert int(gpu["k8s"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+
+
+def test_shared_dask_schedulers_queue_chunks_in_priority_order():
+    from flows.runtime import SCHEDULER_SATURATION
+
+    key = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"
+    assert float(env(compose()["dask-scheduler"])[key]) == SCHEDULER_SATURATION
+    chart = {e["name"]: e.get("value") for e in dask_values()["scheduler"]["env"]}
+    assert float(chart[key]) == SCHEDULER_SATURATION
+    from deployments.stack import stack_env
+
+    assert float(stack_env()[key]) == SCHEDULER_SATURATION
