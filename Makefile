@@ -62,8 +62,8 @@ bench-batch: setup system-deps ## batch: videos/min with 1 and 2 workers, skew, 
 bench-bot: setup ## bot: chat latency under 5 x 100 messages/min, quota path throughput
 	$(PY) -m bench.bot
 
-bench-stack: setup system-deps ## submission latency and the three-users scenario on the warm stack
-	$(PY) -m bench.stack
+bench-stack: setup system-deps ## submission latency (warm stack, embedded) and three users at once; starts the stack if needed
+	$(PY) -m bench.stack --embedded
 
 ui: setup ## the Prefect UI over the runs that `make run` recorded
 	$(VENV)/bin/prefect server start

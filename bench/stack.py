@@ -1,6 +1,7 @@
 """Stack benchmark: submission latency, and three users at once, on the warm local stack.
 
-Needs ``make stack`` running (it reads RELAY_API_TOKEN / RELAY_API_PORT like the stack's API).
+Uses the running ``make stack`` (it reads RELAY_API_TOKEN / RELAY_API_PORT like the stack's
+API), or starts one for the run and stops it afterwards.
 Prints one JSON line per figure. Run: ``make bench-stack`` or ``.venv/bin/python -m bench.stack``.
 
 - ``submission_to_first_chunk``: from ``POST /api/transcriptions`` to the first chunk task
@@ -15,17 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from bench.speech import clip
+from deployments.stack import wait_http
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "meeting.ogg"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "meeting.ogg"
 
 
 def emit(**figure: object) -> None:
@@ -35,11 +45,12 @@ def emit(**figure: object) -> None:
 class Stack:
     """The stack's API and Prefect server, as a client sees them."""
 
-    def __init__(self, api: str, token: str, prefect: str) -> None:
+    def __init__(self, api: str, token: str, prefect: str | None) -> None:
         self.api = httpx.Client(
             base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=60
         )
-        self.prefect = prefect.rstrip("/")
+        # None: the embedded server's, read from a job's flow run link once there is one.
+        self.prefect = prefect.rstrip("/") if prefect else None
 
     def submit(self, path: Path) -> tuple[str, str, float]:
         with path.open("rb") as handle:
@@ -52,8 +63,10 @@ class Stack:
     def status(self, job_id: str) -> dict:
         return self.api.get(f"/api/transcriptions/{job_id}").json()
 
-    def first_chunk_started(self, flow_run_id: str) -> float | None:
+    def first_chunk_started(self, flow_run_id: str | None) -> float | None:
         """Start time of the earliest chunk task of the run (or its subflow)."""
+        if not flow_run_id or not self.prefect:
+            return None
         runs = httpx.post(
             f"{self.prefect}/task_runs/filter",
             json={
@@ -78,6 +91,11 @@ def submission_latency(stack: Stack, runs: int, label: str) -> None:
             if time.time() > deadline:
                 raise RuntimeError(f"no chunk of {job_id} started")
             time.sleep(0.2)
+            # A task-worker submission has no flow run until the worker starts the job.
+            body = stack.status(job_id)
+            run_id = run_id or body.get("flow_run_id")
+            if stack.prefect is None and body.get("flow_run_url"):
+                stack.prefect = body["flow_run_url"].split("/runs/")[0] + "/api"
         delays.append(started - accepted)
         while stack.status(job_id)["status"] in ("queued", "running"):
             time.sleep(0.5)
@@ -85,7 +103,9 @@ def submission_latency(stack: Stack, runs: int, label: str) -> None:
         figure="submission_to_first_chunk",
         mode=label,
         runs=runs,
+        seconds=[round(d, 2) for d in delays],
         mean_seconds=round(statistics.mean(delays), 2),
+        median_seconds=round(statistics.median(delays), 2),
         max_seconds=round(max(delays), 2),
         target_warm_seconds=3.0,
     )
@@ -103,8 +123,11 @@ def run_together(stack: Stack, files: list[Path]) -> dict[str, dict]:
         for job_id in list(pending):
             body = stack.status(job_id)
             info = jobs[job_id]
+            waited = round(time.time() - started - info["submitted"], 1)
             if body["progress_percent"] > 0 and "progress_after" not in info:
-                info["progress_after"] = round(time.time() - started - info["submitted"], 1)
+                info["progress_after"] = waited  # decoded and split: its chunks are known
+            if body["audio_seconds_done"] > 0 and "text_after" not in info:
+                info["text_after"] = waited  # a worker has decoded some of its audio
             if body["status"] not in ("queued", "running"):
                 info["status"] = body["status"]
                 info["finished"] = round(time.time() - started, 1)
@@ -156,8 +179,44 @@ def three_users(stack: Stack) -> None:
         five_min_slowdown=round(together[files[1].name]["finished"] / alone, 2),
         last_vs_sequential_makespan=round(max(relay_done) / max(sequential), 3),
         first_progress_after_seconds=[together[f.name].get("progress_after") for f in files],
+        first_text_after_seconds=[together[f.name].get("text_after") for f in files],
         targets="5-min ≤1.5x alone; last ≤1.05x sequential makespan; progress within 10 s",
     )
+
+
+@contextmanager
+def embedded_api(port: int, token: str) -> Iterator[str]:
+    """A fresh ``python -m api`` without PREFECT_API_URL: the laptop's embedded mode (its own
+    temporary Prefect server, a serve process, a LocalCluster per flow run)."""
+    folder = Path(tempfile.mkdtemp(prefix="relay-bench-embedded-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RELAY_"))}
+    env.update(
+        RELAY_API_PORT=str(port),
+        RELAY_DATA_DIR=str(folder / "data"),
+        RELAY_DATABASE_URL=f"sqlite:///{folder / 'relay.db'}",
+        PREFECT_HOME=str(folder / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        RELAY_API_TOKEN=token,
+    )
+    log = (folder / "api.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "api"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/health", "the embedded API", 300)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:
@@ -171,9 +230,30 @@ def main() -> None:
     parser.add_argument("--token", default=os.environ.get("RELAY_API_TOKEN", ""))
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-users", action="store_true")
+    parser.add_argument(
+        "--embedded", action="store_true", help="also measure a fresh embedded `python -m api`"
+    )
     args = parser.parse_args()
+    from deployments import stack as local_stack
+
+    started_here = not local_stack.running()
+    if started_here:  # `make stack` was not running: start it, and stop it at the end
+        subprocess.run([sys.executable, "-m", "deployments.stack", "up"], cwd=ROOT, check=True)
+    try:
+        run(args)
+    finally:
+        if started_here:
+            subprocess.run([sys.executable, "-m", "deployments.stack", "down"], cwd=ROOT)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The figures asked for, against the running stack."""
     stack = Stack(args.api, args.token or uuid.uuid4().hex, args.prefect)
     submission_latency(stack, args.runs, "warm local stack")
+    if args.embedded:
+        token = uuid.uuid4().hex
+        with embedded_api(8010, token) as url:
+            submission_latency(Stack(url, token, None), args.runs, "embedded (python -m api)")
     if not args.skip_users:
         three_users(stack)
 
