@@ -105,6 +105,16 @@ def wait_final(client: TestClient, job_id: str, limit: float = 240.0) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {body}")
 
 
+def wait_task_run(task_run_id: str, limit: float):
+    """The task run once it has ended."""
+    deadline = time.monotonic() + limit
+    with get_client(sync_client=True) as prefect:
+        while not (task_run := prefect.read_task_run(UUID(task_run_id))).state.is_final():
+            assert time.monotonic() < deadline, task_run.state
+            time.sleep(0.2)
+    return task_run
+
+
 def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker):
     accepted = upload(client, DATA / "weather.mp3")
     assert accepted.status_code == 202, accepted.text
@@ -117,11 +127,8 @@ def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker
     assert done["progress_percent"] == 100.0 and done["work_pool"] == "asr-cpu"
 
     # Prefect shows it: the background task run, and the transcribe flow run tagged with it.
+    task_run = wait_task_run(first["task_run_id"], limit=30)  # it ends just after its job
     with get_client(sync_client=True) as prefect:
-        deadline = time.monotonic() + 30  # the task run ends just after its job
-        while not (task_run := prefect.read_task_run(UUID(first["task_run_id"]))).state.is_final():
-            assert time.monotonic() < deadline, task_run.state
-            time.sleep(0.2)
         flow_run = prefect.read_flow_run(UUID(done["flow_run_id"]))
     assert task_run.name == "transcribe-on-asr-cpu" and task_run.state.is_completed()
     assert flow_run.state.is_completed() and flow_run.name and flow_run.flow_id
@@ -273,3 +280,37 @@ GATE = threading.Event()
 
 def _hold() -> None:
     GATE.wait(timeout=30)
+
+
+def test_cancelling_a_running_job_stops_its_waiting_chunks(client, settings, task_worker):
+    """DELETE on a running job: the job is cancelled at once, its waiting chunks never run,
+    the flow run ends Cancelled and no transcript or chunk folder is left."""
+    import numpy as np
+
+    from tasks.media import decode, probe
+    from tests.audio import save, silence
+
+    speech = decode(probe(PROJECT_ROOT / "samples" / "meeting.ogg"))
+    long_file = save(
+        np.concatenate([np.concatenate([speech, silence(1.0)]) for _ in range(10)]),
+        Path(settings.data_dir) / "four-minutes.flac",
+    )
+    accepted = upload(client, long_file).json()
+    job_id = accepted["job_id"]
+    deadline = time.monotonic() + 120
+    while (body := client.get(f"/api/transcriptions/{job_id}", headers=AUTH).json())[
+        "audio_seconds_done"
+    ] == 0:
+        assert time.monotonic() < deadline and body["status"] in ("queued", "running"), body
+        time.sleep(0.2)
+    assert body["chunks"]["total"] >= 3
+    cancelled = client.delete(f"/api/transcriptions/{job_id}", headers=AUTH)
+    assert cancelled.json()["status"] == "cancelled"
+    wait_task_run(accepted["task_run_id"], limit=120)
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(UUID(body["flow_run_id"]))
+    job = jobs.get_job(job_id)
+    assert job.status == "cancelled", task_worker.read_text()[-3000:]
+    assert job.chunks_done < job.chunks_total, job
+    assert flow_run.state.is_cancelled(), flow_run.state
+    assert not (Path(settings.data_dir) / "jobs" / job_id).exists()
