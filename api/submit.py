@@ -53,13 +53,18 @@ async def app_prefect_client(request: Request) -> PrefectClient:
 
 
 async def submit_to_task_worker(
-    client: PrefectClient, pool: str, job_id: str, source: str, options: dict[str, object]
+    client: PrefectClient,
+    pool: str,
+    job_id: str,
+    source: str,
+    options: dict[str, object],
+    token: str | None,
 ) -> str:
     """Create the job's background task run for ``pool``'s warm task workers; its id."""
     from flows.asr_tasks import adispatch
 
     try:
-        return await adispatch(client, pool, job_id, source, options)
+        return await adispatch(client, pool, job_id, source, options, token)
     except ValueError as err:
         raise ApiError(503, "no_task_worker_pool", str(err)) from err
     except Exception as err:

@@ -103,14 +103,24 @@ async def submit(request: Request) -> Accepted:
     ahead = await run_in_threadpool(status.waiting_audio_seconds)
     speed = await run_in_threadpool(status.throughput)
     chosen = options.model_dump(include=set(TranscriptionOptions.model_fields), exclude_none=True)
+    token = new_id()  # only the task run given it may run the job
     await run_in_threadpool(
-        jobs.create_job, str(source), source.name, job_id, pool, info.duration, json.dumps(chosen)
+        jobs.create_job,
+        str(source),
+        source.name,
+        job_id,
+        pool,
+        info.duration,
+        json.dumps(chosen),
+        token,
     )
     flow_run_id = task_run_id = None
     try:
         if settings.transcribe_via == "task-worker":
             client = await app_prefect_client(request)
-            task_run_id = await submit_to_task_worker(client, pool, job_id, str(source), chosen)
+            task_run_id = await submit_to_task_worker(
+                client, pool, job_id, str(source), chosen, token
+            )
         else:
             queue = "short" if info.duration <= settings.short_audio_seconds else "long"
             flow_run_id = await submit_transcription(

@@ -42,17 +42,23 @@ STRANDED_AFTER_SECONDS = 60.0
 MAINTENANCE_SECONDS = 15.0
 
 
-def run_job(pool: str, job_id: str, source: str, options: dict[str, object]) -> str:
+def run_job(
+    pool: str, job_id: str, source: str, options: dict[str, object], token: str | None
+) -> str:
     """Run the ``transcribe`` flow for an accepted job; returns the job's final status.
 
     While it runs, a heartbeat in the store says this process is alive; if it dies, another
-    task worker of the pool runs the job again (``recover_stranded``).
+    task worker of the pool runs the job again (``recover_stranded``) under a new dispatch
+    token, and a late run with an older token does nothing.
     """
     from flows.transcribe import transcribe
 
     job = jobs.get_job(job_id)
     if job is None or job.status in jobs.FINAL_STATES:
         return str(job.status) if job else "missing"
+    if job.dispatch_token != token:
+        log.info("job %s was dispatched again since this run was; leaving it", job_id)
+        return "superseded"
     stop = threading.Event()
     jobs.beat(job_id)
     threading.Thread(target=_beat_until, args=(job_id, stop), daemon=True).start()
@@ -79,37 +85,49 @@ def _beat_until(job_id: str, stop: threading.Event) -> None:
 
 
 @task(name="transcribe-on-asr-cpu", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def transcribe_on_asr_cpu(job_id: str, source: str, options: dict[str, object]) -> str:
+def transcribe_on_asr_cpu(
+    job_id: str, source: str, options: dict[str, object], token: str | None = None
+) -> str:
     """Transcribe an accepted job on the asr-cpu pool's warm task worker."""
-    return run_job("asr-cpu", job_id, source, options)
+    return run_job("asr-cpu", job_id, source, options, token)
 
 
 @task(name="transcribe-on-asr-gpu", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def transcribe_on_asr_gpu(job_id: str, source: str, options: dict[str, object]) -> str:
+def transcribe_on_asr_gpu(
+    job_id: str, source: str, options: dict[str, object], token: str | None = None
+) -> str:
     """Transcribe an accepted job on the asr-gpu pool's warm task worker."""
-    return run_job("asr-gpu", job_id, source, options)
+    return run_job("asr-gpu", job_id, source, options, token)
 
 
 POOL_TASKS = {"asr-cpu": transcribe_on_asr_cpu, "asr-gpu": transcribe_on_asr_gpu}
 
 
 async def adispatch(
-    client: PrefectClient, pool: str, job_id: str, source: str, options: dict[str, object]
+    client: PrefectClient,
+    pool: str,
+    job_id: str,
+    source: str,
+    options: dict[str, object],
+    token: str | None,
 ) -> str:
-    """Create the job's background task run on the API's open client; returns its id."""
+    """Create the job's background task run on the API's open client; returns its id.
+    ``token`` is the job's dispatch token, recorded in the store before this call."""
     if pool not in POOL_TASKS:
         raise ValueError(f"no ASR task for pool {pool!r}; expected one of {', '.join(ASR_POOLS)}")
-    parameters = {"job_id": job_id, "source": source, "options": options}
+    parameters = {"job_id": job_id, "source": source, "options": options, "token": token}
     return await adefer(client, POOL_TASKS[pool], parameters)
 
 
-def dispatch(pool: str, job_id: str, source: str, options: dict[str, object]) -> str:
+def dispatch(
+    pool: str, job_id: str, source: str, options: dict[str, object], token: str | None
+) -> str:
     """``adispatch`` from a thread without an event loop (the maintenance loop)."""
     from prefect.client.orchestration import get_client
 
     async def submit() -> str:
         async with get_client() as client:
-            return await adispatch(client, pool, job_id, source, options)
+            return await adispatch(client, pool, job_id, source, options, token)
 
     return asyncio.run(submit())
 
@@ -119,9 +137,9 @@ def recover_stranded(pool: str, older_than: float = STRANDED_AFTER_SECONDS) -> l
     Several workers may look at once; each job is taken by one. Returns the jobs taken."""
     taken = []
     for job in jobs.stranded(pool, older_than):
-        if jobs.take_stranded(job.id, older_than):
+        if token := jobs.take_stranded(job.id, older_than):
             log.warning("job %s lost its task worker; running it again", job.id)
-            dispatch(pool, job.id, job.source_path, json.loads(job.options or "{}"))
+            dispatch(pool, job.id, job.source_path, json.loads(job.options or "{}"), token)
             taken.append(job.id)
     return taken
 

@@ -14,6 +14,7 @@ from store.models import (
     JobStatus,
     TranscriptionChunk,
     TranscriptionJob,
+    new_id,
     utcnow,
 )
 
@@ -27,9 +28,11 @@ def create_job(
     work_pool: str | None = None,
     duration: float | None = None,
     options: str | None = None,
+    dispatch_token: str | None = None,
 ) -> TranscriptionJob:
     """A new queued job (or the existing one with this id, e.g. created by the API);
-    ``options`` (JSON) are kept for a job that may have to be run again."""
+    ``options`` (JSON) are kept for a job that may have to be run again, and only the task
+    run given ``dispatch_token`` may run it."""
     with session_scope() as session:
         if job_id and (existing := session.get(TranscriptionJob, job_id)):
             return existing
@@ -39,6 +42,7 @@ def create_job(
             work_pool=work_pool,
             duration_seconds=duration,
             options=options,
+            dispatch_token=dispatch_token,
         )
         if job_id:
             job.id = job_id
@@ -187,15 +191,17 @@ def stranded(pool: str, older_than: float) -> list[TranscriptionJob]:
         return list(session.exec(query.order_by(TranscriptionJob.created_at)))
 
 
-def take_stranded(job_id: str, older_than: float) -> bool:
-    """Claim a stranded job to run it again: one caller of several wins (the beat moves)."""
+def take_stranded(job_id: str, older_than: float) -> str | None:
+    """Claim a stranded job to run it again: one caller of several wins (the beat moves).
+    Returns the new dispatch token (earlier dispatches may no longer run it), or None."""
+    token = new_id()
     with session_scope() as session:
         taken = session.execute(
             update(TranscriptionJob)
             .where(TranscriptionJob.id == job_id, *_silent_for(older_than))
-            .values(heartbeat_at=utcnow())
+            .values(heartbeat_at=utcnow(), dispatch_token=token)
         )
-        return taken.rowcount == 1
+        return token if taken.rowcount == 1 else None
 
 
 def _silent_for(seconds: float) -> tuple:

@@ -54,9 +54,11 @@ class TranscriptionJob(SQLModel, table=True):
     flow_run_id: str | None = Field(default=None, max_length=64)
     work_pool: str | None = Field(default=None, max_length=128)
     notification_error: str | None = None
-    # Submitted to a warm task worker: the job's options (JSON), kept to run it again, and
-    # the last sign of life of the process coordinating it.
+    # Submitted to a warm task worker: the job's options (JSON), kept to run it again; the
+    # token of its latest dispatch (only that task run may run it); the last sign of life
+    # of the process coordinating it.
     options: str | None = None
+    dispatch_token: str | None = Field(default=None, max_length=32)
     heartbeat_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

@@ -173,6 +173,17 @@ def test_decoding_progress_reaches_the_store_segment_by_segment(settings, tmp_pa
     assert jobs.get_job(other.id).audio_seconds_done == 5.0
 
 
+def test_a_run_from_an_older_dispatch_leaves_the_job_alone(settings):  # noqa: ARG001
+    """A job dispatched again (its worker went silent) may be run only by the new dispatch:
+    the first task run, arriving late, does nothing."""
+    from flows.asr_tasks import run_job
+
+    job = jobs.create_job("/x/late.wav", "late.wav", None, "asr-cpu", 10.0, "{}", "first")
+    assert run_job("asr-cpu", job.id, "/x/late.wav", {}, "older") == "superseded"
+    stored = jobs.get_job(job.id)
+    assert (stored.status, stored.heartbeat_at, stored.flow_run_id) == ("queued", None, None)
+
+
 def test_the_task_pools_pass_what_the_deployments_pass():
     import yaml
 
