@@ -11,7 +11,6 @@ Jobs run side by side; Dask's priorities decide which chunks go first (see flows
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -19,12 +18,12 @@ import sys
 import threading
 from functools import partial
 
+from prefect import Task, tags, task
 from prefect import runtime as prefect_runtime
-from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import PrefectClient
 
-from flows.deferred import adefer, serve_warm, worker_main
+from flows.deferred import adefer, defer, serve_warm, worker_main
 from relay_settings import get_settings, reload_settings
 from store import jobs
 
@@ -113,23 +112,27 @@ async def adispatch(
 ) -> str:
     """Create the job's background task run on the API's open client; returns its id.
     ``token`` is the job's dispatch token, recorded in the store before this call."""
-    if pool not in POOL_TASKS:
-        raise ValueError(f"no ASR task for pool {pool!r}; expected one of {', '.join(ASR_POOLS)}")
-    parameters = {"job_id": job_id, "source": source, "options": options, "token": token}
-    return await adefer(client, POOL_TASKS[pool], parameters)
+    return await adefer(client, pool_task(pool), _parameters(job_id, source, options, token))
 
 
 def dispatch(
     pool: str, job_id: str, source: str, options: dict[str, object], token: str | None
 ) -> str:
     """``adispatch`` from a thread without an event loop (the maintenance loop)."""
-    from prefect.client.orchestration import get_client
+    return defer(pool_task(pool), _parameters(job_id, source, options, token))
 
-    async def submit() -> str:
-        async with get_client() as client:
-            return await adispatch(client, pool, job_id, source, options, token)
 
-    return asyncio.run(submit())
+def pool_task(pool: str) -> Task:
+    """The background task of an ASR pool; ValueError naming the pools for another."""
+    if pool not in POOL_TASKS:
+        raise ValueError(f"no ASR task for pool {pool!r}; expected one of {', '.join(ASR_POOLS)}")
+    return POOL_TASKS[pool]
+
+
+def _parameters(
+    job_id: str, source: str, options: dict[str, object], token: str | None
+) -> dict[str, object]:
+    return {"job_id": job_id, "source": source, "options": options, "token": token}
 
 
 def recover_stranded(pool: str, older_than: float = STRANDED_AFTER_SECONDS) -> list[str]:
@@ -150,18 +153,12 @@ def warm_local_cluster(workers: int):  # -> distributed.LocalCluster
     import dask
     from distributed import LocalCluster
 
-    from flows.runtime import SCHEDULER_SATURATION
+    from flows.runtime import SCHEDULER_SATURATION, local_cluster_kwargs
 
-    threads = get_settings().asr_cpu_threads or 1
     saturation = {"distributed.scheduler.worker-saturation": SCHEDULER_SATURATION}
     with dask.config.set(saturation):
         cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            env={"OMP_NUM_THREADS": str(threads), "DASK_LOGGING__DISTRIBUTED": "warning"},
-            preload=["deployments.dask_preload"],
+            **local_cluster_kwargs(workers), preload=["deployments.dask_preload"]
         )
     os.environ["RELAY_DASK_ADDRESS"] = cluster.scheduler_address
     reload_settings()

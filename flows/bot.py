@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import PrefectClient
 
 from bot_config import BOT_POOLS, get_bot_config
-from flows.deferred import adefer, serve_warm, worker_main
+from flows.deferred import adefer, defer, serve_warm, worker_main
 from store import bot as requests
 from tasks.bot_handling import deliver, handle_request
 
@@ -43,10 +43,9 @@ POOL_TASKS = {"bot-chat": answer_on_bot_chat, "bot-media": answer_on_bot_media}
 
 
 def dispatch(request_id: str, pool: str) -> str:
-    """Create the background task run that answers the request (``.delay()``); returns its
-    id. For threads and scripts; the API uses ``adispatch`` with its long-lived client."""
-    future = POOL_TASKS[pool].delay(request_id)
-    return str(future.task_run_id)
+    """Create the background task run that answers the request; returns its id. For
+    threads and scripts; the API uses ``adispatch`` with its long-lived client."""
+    return defer(POOL_TASKS[pool], {"request_id": request_id})
 
 
 async def adispatch(client: PrefectClient, request_id: str, pool: str) -> str:

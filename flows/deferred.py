@@ -9,6 +9,7 @@ submitted through the API.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import threading
 import time
@@ -50,6 +51,18 @@ async def adefer(client: PrefectClient, task: Task, parameters: dict[str, object
         task_inputs={name: [] for name in parameters},
     )
     return str(task_run.id)
+
+
+def defer(task: Task, parameters: dict[str, object]) -> str:
+    """``adefer`` from a thread without an event loop (maintenance loops re-dispatching
+    work), on a client of its own; returns the task run id."""
+    from prefect.client.orchestration import get_client
+
+    async def create() -> str:
+        async with get_client() as client:
+            return await adefer(client, task, parameters)
+
+    return asyncio.run(create())
 
 
 async def _parameter_store(task: Task) -> ResultStore:

@@ -79,21 +79,25 @@ def chunk_task_runner(chunks: int) -> DaskTaskRunner:
     settings = get_settings()
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
-    workers = local_worker_count(chunks)
-    threads = settings.asr_cpu_threads or 1
-    env = {
-        "PREFECT_API_URL": current_api_url(),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "OMP_NUM_THREADS": str(threads),
-        "DASK_LOGGING__DISTRIBUTED": "warning",
-    }
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "env": env,
-        },
+        cluster_kwargs=local_cluster_kwargs(local_worker_count(chunks)),
     )
+
+
+def local_cluster_kwargs(workers: int) -> dict[str, object]:
+    """How Relay starts a LocalCluster: single-threaded worker processes (the model's own
+    threads as configured) that report to this process's Prefect API."""
+    threads = get_settings().asr_cpu_threads or 1
+    return {
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "env": {
+            "PREFECT_API_URL": current_api_url(),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "OMP_NUM_THREADS": str(threads),
+            "DASK_LOGGING__DISTRIBUTED": "warning",
+        },
+    }
