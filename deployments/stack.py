@@ -33,7 +33,7 @@ import httpx
 import psycopg
 import yaml
 
-from flows.runtime import SCHEDULER_SATURATION
+from flows.runtime import DASK_CONFIG_FILE, SCHEDULER_SATURATION
 from relay_settings import DEFAULT_STATE_DIR, PROJECT_ROOT
 
 STACK_DIR = DEFAULT_STATE_DIR / "stack"
@@ -60,6 +60,8 @@ def stack_env() -> dict[str, str]:
         "RELAY_DATABASE_URL": os.environ.get("RELAY_DATABASE_URL", f"{pg}/relay"),
         "RELAY_DASK_ADDRESS": f"tcp://127.0.0.1:{DASK_PORT}",
         "DASK_LOGGING__DISTRIBUTED": "warning",
+        # The scheduler and workers below load Relay's Dask configuration (no malloc trim).
+        "DASK_CONFIG": str(DASK_CONFIG_FILE),
         "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": str(SCHEDULER_SATURATION),
         "OMP_NUM_THREADS": "1",
         # Workers ask for scheduled runs every second (Prefect's default is 10 s): a local
@@ -70,6 +72,19 @@ def stack_env() -> dict[str, str]:
         "RELAY_TRANSCRIBE_VIA": os.environ.get("RELAY_TRANSCRIBE_VIA", "task-worker"),
         "PYTHONPATH": str(PROJECT_ROOT),
     }
+
+
+def dask_scheduler_command(port: int) -> list[str]:
+    """The stack's Dask scheduler on 127.0.0.1:``port``."""
+    dask = str(BIN / "dask")
+    return [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+
+
+def dask_workers_command(port: int, workers: int) -> list[str]:
+    """The stack's Dask workers: single-threaded processes that preload the model."""
+    dask, address = str(BIN / "dask"), f"tcp://127.0.0.1:{port}"
+    return [dask, "worker", address, "--nworkers", str(workers), "--nthreads", "1",
+            "--no-dashboard", "--preload", "deployments.dask_preload"]  # fmt: skip
 
 
 def ensure_databases(names: tuple[str, ...] = ("relay_prefect", "relay")) -> None:
@@ -166,37 +181,8 @@ def up() -> int:
         env,
         pids,
     )
-    start(
-        "dask-scheduler",
-        [
-            str(BIN / "dask"),
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(DASK_PORT),
-            "--no-dashboard",
-        ],
-        env,
-        pids,
-    )
-    start(
-        "dask-workers",
-        [
-            str(BIN / "dask"),
-            "worker",
-            f"tcp://127.0.0.1:{DASK_PORT}",
-            "--nworkers",
-            str(DASK_WORKERS),
-            "--nthreads",
-            "1",
-            "--no-dashboard",
-            "--preload",
-            "deployments.dask_preload",
-        ],
-        env,
-        pids,
-    )
+    start("dask-scheduler", dask_scheduler_command(DASK_PORT), env, pids)
+    start("dask-workers", dask_workers_command(DASK_PORT, DASK_WORKERS), env, pids)
     wait_http(f"http://127.0.0.1:{PREFECT_PORT}/api/health", "the Prefect server")
     subprocess.run(
         [sys.executable, "-m", "deployments.bootstrap"], cwd=PROJECT_ROOT, env=env, check=True

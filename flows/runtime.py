@@ -11,10 +11,27 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 # The temporary server's telemetry heartbeat competes for its SQLite file; nothing to report.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import dask.config
+import yaml
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
-from relay_settings import get_settings
+from relay_settings import PROJECT_ROOT, get_settings
+
+# Relay's Dask configuration (why: see the file). Applied here to every cluster this process
+# starts; DASK_CONFIG hands it to the Dask processes started from here (`dask worker`).
+DASK_CONFIG_FILE = PROJECT_ROOT / "deployments" / "dask.yaml"
+
+
+def use_relay_dask_config() -> None:
+    """Apply ``deployments/dask.yaml`` over Dask's defaults in this process (idempotent)."""
+    dask.config.update(
+        dask.config.config, yaml.safe_load(DASK_CONFIG_FILE.read_text()), priority="new"
+    )
+    os.environ.setdefault("DASK_CONFIG", str(DASK_CONFIG_FILE))
+
+
+use_relay_dask_config()
 
 EMBEDDED_SERVER_TIMEOUT_SECONDS = 120
 # Dask's distributed.scheduler.worker-saturation for a cluster shared by jobs: a worker is

@@ -334,3 +334,31 @@ def test_shared_dask_schedulers_queue_chunks_in_priority_order():
     from deployments.stack import stack_env
 
     assert float(stack_env()[key]) == SCHEDULER_SATURATION
+
+
+def test_every_dask_process_loads_relays_dask_config_without_malloc_trim():
+    """One file removes MALLOC_TRIM_THRESHOLD_; the image points every Dask process at it."""
+    from flows.runtime import DASK_CONFIG_FILE
+
+    spawn_env = yaml.safe_load(DASK_CONFIG_FILE.read_text())["distributed"]["nanny"]
+    assert spawn_env["pre-spawn-environ"] == {"MALLOC_TRIM_THRESHOLD_": None}
+    in_image = "/app/" + DASK_CONFIG_FILE.relative_to(PROJECT_ROOT).as_posix()
+    text = (INFRA / "Dockerfile").read_text().replace("\\\n", " ")
+    runtime = text[text.rindex("\nFROM ") :]
+    envs = [ln for ln in runtime.splitlines() if ln.strip().upper().startswith("ENV ")]
+    assert any(f"DASK_CONFIG={in_image}" in ln.split() for ln in envs), "image lacks DASK_CONFIG"
+    # Every Dask process (and every Relay process: their LocalClusters) runs the relay image
+    # and keeps the image's DASK_CONFIG.
+    dask_services = [s for s in compose().values() if runs(s.get("command"), "dask")]
+    assert len(dask_services) >= 2, "compose: no Dask scheduler and workers"
+    for name, service in compose().items():
+        if str(service.get("image")).startswith("relay:"):
+            assert env(service).get("DASK_CONFIG", in_image) == in_image, name
+    assert all(str(s.get("image")).startswith("relay:") for s in dask_services)
+    for part in ("scheduler", "worker"):
+        assert dask_values()[part]["image"]["repository"] == "relay", f"helm {part} image"
+        chart_env = {e["name"]: e.get("value") for e in dask_values()[part]["env"]}
+        assert chart_env.get("DASK_CONFIG", in_image) == in_image, f"helm {part}"
+    for name, pod in pods().items():
+        assert all(c["image"].startswith("relay:") for c in pod["containers"]), name
+        assert env_k8s(pod).get("DASK_CONFIG", in_image) == in_image, name
