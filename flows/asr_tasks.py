@@ -50,6 +50,7 @@ def run_job(
     task worker of the pool runs the job again (``recover_stranded``) under a new dispatch
     token, and a late run with an older token does nothing.
     """
+    from flows.runtime import without_prefect_heartbeat
     from flows.transcribe import transcribe
 
     job = jobs.get_job(job_id)
@@ -64,7 +65,12 @@ def run_job(
     # Prefect links no parent to a flow started in a background task: tags tie them together.
     task_run_id = prefect_runtime.task_run.id
     try:
-        with tags(f"relay-job:{job_id}", f"relay-task-run:{task_run_id}"):
+        # The job's heartbeat above says this run is alive: no Prefect heartbeat, whose
+        # thread would hold the end of every run by up to a second (flows/runtime.py).
+        with (
+            tags(f"relay-job:{job_id}", f"relay-task-run:{task_run_id}"),
+            without_prefect_heartbeat(),
+        ):
             state = transcribe(
                 source, job_id=job_id, **{**POOL_OPTIONS[pool], **options}, return_state=True
             )

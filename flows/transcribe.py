@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Cancelled, Failed, State
 
 from flows.chunks import transcribe_chunks
-from flows.runtime import chunk_task_runner
+from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_heartbeat
 from relay_settings import get_settings
 from store import jobs
 from tasks.asr import AsrOptions
@@ -95,7 +95,10 @@ def transcribe(
     jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder)
     _notify(JobEvent("started", job.id, name, duration_seconds=info.duration))
     split_options = SplitOptions(
-        settings.chunk_target_seconds, settings.chunk_search_seconds, settings.chunk_first_seconds
+        settings.chunk_target_seconds,
+        settings.chunk_search_seconds,
+        settings.chunk_first_seconds,
+        workers=cluster_threads(),
     )
     split = split_audio(info, f"{folder}/chunks", split_options, return_state=True)
     if split.is_failed():
@@ -106,7 +109,9 @@ def transcribe(
     split_done = time.perf_counter()
 
     runner = chunk_task_runner(sum(c.has_speech for c in chunks))
-    results, failures = transcribe_chunks.with_options(task_runner=runner)(job.id, chunks, options)
+    with without_prefect_heartbeat():  # this flow's own heartbeat covers its subflow
+        chunk_map = transcribe_chunks.with_options(task_runner=runner)
+        results, failures = chunk_map(job.id, chunks, options)
     if jobs.is_cancelled(job.id):
         _remove(folder)
         return Cancelled(message="cancelled by a user")

@@ -32,6 +32,7 @@ class AsrOptions:
     vad_filter: bool = False
     initial_prompt: str | None = None
     word_timestamps: bool = False
+    condition_on_previous_text: bool = False
 
     @classmethod
     def from_settings(cls, settings: RelaySettings, **overrides: object) -> AsrOptions:
@@ -43,9 +44,22 @@ class AsrOptions:
             cpu_threads=settings.asr_cpu_threads,
             beam_size=settings.asr_beam_size,
             vad_filter=settings.asr_vad_filter,
+            condition_on_previous_text=settings.asr_condition_on_previous_text,
         )
         given = {key: value for key, value in overrides.items() if value is not None}
         return cls(**{**base.__dict__, **given})
+
+    def decode_kwargs(self) -> dict[str, object]:
+        """What ``WhisperModel.transcribe`` is given for these options (benchmarks use it too,
+        so their anchors decode exactly as Relay does)."""
+        return {
+            "language": self.language,
+            "beam_size": self.beam_size,
+            "vad_filter": self.vad_filter,
+            "initial_prompt": self.initial_prompt,
+            "word_timestamps": self.word_timestamps,
+            "condition_on_previous_text": self.condition_on_previous_text,
+        }
 
 
 @dataclass(frozen=True)
@@ -162,14 +176,7 @@ def recognise(
         )
     model = load_model(options)
     audio = read_wav(chunk.path)
-    pieces, info = model.transcribe(
-        audio,
-        language=options.language,
-        beam_size=options.beam_size,
-        vad_filter=options.vad_filter,
-        initial_prompt=options.initial_prompt,
-        word_timestamps=options.word_timestamps,
-    )
+    pieces, info = model.transcribe(audio, **options.decode_kwargs())
     segments = []
     for piece in pieces:
         if timeout is not None and time.perf_counter() - started > timeout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,14 @@ class MediaInfo:
 
 
 def _clock(seconds: float) -> str:
-    minutes, secs = divmod(round(seconds), 60)
+    """``m:ss`` or ``h:mm:ss``, with tenths when the length is not whole, rounded up: a file
+    0.6 s over a 30:00 limit reads 30:00.6, never 30:01 or 30:00."""
+    tenths = math.ceil(round(seconds * 10, 6))
+    whole, tenth = divmod(tenths, 10)
+    minutes, secs = divmod(whole, 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    clock = f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return f"{clock}.{tenth}" if tenth else clock
 
 
 def probe(path: str | Path, max_seconds: float | None = None) -> MediaInfo:

@@ -40,18 +40,44 @@ class Chunk:
 
 @dataclass(frozen=True)
 class SplitOptions:
-    """How to split: the aimed-for chunk length, how far to search for a pause, and a
-    shorter first chunk (its text comes back first: a user sees progress early)."""
+    """How to split: the aimed-for chunk length, how far to search for a pause, a shorter
+    first chunk (its text comes back first: a user sees progress early), and the workers the
+    chunks are spread over (the last chunks are sized so that they all finish together)."""
 
     target_seconds: float = 120.0
     search_seconds: float = 20.0
     first_seconds: float | None = None
+    workers: int = 1
+    shortest_seconds: float = 20.0
 
     def target_of(self, index: int) -> float:
-        """The aimed-for length of chunk ``index``."""
+        """The aimed-for length of chunk ``index`` before the tail is balanced."""
         if index == 0 and self.first_seconds:
             return min(self.first_seconds, self.target_seconds)
         return self.target_seconds
+
+
+def next_length(left: float, busy_until: list[float], index: int, options: SplitOptions) -> float:
+    """How long to make chunk ``index`` when ``left`` seconds remain; ``left`` itself when the
+    rest is the last chunk.
+
+    ``busy_until`` says when each worker finishes what it already has (in seconds of audio:
+    decode time is about proportional to it). Workers take the next chunk as they free up, so
+    once the rest fits in about one more chunk per worker it is shared out for all of them to
+    finish together; before that, chunks are ``target_of(index)`` long.
+    """
+    target = options.target_of(index)
+    if index == 0 or len(busy_until) == 1:
+        return target if left > target * 1.25 else left
+    order = sorted(busy_until)
+    for count in range(len(order), 0, -1):  # as many workers as get a useful piece
+        finish = (sum(order[:count]) + left) / count
+        if finish - order[count - 1] >= min(options.shortest_seconds, left):
+            break
+    piece = finish - order[0]
+    if piece <= target * 1.25:
+        return piece if left - piece >= options.shortest_seconds else left
+    return target
 
 
 def frame_levels(samples: np.ndarray) -> np.ndarray:
@@ -80,26 +106,31 @@ def _pauses(silent: np.ndarray) -> list[tuple[int, int]]:
 
 
 def cut_points(samples: np.ndarray, options: SplitOptions) -> list[float]:
-    """Times (seconds) at which to cut, each in the best pause near its target boundary.
+    """Times (seconds) at which to cut, each in the best pause near its aimed-for boundary.
 
-    Within ``search_seconds`` of every target boundary the longest pause wins (a sentence
-    break beats a word gap); with no pause there, the quietest 200 ms is used.
+    Lengths come from ``next_length``, planned again from each actual cut. Within the search
+    window of every boundary (``search_seconds``, at most a quarter of the chunk) the longest
+    pause wins (a sentence break beats a word gap); with no pause there, the quietest 200 ms.
     """
     levels = frame_levels(samples)
     duration = len(samples) / SAMPLE_RATE
     pauses = _pauses(silence_mask(levels))
     min_pause = MIN_PAUSE_SECONDS / FRAME_SECONDS
+    busy_until = [0.0] * max(1, options.workers)
     cuts: list[float] = []
     last = 0.0
-    while duration - last > (target := options.target_of(len(cuts))) * 1.25:
-        search = min(options.search_seconds, target * 0.5)
-        aim = last + target
-        low = max(last + target * 0.5, aim - search)
-        high = min(duration - target * 0.25, aim + search)
+    while (length := next_length(duration - last, busy_until, len(cuts), options)) < (
+        duration - last
+    ):
+        search = min(options.search_seconds, length * 0.25)
+        aim = last + length
+        low = max(last + length * 0.5, aim - search)
+        high = min(duration - min(options.shortest_seconds, length) * 0.5, aim + search)
         cut = _best_pause(pauses, low, high, aim, min_pause)
         if cut is None:
             cut = _quietest(levels, low, high)
         cuts.append(round(cut, 3))
+        busy_until[busy_until.index(min(busy_until))] += cut - last
         last = cut
     return cuts
 

@@ -127,3 +127,12 @@ def test_over_long_audio_is_refused_before_any_work(tmp_path):
     assert caught.value.duration == pytest.approx(1860, abs=1)
     assert caught.value.limit == 1800
     assert "31:00" in str(caught.value) and "30:00" in str(caught.value)
+
+
+def test_a_file_just_over_the_limit_says_by_how_much():
+    error = AudioTooLongError("talk.mp3", 1800.6, 1800)
+    assert str(error) == (
+        "talk.mp3: audio is 30:00.6 long (1800.6 s), over the limit of 30:00 (1800 s)"
+    )
+    assert "30:00.1 long" in str(AudioTooLongError("talk.mp3", 1800.04, 1800))
+    assert "1:30:00 long" in str(AudioTooLongError("talk.mp3", 5400.0, 1800))

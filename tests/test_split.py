@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import wave
+from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from tasks.media import SAMPLE_RATE
 from tasks.split import SplitOptions, cut_points, has_speech, write_chunks
@@ -88,3 +90,54 @@ def test_silence_has_no_speech():
     assert not has_speech(np.zeros(SAMPLE_RATE * 5, dtype=np.int16))
     assert not has_speech(quiet(5.0))
     assert has_speech(np.concatenate([quiet(4.0), noise(0.5)]))
+
+
+def simulate(lengths: list[float], workers: int) -> list[float]:
+    """When each worker finishes if each takes the next chunk as it frees up (as Dask hands
+    out queued chunks), decode time proportional to audio."""
+    busy = [0.0] * workers
+    for length in lengths:
+        busy[busy.index(min(busy))] += length
+    return busy
+
+
+@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("minutes", [5, 10, 17, 30])
+def test_the_last_chunks_are_sized_for_the_workers_to_finish_together(minutes, workers):
+    pieces = []
+    while sum(len(p) for p in pieces) < minutes * 60 * SAMPLE_RATE:  # a pause every 6 s
+        pieces += [noise(5.5), quiet(0.5)]
+    audio = np.concatenate(pieces)
+    duration = len(audio) / SAMPLE_RATE
+    options = SplitOptions(target_seconds=120, search_seconds=20, first_seconds=30)
+    cuts = cut_points(audio, replace(options, workers=workers))
+    lengths = list(np.diff([0.0, *cuts, duration]))
+    finish = simulate(lengths, workers)
+    # Planned from the worker count: the workers finish within a few seconds of audio of
+    # each other (cuts still land in pauses, every 6 s here).
+    assert max(finish) - min(finish) <= 8.0, (lengths, finish)
+    assert 27.0 < lengths[0] < 34.0  # the first chunk stays short: first text early
+    assert all(20.0 - 6.0 <= length <= 150.0 + 6.0 for length in lengths), lengths
+    # Planned as if for one worker, the same file leaves a worker idle for most of a chunk.
+    naive = simulate(list(np.diff([0.0, *cut_points(audio, options), duration])), workers)
+    assert max(naive) - min(naive) >= max(finish) - min(finish)
+
+
+def test_balanced_cuts_still_land_only_in_pauses():
+    pieces = []
+    for _ in range(60):  # speech with a 0.4 s pause every 10 s
+        pieces += [noise(9.6), quiet(0.4)]
+    audio = np.concatenate(pieces)
+    cuts = cut_points(audio, SplitOptions(120, 20, 30, workers=2))
+    assert len(cuts) >= 5
+    for cut in cuts:
+        assert 9.6 <= cut % 10.0 <= 10.0, cut  # inside a pause, never in the noise
+
+
+def test_one_worker_keeps_full_length_chunks():
+    audio = noise(600.0)
+    cuts = cut_points(audio, SplitOptions(120, 20, 30, workers=1))
+    lengths = np.diff([0.0, *cuts, 600.0])
+    assert 22.5 <= lengths[0] <= 37.5  # no pause: the quietest moment within a quarter
+    assert all(100.0 <= length <= 150.0 for length in lengths[1:-1]), lengths
+    assert lengths[-1] <= 150.0  # the rest, as it comes: no balancing for one worker
