@@ -263,9 +263,10 @@ def plain_chunk(chunk_json: str) -> None:
 
 
 def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over fork and exec,
+    so a worker spawned by a process holding 1 GB reported 1 GB before it had done anything."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
 def embedded_cold(path: Path, reference: str) -> None:

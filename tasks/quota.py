@@ -127,7 +127,9 @@ class KeyPool:
                 except BaseException:
                     self._release(key, lease_id)
                     raise
-                if taken:
+                # Taking a slot is a call to Prefect: another worker may have rested the key
+                # meanwhile (a revoked key was called again 4 s after its refusal).
+                if taken and key.name not in self._current_rests():
                     return key, lease_id
                 self._release(key, lease_id)
             now = time.monotonic()
