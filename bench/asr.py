@@ -212,9 +212,11 @@ def _report_run(outcome, reference, wall, started, tasks, anchors) -> None:
         clip_seconds=round(seconds),
         overhead_seconds=round(wall - busiest, 2),
         overhead_share=round((wall - busiest) / wall, 3),
-        split_seconds=timings.get("split_seconds"),
+        prepare_seconds=timings["prepare_seconds"],
+        split_seconds_overlapped=timings["split_seconds"],
         after_chunks_seconds=round(
-            timings["total_seconds"] - timings["split_seconds"] - timings["transcribe_seconds"], 3
+            timings["total_seconds"] - timings["prepare_seconds"] - timings["transcribe_seconds"],
+            3,
         ),
         prefect_task_seconds=round(
             sum(task_seconds_by_worker.values()) - sum(model_by_worker.values()), 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import dask
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -10,40 +13,74 @@ from prefect.futures import as_completed
 from relay_settings import get_settings
 from store import jobs
 from tasks.asr import AsrOptions, ChunkResult, transcribe_chunk
-from tasks.split import Chunk
+from tasks.media import MediaError
+from tasks.split import Chunk, SplitPlan, split_while_decoding
 
 # Above any job's own priority: each job's first chunk goes before every other waiting chunk.
 FIRST_CHUNK_PRIORITY = 1_000_000
 
 
-def job_priority(chunks: list[Chunk]) -> int:
+def job_priority(duration: float) -> int:
     """Dask priority of a job's chunks: minus its length in seconds (shorter runs first)."""
-    return -round(chunks[-1].end) if chunks else 0
+    return -round(duration)
 
 
-def chunk_priority(chunks: list[Chunk], chunk: Chunk) -> int:
+def chunk_priority(duration: float, index: int) -> int:
     """A job's first chunk before anything else waiting (every user sees text early), then
     shorter jobs before longer ones (short work is never stuck behind a long file)."""
-    return FIRST_CHUNK_PRIORITY if chunk.index == chunks[0].index else job_priority(chunks)
+    return FIRST_CHUNK_PRIORITY if index == 0 else job_priority(duration)
+
+
+@dataclass(frozen=True)
+class ChunkMap:
+    """What the chunk map did: the chunks as split, their results, the failures; a split
+    that failed (a truncated file) says why in ``split_error``."""
+
+    chunks: list[Chunk]
+    results: list[ChunkResult]
+    failures: list[str]
+    split_error: str | None = None
+    split_seconds: float = 0.0
 
 
 @flow(name="transcribe-chunks", persist_result=False)
 def transcribe_chunks(
-    job_id: str, chunks: list[Chunk], options: AsrOptions
-) -> tuple[list[ChunkResult], list[str]]:
-    """Map ``transcribe_chunk`` over the chunks; returns results and failure reasons.
+    job_id: str, chunks: list[Chunk], options: AsrOptions, split: SplitPlan | None = None
+) -> ChunkMap:
+    """Map ``transcribe_chunk`` over ``chunks``, or over the chunks of ``split`` as they are
+    cut while the file decodes (the first ones are transcribed before its end is decoded).
 
     Every chunk ends done or failed with its reason, in the store as it finishes.
     """
     settings = get_settings()
     task = transcribe_chunk.with_options(retries=settings.chunk_retries)
     limit = settings.chunk_timeout_seconds
-    # On a shared cluster, a shorter job's chunks go first: short work is never stuck
-    # behind a long file (Dask runs higher priorities first; a LocalCluster is ours alone).
-    futures = {}
-    for chunk in chunks:
-        with dask.annotate(priority=chunk_priority(chunks, chunk)):
-            futures[task.submit(chunk, options, limit, job_id)] = chunk
+    duration = split.info.duration if split else (chunks[-1].end if chunks else 0.0)
+    started = time.perf_counter()
+    source = chunks if split is None else split_while_decoding(split)
+    futures: dict = {}
+    cut: list[Chunk] = []
+    try:
+        for chunk in source:
+            if split is not None:
+                jobs.add_chunk(job_id, chunk.index, chunk.start, chunk.end)
+            cut.append(chunk)
+            # On a shared cluster, a shorter job's chunks go first: short work is never stuck
+            # behind a long file (Dask runs higher priorities first).
+            with dask.annotate(priority=chunk_priority(duration, chunk.index)):
+                futures[task.submit(chunk, options, limit, job_id)] = chunk
+    except MediaError as err:  # the decoded stream proved the file truncated or corrupt
+        _cancel_waiting(futures)
+        return ChunkMap(cut, [], [], split_error=str(err))
+    split_seconds = time.perf_counter() - started
+    if split is not None:
+        jobs.finish_split(job_id, len(cut), cut[-1].end)
+    results, failures = _collect(job_id, futures)
+    return ChunkMap(cut, results, failures, split_seconds=round(split_seconds, 3))
+
+
+def _collect(job_id: str, futures: dict) -> tuple[list[ChunkResult], list[str]]:
+    """Each chunk's result or failure, recorded in the store as it lands."""
     progress = create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
     results: list[ChunkResult] = []
     failures: list[str] = []
@@ -68,7 +105,7 @@ def transcribe_chunks(
                 worker_pid=result.worker_pid,
                 segments=len(result.segments),
             )
-        update_progress_artifact(progress, 100.0 * finished / len(chunks))
+        update_progress_artifact(progress, 100.0 * finished / len(futures))
     return results, failures
 
 

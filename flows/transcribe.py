@@ -22,7 +22,7 @@ from tasks.formats import store_transcript
 from tasks.media import probe_media
 from tasks.merge import merge
 from tasks.notify import JobEvent, notify_job
-from tasks.split import SplitOptions, split_audio
+from tasks.split import SplitOptions, SplitPlan, planned_count
 
 
 @dataclass(frozen=True)
@@ -100,34 +100,34 @@ def transcribe(
         settings.chunk_first_seconds,
         workers=cluster_threads(),
     )
-    split = split_audio(info, f"{folder}/chunks", split_options, return_state=True)
-    if split.is_failed():
-        return _fail(job.id, name, split.message, folder)
-    chunks = split.result()
-    duration = chunks[-1].end  # what was decoded; a container may declare more
-    jobs.add_chunks(job.id, [(c.index, c.start, c.end) for c in chunks])
-    split_done = time.perf_counter()
+    plan = SplitPlan(info, f"{folder}/chunks", split_options)
+    prepared = time.perf_counter()
 
-    runner = chunk_task_runner(sum(c.has_speech for c in chunks))
+    # The file is split while it decodes: its first chunks are transcribed meanwhile.
+    runner = chunk_task_runner(planned_count(info.duration, split_options))
     with without_prefect_heartbeat():  # this flow's own heartbeat covers its subflow
-        chunk_map = transcribe_chunks.with_options(task_runner=runner)
-        results, failures = chunk_map(job.id, chunks, options)
+        mapped = transcribe_chunks.with_options(task_runner=runner)(job.id, [], options, plan)
+    if mapped.split_error:
+        return _fail(job.id, name, mapped.split_error, folder)
     if jobs.is_cancelled(job.id):
         _remove(folder)
         return Cancelled(message="cancelled by a user")
-    if failures:
+    chunks, results = mapped.chunks, mapped.results
+    if mapped.failures:
         return _fail(
             job.id,
             name,
-            f"{len(failures)} of {len(chunks)} chunks failed: " + "; ".join(failures),
+            f"{len(mapped.failures)} of {len(chunks)} chunks failed: " + "; ".join(mapped.failures),
             folder,
         )
     asr_done = time.perf_counter()
+    duration = chunks[-1].end  # what was decoded; a container may declare more
 
     transcript = merge(chunks, results, duration, options.model)
     timings = {
-        "split_seconds": round(split_done - started, 3),
-        "transcribe_seconds": round(asr_done - split_done, 3),
+        "prepare_seconds": round(prepared - started, 3),
+        "split_seconds": mapped.split_seconds,  # overlaps the transcription
+        "transcribe_seconds": round(asr_done - prepared, 3),
         "model_seconds": round(sum(r.asr_seconds for r in results), 3),
     }
     files = store_transcript(replace(transcript, timings=timings), folder)

@@ -106,6 +106,31 @@ def add_chunks(job_id: str, bounds: Sequence[tuple[int, float, float]]) -> None:
         )
 
 
+def add_chunk(job_id: str, index: int, start: float, end: float) -> None:
+    """Record one more chunk, pending, as the audio is split while it decodes; the first
+    replaces any chunks (and counters) of an earlier attempt."""
+    with session_scope() as session:
+        counters: dict[str, object] = {"chunks_total": index + 1}
+        if index == 0:
+            for old in session.exec(
+                select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)
+            ):
+                session.delete(old)
+            session.flush()
+            counters |= {"chunks_done": 0, "chunks_failed": 0, "audio_seconds_done": 0.0}
+        session.add(
+            TranscriptionChunk(job_id=job_id, index=index, start_seconds=start, end_seconds=end)
+        )
+        session.execute(
+            update(TranscriptionJob).where(TranscriptionJob.id == job_id).values(**counters)
+        )
+
+
+def finish_split(job_id: str, chunks: int, duration: float) -> None:
+    """The split is done: ``chunks`` chunks cover the ``duration`` seconds decoded."""
+    _update(job_id, chunks_total=chunks, duration_seconds=duration)
+
+
 def finish_chunk(
     job_id: str,
     index: int,

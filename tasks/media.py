@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +131,16 @@ def decode(info: MediaInfo) -> np.ndarray:
     Raises MediaError when ffmpeg fails, yields no audio, or yields clearly less audio than
     the audio stream declares (a truncated or corrupt file).
     """
+    return np.concatenate(list(decode_blocks(info)))
+
+
+def decode_blocks(info: MediaInfo, block_seconds: float = 10.0) -> Iterator[np.ndarray]:
+    """``decode`` as ffmpeg goes: blocks of ``block_seconds`` of 16 kHz mono int16 (the last
+    one shorter), so that work on the start of a file begins before its end is decoded.
+
+    The checks of ``decode`` run when the stream ends: a truncated file raises MediaError
+    after the blocks it did decode. Closing the generator early stops ffmpeg.
+    """
     name = Path(info.path).name
     command = [
         imageio_ffmpeg.get_ffmpeg_exe(),
@@ -149,24 +161,39 @@ def decode(info: MediaInfo) -> np.ndarray:
         "s16le",
         "-",
     ]
-    result = subprocess.run(command, capture_output=True, check=False)
-    samples = np.frombuffer(result.stdout, dtype=np.int16)
-    errors = result.stderr.decode(errors="replace").strip()
-    if result.returncode != 0:
+    block_bytes = 2 * int(block_seconds * SAMPLE_RATE)
+    decoded = 0
+    # stderr to a file, not a pipe: a corrupt file can make ffmpeg write more errors than a
+    # pipe holds while nobody reads them, and it would wait forever.
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            assert process.stdout is not None
+            while block := process.stdout.read(block_bytes):
+                samples = np.frombuffer(block[: len(block) // 2 * 2], dtype=np.int16)
+                decoded += len(samples)
+                yield samples
+            returncode = process.wait()
+        finally:
+            if process.poll() is None:  # the consumer stopped early
+                process.kill()
+                process.wait()
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace").strip()
+    if returncode != 0:
         raise MediaError(
             f"{name}: audio could not be decoded ({_first_line(errors)})", "undecodable"
         )
-    decoded = len(samples) / SAMPLE_RATE
-    if decoded == 0:
+    seconds = decoded / SAMPLE_RATE
+    if seconds == 0:
         raise MediaError(f"{name}: the audio track holds no decodable sound", "undecodable")
-    if info.exact_duration and decoded < info.duration * MIN_DECODED_SHARE:
+    if info.exact_duration and seconds < info.duration * MIN_DECODED_SHARE:
         detail = f"; ffmpeg: {_first_line(errors)}" if errors else ""
         raise MediaError(
-            f"{name}: file is truncated or corrupt: decoded {decoded:.1f} s of the "
+            f"{name}: file is truncated or corrupt: decoded {seconds:.1f} s of the "
             f"{info.duration:.1f} s it declares{detail}",
             "truncated",
         )
-    return samples
 
 
 def _first_line(text: str) -> str:

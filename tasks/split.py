@@ -1,16 +1,18 @@
-"""Splitting audio on silence: find cut points near each target boundary, write the chunks."""
+"""Splitting audio on silence: find cut points near each target boundary, write the chunks,
+while the file is still being decoded."""
 
 from __future__ import annotations
 
 import io
 import itertools
 import wave
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 
-from tasks.media import SAMPLE_RATE
+from tasks.media import SAMPLE_RATE, MediaInfo, decode_blocks
 
 FRAME_SECONDS = 0.02
 # Below this level (dBFS) a frame is silent whatever the speech level is.
@@ -106,33 +108,115 @@ def _pauses(silent: np.ndarray) -> list[tuple[int, int]]:
 
 
 def cut_points(samples: np.ndarray, options: SplitOptions) -> list[float]:
-    """Times (seconds) at which to cut, each in the best pause near its aimed-for boundary.
+    """Times (seconds) at which to cut, each in the best pause near its aimed-for boundary
+    (see ``_plan``)."""
+    bounds = _plan(iter([samples]), len(samples) / SAMPLE_RATE, options)
+    return [end for _, end, _ in bounds][:-1]
+
+
+def stream_chunks(
+    blocks: Iterable[np.ndarray], declared: float, folder: str, options: SplitOptions
+) -> Iterator[Chunk]:
+    """Split audio while it is still being decoded: each chunk is written under ``folder``
+    and yielded as soon as the audio around its end has arrived, so that the first chunks
+    are transcribed while the rest of the file is decoded.
+
+    ``declared`` is the length the plan starts from (the probe's); the decoded audio decides
+    where the last chunk ends. Errors of ``blocks`` (a truncated file) pass through.
+    """
+    fs, root = fsspec.core.url_to_fs(folder)
+    fs.makedirs(root, exist_ok=True)
+    for index, (start, end, audio) in enumerate(_plan(iter(blocks), declared, options)):
+        yield _write_chunk(fs, root, index, start, end, audio.between(start, end))
+
+
+def planned_count(duration: float, options: SplitOptions) -> int:
+    """How many chunks ``duration`` seconds are likely to make (cuts move to pauses)."""
+    busy, left, count = [0.0] * max(1, options.workers), duration, 0
+    while (length := next_length(left, busy, count, options)) < left:
+        busy[busy.index(min(busy))] += length
+        left, count = left - length, count + 1
+    return count + 1
+
+
+class _Audio:
+    """Decoded audio as it arrives, with the level of each complete 20 ms frame."""
+
+    FRAME = int(SAMPLE_RATE * FRAME_SECONDS)
+
+    def __init__(self, expected_seconds: float) -> None:
+        self.samples = np.empty(int(expected_seconds * SAMPLE_RATE) + SAMPLE_RATE, np.int16)
+        self.size = 0
+        self.levels = np.empty(len(self.samples) // self.FRAME + 1)
+        self.frames = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.size / SAMPLE_RATE
+
+    def append(self, block: np.ndarray) -> None:
+        if self.size + len(block) > len(self.samples):  # longer than declared: grow
+            self.samples = np.resize(self.samples, 2 * (self.size + len(block)))
+            self.levels = np.resize(self.levels, len(self.samples) // self.FRAME + 1)
+        self.samples[self.size : self.size + len(block)] = block
+        self.size += len(block)
+        complete = self.size // self.FRAME
+        if complete > self.frames:
+            fresh = self.samples[self.frames * self.FRAME : complete * self.FRAME]
+            self.levels[self.frames : complete] = frame_levels(fresh)
+            self.frames = complete
+
+    def between(self, start: float, end: float) -> np.ndarray:
+        return self.samples[int(start * SAMPLE_RATE) : min(int(end * SAMPLE_RATE), self.size)]
+
+    def cut(self, low: float, high: float, aim: float) -> float:
+        """The best place to cut between ``low`` and ``high``, judged against the level of
+        the speech decoded so far: the longest pause (nearest ``aim`` among similar ones),
+        else the quietest 200 ms."""
+        levels = self.levels[: self.frames] if self.frames else np.full(1, -120.0)
+        loud = float(np.percentile(levels, 95))
+        threshold = max(SILENCE_FLOOR_DB, loud - SILENCE_BELOW_SPEECH_DB)
+        first = int(low / FRAME_SECONDS)
+        window = levels[first : int(high / FRAME_SECONDS) + 1] < threshold
+        pauses = [(a + first, b + first) for a, b in _pauses(window)]
+        cut = _best_pause(pauses, low, high, aim, MIN_PAUSE_SECONDS / FRAME_SECONDS)
+        return round(_quietest(levels, low, high) if cut is None else cut, 3)
+
+
+def _plan(
+    blocks: Iterator[np.ndarray], declared: float, options: SplitOptions
+) -> Iterator[tuple[float, float, _Audio]]:
+    """(start, end, audio) of each chunk, as soon as the audio decides it.
 
     Lengths come from ``next_length``, planned again from each actual cut. Within the search
     window of every boundary (``search_seconds``, at most a quarter of the chunk) the longest
     pause wins (a sentence break beats a word gap); with no pause there, the quietest 200 ms.
     """
-    levels = frame_levels(samples)
-    duration = len(samples) / SAMPLE_RATE
-    pauses = _pauses(silence_mask(levels))
-    min_pause = MIN_PAUSE_SECONDS / FRAME_SECONDS
+    audio = _Audio(declared)
+    ended = False
     busy_until = [0.0] * max(1, options.workers)
-    cuts: list[float] = []
-    last = 0.0
-    while (length := next_length(duration - last, busy_until, len(cuts), options)) < (
-        duration - last
-    ):
-        search = min(options.search_seconds, length * 0.25)
+    last, index = 0.0, 0
+    while True:
+        total = audio.seconds if ended else max(declared, audio.seconds)
+        length = next_length(total - last, busy_until, index, options)
+        final = length >= total - last
         aim = last + length
-        low = max(last + length * 0.5, aim - search)
-        high = min(duration - min(options.shortest_seconds, length) * 0.5, aim + search)
-        cut = _best_pause(pauses, low, high, aim, min_pause)
-        if cut is None:
-            cut = _quietest(levels, low, high)
-        cuts.append(round(cut, 3))
+        search = min(options.search_seconds, length * 0.25)
+        high = min(total - min(options.shortest_seconds, length) * 0.5, aim + search)
+        if not ended and (final or audio.seconds < high):
+            block = next(blocks, None)
+            if block is None:
+                ended = True
+            else:
+                audio.append(block)
+            continue
+        if final:
+            yield last, round(audio.seconds, 3), audio
+            return
+        cut = audio.cut(max(last + length * 0.5, aim - search), high, aim)
+        yield last, cut, audio
         busy_until[busy_until.index(min(busy_until))] += cut - last
-        last = cut
-    return cuts
+        last, index = cut, index + 1
 
 
 def _best_pause(
@@ -175,16 +259,22 @@ def write_chunks(samples: np.ndarray, cuts: list[float], folder: str) -> list[Ch
     bounds = [0.0, *cuts, duration]
     fs, root = fsspec.core.url_to_fs(folder)
     fs.makedirs(root, exist_ok=True)
-    chunks = []
-    for index, (start, end) in enumerate(itertools.pairwise(bounds)):
-        piece = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-        path = f"{root.rstrip('/')}/{index:04d}.wav"
-        with fs.open(path, "wb") as handle:
-            handle.write(wav_bytes(piece))
-        chunks.append(
-            Chunk(index, round(start, 3), round(end, 3), _url(fs, path), has_speech(piece))
+    return [
+        _write_chunk(
+            fs, root, index, start, end, samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
         )
-    return chunks
+        for index, (start, end) in enumerate(itertools.pairwise(bounds))
+    ]
+
+
+def _write_chunk(
+    fs: fsspec.AbstractFileSystem, root: str, index: int, start: float, end: float,
+    piece: np.ndarray,
+) -> Chunk:  # fmt: skip
+    path = f"{root.rstrip('/')}/{index:04d}.wav"
+    with fs.open(path, "wb") as handle:
+        handle.write(wav_bytes(piece))
+    return Chunk(index, round(start, 3), round(end, 3), _url(fs, path), has_speech(piece))
 
 
 def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -204,19 +294,16 @@ def wav_bytes(samples: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-# Prefect task: decode, choose cut points, write chunk files; passes paths on, not audio.
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.states import Failed, State  # noqa: E402
+@dataclass(frozen=True)
+class SplitPlan:
+    """A probed file to split while its chunks are transcribed, and where the chunks go."""
 
-from tasks.media import MediaError, MediaInfo, decode  # noqa: E402
+    info: MediaInfo
+    folder: str
+    options: SplitOptions
 
 
-@task(name="split-on-silence", cache_policy=NO_CACHE, persist_result=False)
-def split_audio(info: MediaInfo, folder: str, options: SplitOptions) -> list[Chunk] | State:
-    """Decode the file and write its chunks (16 kHz mono WAV) under ``folder``."""
-    try:
-        samples = decode(info)
-    except MediaError as err:
-        return Failed(message=str(err))
-    return write_chunks(samples, cut_points(samples, options), folder)
+def split_while_decoding(plan: SplitPlan) -> Iterator[Chunk]:
+    """Decode ``plan.info`` with ffmpeg and yield its chunks as they are cut; MediaError
+    (truncated, corrupt, no sound) once the decoded stream proves it."""
+    return stream_chunks(decode_blocks(plan.info), plan.info.duration, plan.folder, plan.options)

@@ -218,7 +218,7 @@ def test_dask_runs_every_first_chunk_then_the_shorter_jobs_first():
         for job, minutes in (("ten", 10), ("five", 5), ("fifteen", 15)):
             chunks = split(minutes)
             for chunk in chunks:
-                with dask.annotate(priority=chunk_priority(chunks, chunk)):
+                with dask.annotate(priority=chunk_priority(minutes * 60.0, chunk.index)):
                     future = dask_client.submit(_work, job, chunk.index, pure=False)
                 submitted[future.key] = (job, chunk.index)
                 futures.append(future)

@@ -121,8 +121,9 @@ def test_model_loads_once_per_worker_across_many_chunks(long_speech, tmp_path):
     job = jobs.create_job(str(path), path.name)
     jobs.add_chunks(job.id, [(c.index, c.start, c.end) for c in chunks])
     flow = transcribe_chunks.with_options(task_runner=chunk_task_runner(len(chunks)))
-    results, failures = flow(job.id, chunks, AsrOptions())
-    assert failures == []
+    mapped = flow(job.id, chunks, AsrOptions())
+    results, failures = mapped.results, mapped.failures
+    assert failures == [] and mapped.chunks == chunks
     assert len(results) == len(chunks)
     pids = {r.worker_pid for r in results}
     assert 1 <= len(pids) <= 2

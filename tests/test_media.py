@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tasks.media import AudioTooLongError, MediaError, decode, probe
+from tasks.media import AudioTooLongError, MediaError, decode, decode_blocks, probe
 from tests.audio import (
     DATA,
     FFMPEG,
@@ -136,3 +136,18 @@ def test_a_file_just_over_the_limit_says_by_how_much():
     )
     assert "30:00.1 long" in str(AudioTooLongError("talk.mp3", 1800.04, 1800))
     assert "1:30:00 long" in str(AudioTooLongError("talk.mp3", 5400.0, 1800))
+
+
+def test_decoding_in_blocks_gives_the_same_audio_and_the_same_refusals(tmp_path):
+    info = probe(DATA / "weather.mp3")
+    blocks = list(decode_blocks(info, block_seconds=1.0))
+    assert len(blocks) > 2 and all(len(b) == 16000 for b in blocks[:-1])
+    assert np.array_equal(np.concatenate(blocks), decode(info))
+    whole = (DATA / "weather.mp3").read_bytes()
+    path = tmp_path / "cut.mp3"
+    path.write_bytes(whole[: len(whole) // 2])
+    stream = decode_blocks(probe(path), block_seconds=1.0)
+    first = next(stream)  # the start of a truncated file decodes; its end proves it truncated
+    assert len(first) == 16000
+    with pytest.raises(MediaError, match=r"cut\.mp3: file is truncated or corrupt"):
+        list(stream)

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from tasks.media import SAMPLE_RATE
-from tasks.split import SplitOptions, cut_points, has_speech, write_chunks
+from tasks.split import (
+    SplitOptions,
+    cut_points,
+    has_speech,
+    planned_count,
+    stream_chunks,
+    write_chunks,
+)
 
 RNG = np.random.default_rng(7)
 
@@ -141,3 +148,49 @@ def test_one_worker_keeps_full_length_chunks():
     assert 22.5 <= lengths[0] <= 37.5  # no pause: the quietest moment within a quarter
     assert all(100.0 <= length <= 150.0 for length in lengths[1:-1]), lengths
     assert lengths[-1] <= 150.0  # the rest, as it comes: no balancing for one worker
+
+
+def test_chunks_stream_out_while_the_audio_still_arrives(tmp_path):
+    pieces = []
+    for _ in range(60):  # ten minutes, a pause every 10 s
+        pieces += [noise(9.5), quiet(0.5)]
+    audio = np.concatenate(pieces)
+    duration = len(audio) / SAMPLE_RATE
+    pulled: list[int] = []
+
+    def blocks():  # 10 s at a time, as decode_blocks gives them
+        for start in range(0, len(audio), 10 * SAMPLE_RATE):
+            pulled.append(start)
+            yield audio[start : start + 10 * SAMPLE_RATE]
+
+    options = SplitOptions(120, 20, 30, workers=2)
+    arrived = []
+    chunks = []
+    for chunk in stream_chunks(blocks(), duration, str(tmp_path), options):
+        arrived.append(len(pulled) * 10.0)
+        chunks.append(chunk)
+    assert arrived[0] <= 40.0  # the first chunk was ready after 40 s of 600 were decoded
+    assert all(a < duration for a in arrived[:-2])  # and so were all but the last ones
+    # The same cuts as splitting the whole file at once, and the files hold the audio.
+    assert [c.end for c in chunks[:-1]] == cut_points(audio, options)
+    assert chunks[-1].end == duration and [c.index for c in chunks] == list(range(len(chunks)))
+    for chunk in chunks:
+        with wave.open(chunk.path) as wav:
+            assert wav.getnframes() == round(chunk.end * SAMPLE_RATE) - round(
+                chunk.start * SAMPLE_RATE
+            )
+
+
+def test_a_stream_longer_or_shorter_than_declared_ends_where_the_audio_ends(tmp_path):
+    audio = np.concatenate([noise(50.0), quiet(1.0), noise(50.0)])
+    for declared in (60.0, 101.0, 200.0):
+        chunks = list(stream_chunks([audio], declared, str(tmp_path), SplitOptions(60, 10)))
+        assert chunks[-1].end == 101.0, declared
+        assert [c.start for c in chunks[1:]] == [c.end for c in chunks[:-1]]
+
+
+def test_planned_count_matches_the_plan():
+    options = SplitOptions(120, 20, 30, workers=2)
+    assert planned_count(600, options) == 6  # 30, 120, 120, 120, 150, 60
+    assert planned_count(20, options) == 1
+    assert planned_count(600, replace(options, workers=1)) == 6

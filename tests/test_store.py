@@ -74,6 +74,26 @@ def test_chunk_progress_moves_the_job_forward_once_and_never_back():
     assert not jobs.record_chunk_progress(job.id, 7, 5.0)  # no such chunk
 
 
+def test_chunks_added_as_the_audio_is_split_replace_an_earlier_attempts():
+    job = jobs.create_job("/x/s.wav", "s.wav")
+    jobs.start_job(job.id, None, 300.0, "/tmp/s")
+    jobs.add_chunks(job.id, [(0, 0.0, 100.0), (1, 100.0, 200.0), (2, 200.0, 300.0)])
+    jobs.record_chunk_progress(job.id, 0, 40.0)  # an earlier attempt's work
+    jobs.add_chunk(job.id, 0, 0.0, 30.0)
+    assert jobs.record_chunk_progress(job.id, 0, 10.0)  # the new first chunk is live at once
+    jobs.add_chunk(job.id, 1, 30.0, 150.0)
+    stored = jobs.get_job(job.id)
+    assert (stored.chunks_total, stored.audio_seconds_done) == (2, 10.0)
+    assert stored.duration_seconds == 300.0  # the declared length until the split ends
+    jobs.finish_split(job.id, 2, 298.5)
+    stored = jobs.get_job(job.id)
+    assert (stored.chunks_total, stored.duration_seconds) == (2, 298.5)
+    assert [(c.index, c.start_seconds, c.end_seconds) for c in jobs.get_chunks(job.id)] == [
+        (0, 0.0, 30.0),
+        (1, 30.0, 150.0),
+    ]
+
+
 def test_concurrent_progress_reports_add_each_second_once():
     job = jobs.create_job("/x/q.wav", "q.wav")
     jobs.add_chunks(job.id, [(0, 0.0, 100.0)])
