@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import dataclass
 
 import dask
@@ -57,21 +58,23 @@ def transcribe_chunks(
     limit = settings.chunk_timeout_seconds
     duration = split.info.duration if split else (chunks[-1].end if chunks else 0.0)
     started = time.perf_counter()
-    source = chunks if split is None else split_while_decoding(split)
     futures: dict = {}
     cut: list[Chunk] = []
-    try:
-        for chunk in source:
-            if split is not None:
-                jobs.add_chunk(job_id, chunk.index, chunk.start, chunk.end)
-            cut.append(chunk)
-            # On a shared cluster, a shorter job's chunks go first: short work is never stuck
-            # behind a long file (Dask runs higher priorities first).
-            with dask.annotate(priority=chunk_priority(duration, chunk.index)):
-                futures[task.submit(chunk, options, limit, job_id)] = chunk
-    except MediaError as err:  # the decoded stream proved the file truncated or corrupt
-        _cancel_waiting(futures)
-        return ChunkMap(cut, [], [], split_error=str(err))
+    stream = (chunk for chunk in chunks) if split is None else split_while_decoding(split)
+    with closing(stream) as source:  # an abandoned split stops ffmpeg at once
+        try:
+            for chunk in source:
+                if split is not None:
+                    jobs.add_chunk(job_id, chunk.index, chunk.start, chunk.end)
+                cut.append(chunk)
+                # On a shared cluster, a shorter job's chunks go first: short work is never
+                # stuck behind a long file (Dask runs higher priorities first).
+                with dask.annotate(priority=chunk_priority(duration, chunk.index)):
+                    futures[task.submit(chunk, options, limit, job_id)] = chunk
+        except Exception as err:  # the stream proved the file truncated, or a write failed
+            reason = str(err) if isinstance(err, MediaError) else f"splitting failed: {err!r}"
+            _abandon(job_id, futures, cut, reason)
+            return ChunkMap(cut, [], [], split_error=reason)
     split_seconds = time.perf_counter() - started
     if split is not None:
         jobs.finish_split(job_id, len(cut), cut[-1].end)
@@ -107,6 +110,13 @@ def _collect(job_id: str, futures: dict) -> tuple[list[ChunkResult], list[str]]:
             )
         update_progress_artifact(progress, 100.0 * finished / len(futures))
     return results, failures
+
+
+def _abandon(job_id: str, futures: dict, cut: list[Chunk], reason: str) -> None:
+    """The split failed: no chunk of this attempt is waited for, and each ends failed."""
+    _cancel_waiting(futures)
+    for chunk in cut:
+        jobs.finish_chunk(job_id, chunk.index, error=reason)
 
 
 def _cancel_waiting(futures: dict) -> None:

@@ -165,8 +165,10 @@ def decode_blocks(info: MediaInfo, block_seconds: float = 10.0) -> Iterator[np.n
     decoded = 0
     # stderr to a file, not a pipe: a corrupt file can make ffmpeg write more errors than a
     # pipe holds while nobody reads them, and it would wait forever.
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
+    with (
+        tempfile.TemporaryFile() as stderr,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr) as process,
+    ):
         try:
             assert process.stdout is not None
             while block := process.stdout.read(block_bytes):
@@ -177,7 +179,6 @@ def decode_blocks(info: MediaInfo, block_seconds: float = 10.0) -> Iterator[np.n
         finally:
             if process.poll() is None:  # the consumer stopped early
                 process.kill()
-                process.wait()
         stderr.seek(0)
         errors = stderr.read().decode(errors="replace").strip()
     if returncode != 0:

@@ -127,9 +127,7 @@ class KeyPool:
                 except BaseException:
                     self._release(key, lease_id)
                     raise
-                # Taking a slot is a call to Prefect: another worker may have rested the key
-                # meanwhile (a revoked key was called again 4 s after its refusal).
-                if taken and key.name not in self._current_rests():
+                if taken:
                     return key, lease_id
                 self._release(key, lease_id)
             now = time.monotonic()
@@ -185,6 +183,10 @@ class KeyPool:
         with self._lock:
             expiry = asked + HOLD_SECONDS
             self._slots[key.name].extend([expiry] * (want - 1))
+        # Taking slots was a call to Prefect: another worker may have rested the key meanwhile
+        # (a revoked key was called again 4 s after its refusal). Read the store, not the cache.
+        if key.name in self._current_rests(fresh=True):
+            return False
         return self._count_day(key, time.monotonic())
 
     def _count_day(self, key: ApiKey, now: float) -> bool:
@@ -206,9 +208,9 @@ class KeyPool:
             slots.popleft()  # not spent within the hold: dropped, never used late
         return len(slots)
 
-    def _current_rests(self) -> dict[str, tuple[datetime, str]]:
+    def _current_rests(self, fresh: bool = False) -> dict[str, tuple[datetime, str]]:
         now = time.monotonic()
-        if now - self._rests_read > RESTS_CACHE_SECONDS:
+        if fresh or now - self._rests_read > RESTS_CACHE_SECONDS:
             stored = usage.key_rests(self.provider)  # the store is the truth (rest() writes it)
             with self._lock:
                 # A rest this process recorded while the read was under way may not be in it.

@@ -50,7 +50,8 @@ class SplitOptions:
     search_seconds: float = 20.0
     first_seconds: float | None = None
     workers: int = 1
-    shortest_seconds: float = 20.0
+    # A shorter chunk would cost a whole 30 s model window anyway.
+    shortest_seconds: float = 30.0
 
     def target_of(self, index: int) -> float:
         """The aimed-for length of chunk ``index`` before the tail is balanced."""
@@ -197,13 +198,18 @@ def _plan(
     busy_until = [0.0] * max(1, options.workers)
     last, index = 0.0, 0
     while True:
-        total = audio.seconds if ended else max(declared, audio.seconds)
+        total = audio.seconds if ended else declared
+        if not ended and audio.seconds > declared + 1.0:  # longer than declared: open end
+            total = audio.seconds + options.target_seconds * 1.25
         length = next_length(total - last, busy_until, index, options)
         final = length >= total - last
         aim = last + length
         search = min(options.search_seconds, length * 0.25)
-        high = min(total - min(options.shortest_seconds, length) * 0.5, aim + search)
-        if not ended and (final or audio.seconds < high):
+        margin = min(options.shortest_seconds, length) * 0.5
+        high = min(total - margin, aim + search)
+        # A cut waits for audio a margin past its window: a file that ends (earlier than
+        # declared) just after it is planned again from its real end, not left a sliver.
+        if not ended and (final or audio.seconds < high + margin):
             block = next(blocks, None)
             if block is None:
                 ended = True

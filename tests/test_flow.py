@@ -18,7 +18,7 @@ from store.models import ChunkStatus, JobStatus
 from tasks.asr import AsrOptions, recognise
 from tasks.split import SplitOptions, cut_points, write_chunks
 from tasks.wer import word_error_rate, words
-from tests.audio import LONG_TEXT, ROOT, save, silence, speech_samples
+from tests.audio import LONG_TEXT, ROOT, encode, save, silence, speech_samples
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SAMPLE = ROOT / "samples" / "meeting.ogg"
@@ -186,6 +186,33 @@ def test_truncated_file_fails_after_probe_and_leaves_nothing(tmp_path, state_dir
     assert state.is_failed() and "truncated or corrupt" in state.message
     assert jobs.get_job("truncated").error == state.message
     assert not (state_dir / "data" / "jobs" / "truncated").exists()
+
+
+def test_truncated_file_leaves_every_chunk_it_cut_failed_with_the_reason(relay_env, tmp_path):
+    # About 150 s declared, 100 s there: chunks are cut and sent before the end of the stream
+    # proves the file short.
+    speech = save(speech_samples(" ".join([LONG_TEXT] * 3), tmp_path), tmp_path / "long.wav")
+    whole = encode(speech, tmp_path / "long.mp3", "-c:a", "libmp3lame").read_bytes()
+    path = tmp_path / "short.mp3"
+    path.write_bytes(whole[: len(whole) * 2 // 3])  # its header still declares it all
+    relay_env(CHUNK_TARGET_SECONDS=40, CHUNK_SEARCH_SECONDS=10)
+    state, _ = run(path, job_id="cutshort")
+    job = jobs.get_job("cutshort")
+    assert state.is_failed() and job.status == JobStatus.FAILED
+    assert "truncated or corrupt" in job.error, job.error
+    chunks = jobs.get_chunks(job.id)
+    assert chunks and all(c.status == ChunkStatus.FAILED for c in chunks)
+    assert all(c.error == job.error for c in chunks)
+
+
+def test_a_split_that_cannot_write_its_chunks_fails_the_job_with_why(relay_env, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the data folder should be")
+    relay_env(DATA_DIR=str(blocked))
+    state, _ = run(SAMPLE, job_id="unwritable")
+    assert state.is_failed() and "splitting failed" in state.message, state.message
+    job = jobs.get_job("unwritable")
+    assert job.status == JobStatus.FAILED and job.error == state.message
 
 
 def test_over_long_audio_is_refused_with_duration_and_limit(relay_env):

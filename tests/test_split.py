@@ -169,7 +169,7 @@ def test_chunks_stream_out_while_the_audio_still_arrives(tmp_path):
     for chunk in stream_chunks(blocks(), duration, str(tmp_path), options):
         arrived.append(len(pulled) * 10.0)
         chunks.append(chunk)
-    assert arrived[0] <= 40.0  # the first chunk was ready after 40 s of 600 were decoded
+    assert arrived[0] <= 60.0  # the first chunk was ready after 60 s of 600 were decoded
     assert all(a < duration for a in arrived[:-2])  # and so were all but the last ones
     # The same cuts as splitting the whole file at once, and the files hold the audio.
     assert [c.end for c in chunks[:-1]] == cut_points(audio, options)
@@ -194,3 +194,14 @@ def test_planned_count_matches_the_plan():
     assert planned_count(600, options) == 6  # 30, 120, 120, 120, 150, 60
     assert planned_count(20, options) == 1
     assert planned_count(600, replace(options, workers=1)) == 6
+
+
+def test_a_file_ending_before_its_declared_length_leaves_no_sliver(tmp_path):
+    # 290.2 s of speech with a long pause just before the end; the probe declared 320 s.
+    pieces = []
+    for _ in range(28):
+        pieces += [noise(9.5), quiet(0.5)]
+    audio = np.concatenate([*pieces, noise(8.0), quiet(2.0), noise(0.2)])
+    chunks = list(stream_chunks([audio], 320.0, str(tmp_path), SplitOptions(120, 20, 30)))
+    assert chunks[-1].end == pytest.approx(290.2)
+    assert chunks[-1].duration >= 30.0, [(c.start, c.end) for c in chunks]
