@@ -94,11 +94,11 @@ def frame_levels(samples: np.ndarray) -> np.ndarray:
     return 20.0 * np.log10(np.maximum(rms, 1e-6))
 
 
-def silence_mask(levels: np.ndarray) -> np.ndarray:
-    """True for frames quiet enough to cut in, judged against the file's own speech level."""
+def silence_threshold(levels: np.ndarray) -> float:
+    """The level (dBFS) below which a frame is quiet enough to cut in, judged against the
+    speech heard so far."""
     loud = float(np.percentile(levels, 95))
-    threshold = max(SILENCE_FLOOR_DB, loud - SILENCE_BELOW_SPEECH_DB)
-    return levels < threshold
+    return max(SILENCE_FLOOR_DB, loud - SILENCE_BELOW_SPEECH_DB)
 
 
 def _pauses(silent: np.ndarray) -> list[tuple[int, int]]:
@@ -175,10 +175,8 @@ class _Audio:
         the speech decoded so far: the longest pause (nearest ``aim`` among similar ones),
         else the quietest 200 ms."""
         levels = self.levels[: self.frames] if self.frames else np.full(1, -120.0)
-        loud = float(np.percentile(levels, 95))
-        threshold = max(SILENCE_FLOOR_DB, loud - SILENCE_BELOW_SPEECH_DB)
         first = int(low / FRAME_SECONDS)
-        window = levels[first : int(high / FRAME_SECONDS) + 1] < threshold
+        window = levels[first : int(high / FRAME_SECONDS) + 1] < silence_threshold(levels)
         pauses = [(a + first, b + first) for a, b in _pauses(window)]
         cut = _best_pause(pauses, low, high, aim, MIN_PAUSE_SECONDS / FRAME_SECONDS)
         return round(_quietest(levels, low, high) if cut is None else cut, 3)
