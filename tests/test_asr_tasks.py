@@ -222,10 +222,10 @@ def test_dask_runs_every_first_chunk_then_the_shorter_jobs_first():
                     future = dask_client.submit(_work, job, chunk.index, pure=False)
                 submitted[future.key] = (job, chunk.index)
                 futures.append(future)
-        time.sleep(1.0)  # every chunk is waiting behind the busy worker
         # Tasks Dask had already handed to the worker run first, whatever came after them
         # (the first few of a new kind of task are not queued at the scheduler).
         (worker,) = cluster.workers.values()
+        _wait_until_placed(dask_client, set(submitted), worker)
         held = {submitted[key] for key in worker.state.tasks if key in submitted}
         GATE.set()
         dask_client.gather(futures)
@@ -280,6 +280,24 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
 
 # The one Dask worker runs in this process (processes=False): it records into this list.
 RAN: list[tuple[str, int]] = []
+
+
+def _task_states(dask_scheduler) -> dict:
+    return {key: task.state for key, task in dask_scheduler.tasks.items()}
+
+
+def _wait_until_placed(dask_client: Client, keys: set, worker, limit: float = 30.0) -> None:
+    """Until every chunk waits behind the busy worker: queued at the scheduler, or handed
+    to the worker and known there."""
+    deadline = time.monotonic() + limit
+    while True:
+        states = dask_client.run_on_scheduler(_task_states)
+        handed = {key for key in keys if states.get(key) == "processing"}
+        placed = all(states.get(key) in ("processing", "queued") for key in keys)
+        if placed and handed <= set(worker.state.tasks):
+            return
+        assert time.monotonic() < deadline, {key: states.get(key) for key in keys}
+        time.sleep(0.05)
 
 
 def _work(job: str, index: int) -> None:
