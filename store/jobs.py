@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import bindparam, update
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from store.db import reader, session_scope
 from store.models import (
@@ -84,11 +84,7 @@ def start_job(job_id: str, flow_run_id: str | None, duration: float, output_dir:
 def add_chunks(job_id: str, bounds: Sequence[tuple[int, float, float]]) -> None:
     """Record the job's chunks, all pending (replacing any from an earlier attempt)."""
     with session_scope() as session:
-        for old in session.exec(
-            select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)
-        ):
-            session.delete(old)
-        session.flush()
+        _forget_chunks(session, job_id)
         for index, start, end in bounds:
             session.add(
                 TranscriptionChunk(job_id=job_id, index=index, start_seconds=start, end_seconds=end)
@@ -112,11 +108,7 @@ def add_chunk(job_id: str, index: int, start: float, end: float) -> None:
     with session_scope() as session:
         counters: dict[str, object] = {"chunks_total": index + 1}
         if index == 0:
-            for old in session.exec(
-                select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)
-            ):
-                session.delete(old)
-            session.flush()
+            _forget_chunks(session, job_id)
             counters |= {"chunks_done": 0, "chunks_failed": 0, "audio_seconds_done": 0.0}
         session.add(
             TranscriptionChunk(job_id=job_id, index=index, start_seconds=start, end_seconds=end)
@@ -124,6 +116,13 @@ def add_chunk(job_id: str, index: int, start: float, end: float) -> None:
         session.execute(
             update(TranscriptionJob).where(TranscriptionJob.id == job_id).values(**counters)
         )
+
+
+def _forget_chunks(session: Session, job_id: str) -> None:
+    """Delete a job's chunk rows (an earlier attempt's), before new ones are added."""
+    for old in session.exec(select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)):
+        session.delete(old)
+    session.flush()
 
 
 def finish_split(job_id: str, chunks: int, duration: float) -> None:
