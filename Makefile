@@ -27,7 +27,7 @@ system-deps: ## Debian packages the tests use to make speech (espeak-ng)
 		$(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
 
 run: setup ## transcribe the bundled sample on the embedded default (temporary Prefect, SQLite, local Dask)
-	$(PY) -m flows.transcribe $(SAMPLE) --out out/
+	$(PY) -m cli transcribe $(SAMPLE) --out out/
 
 test: setup system-deps ## lint, then the whole test suite
 	$(VENV)/bin/ruff check .
@@ -45,16 +45,16 @@ bench-api: setup ## API figures: status reads on 10,000 PostgreSQL jobs, submiss
 	$(PY) -m bench.api
 
 api: setup ## the REST API on RELAY_API_HOST:RELAY_API_PORT (embedded Prefect when PREFECT_API_URL is unset)
-	$(PY) -m api
+	$(PY) -m cli api
 
 bootstrap: setup ## make the Prefect server at PREFECT_API_URL ready for Relay (idempotent)
-	$(PY) -m deployments.bootstrap
+	$(PY) -m cli bootstrap
 
 stack: setup ## the whole system on this machine, no Docker: Prefect on PostgreSQL, warm Dask, a worker per pool, the API
-	$(PY) -m deployments.stack up
+	$(PY) -m cli stack up
 
 stack-down: ## stop exactly what `make stack` started
-	$(PY) -m deployments.stack down
+	$(PY) -m cli stack down
 
 bench-batch: setup system-deps ## batch: videos/min with 1 and 2 workers, skew, worker memory
 	$(PY) -m bench.batch

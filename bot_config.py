@@ -10,17 +10,28 @@ import fnmatch
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from relay_pools import Workload, pools_serving
 from relay_settings import PROJECT_ROOT
 
 Kind = Literal["chat", "image", "video"]
 KINDS: tuple[str, ...] = ("chat", "image", "video")
-BOT_POOLS: tuple[str, ...] = ("bot-chat", "bot-media")
 CONFIG_ENV = "RELAY_BOT_CONFIG"
+
+
+def _bot_pool(pool: str) -> str:
+    if pool not in pools_serving(Workload.BOT):
+        known = ", ".join(pools_serving(Workload.BOT))
+        raise ValueError(f"{pool!r} is not a bot pool of work-pools/pools.yaml ({known})")
+    return pool
+
+
+# A pool of the registry whose workload is the bot.
+BotPool = Annotated[str, AfterValidator(_bot_pool)]
 
 
 class _Strict(BaseModel):
@@ -33,7 +44,7 @@ class Route(_Strict):
     name: str
     kinds: tuple[Kind, ...]
     channels: tuple[str, ...]
-    pool: Literal["bot-chat", "bot-media"]
+    pool: BotPool
 
     def matches(self, kind: str, channel: str) -> bool:
         """True when this route takes ``kind`` requests from ``channel``."""
@@ -63,7 +74,7 @@ class BotConfig(_Strict):
     """All of ``bot.yaml``."""
 
     routes: tuple[Route, ...]
-    fallback: dict[Kind, Literal["bot-chat", "bot-media"]]
+    fallback: dict[Kind, BotPool]
     limits: dict[Kind, KindLimits]
     providers: dict[Kind, ProviderChoice]
     max_prompt_chars: int = Field(default=4000, gt=0)

@@ -105,7 +105,7 @@ class RelaySettings(BaseSettings):
         default="deployment",
         description="How API submissions run: 'deployment' (a flow run on the pool's worker) "
         "or 'task-worker' (a background task on the pool's warm task worker, "
-        "`python -m flows.asr_tasks worker`: starts in about a second).",
+        "`python -m cli worker`: starts in about a second).",
     )
     short_audio_seconds: float = Field(
         default=300.0,

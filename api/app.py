@@ -8,13 +8,15 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from api import batches, bot, errors, system, transcriptions
+from api.submit import Dispatchers
 from api.uploads import UploadLimit
 from relay_settings import RelaySettings, get_settings
 from store.db import get_engine
 
 
-def create_app(settings: RelaySettings | None = None) -> FastAPI:
-    """A Relay API app; tests pass their own settings."""
+def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> FastAPI:
+    """A Relay API app. ``dispatchers`` hand work to each task-served pool (the registry's,
+    ``flows.pool_tasks.dispatchers()``); tests pass their own settings."""
     settings = settings or get_settings()
 
     @asynccontextmanager
@@ -30,6 +32,7 @@ def create_app(settings: RelaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.dispatchers = dispatchers
     errors.install(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(transcriptions.router)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.auth import require_token
 from api.errors import ApiError, error_body
+from api.submit import dispatch
 from blocks.discord import allowed_hosts, redact_webhook_url, validate_webhook_url
 from bot_config import get_bot_config
 from store import bot as requests
@@ -215,10 +216,7 @@ def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> di
 
 async def _dispatch(request: Request, request_id: str, pool: str) -> None:
     """Create the request's background task run with the app's long-lived Prefect client."""
-    from api.submit import app_prefect_client
-    from flows.bot import adispatch
-
-    await adispatch(await app_prefect_client(request), request_id, pool)
+    await dispatch(request, pool, request_id=request_id)
 
 
 def _now() -> datetime:

@@ -1,8 +1,11 @@
 """Handing accepted jobs to Prefect, never inline: a flow run of the pool's deployment
-(``run_deployment(..., timeout=0)``) or a background task run for its warm task worker."""
+(``run_deployment(..., timeout=0)``) or a background task run for its warm task worker,
+created through the pool's dispatcher (the registry's, given to ``create_app``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Protocol
 from uuid import UUID
 
 from fastapi import Request
@@ -13,6 +16,30 @@ from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from prefect.states import Cancelling
 
 from api.errors import ApiError
+
+
+class Dispatcher(Protocol):
+    """Creates runs of one pool's background task (``flows.pool_tasks.PoolTask``)."""
+
+    async def adispatch(self, client: PrefectClient, **parameters: object) -> str:
+        """Create one run with these parameters on an open client; its task run id."""
+        ...
+
+
+Dispatchers = Mapping[str, Dispatcher]
+
+
+async def dispatch(request: Request, pool: str, **parameters: object) -> str:
+    """Hand work to ``pool``'s task workers with the app's dispatcher and long-lived client;
+    the task run id. ApiError 503 when the pool has no dispatcher."""
+    dispatchers: Dispatchers = request.app.state.dispatchers
+    if pool not in dispatchers:
+        raise ApiError(
+            503,
+            "no_task_worker_pool",
+            f"no background task for pool {pool!r}; expected one of {', '.join(dispatchers)}",
+        )
+    return await dispatchers[pool].adispatch(await app_prefect_client(request), **parameters)
 
 
 async def submit_transcription(
@@ -53,7 +80,7 @@ async def app_prefect_client(request: Request) -> PrefectClient:
 
 
 async def submit_to_task_worker(
-    client: PrefectClient,
+    request: Request,
     pool: str,
     job_id: str,
     source: str,
@@ -61,12 +88,12 @@ async def submit_to_task_worker(
     token: str | None,
 ) -> str:
     """Create the job's background task run for ``pool``'s warm task workers; its id."""
-    from flows.asr_tasks import adispatch
-
     try:
-        return await adispatch(client, pool, job_id, source, options, token)
-    except ValueError as err:
-        raise ApiError(503, "no_task_worker_pool", str(err)) from err
+        return await dispatch(
+            request, pool, job_id=job_id, source=source, options=options, token=token
+        )
+    except ApiError:
+        raise
     except Exception as err:
         reason = str(err) or type(err).__name__
         raise ApiError(

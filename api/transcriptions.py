@@ -26,7 +26,6 @@ from api.schemas import (
     TranscriptionOptions,
 )
 from api.submit import (
-    app_prefect_client,
     cancel_flow_run,
     flow_run_url,
     submit_to_task_worker,
@@ -117,9 +116,8 @@ async def submit(request: Request) -> Accepted:
     flow_run_id = task_run_id = None
     try:
         if settings.transcribe_via == "task-worker":
-            client = await app_prefect_client(request)
             task_run_id = await submit_to_task_worker(
-                client, pool, job_id, str(source), chosen, token
+                request, pool, job_id, str(source), chosen, token
             )
         else:
             queue = "short" if info.duration <= settings.short_audio_seconds else "long"

@@ -123,9 +123,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def start_api(env: dict[str, str]) -> subprocess.Popen:
-    """``python -m api`` as ``make api`` runs it, quiet."""
+    """``python -m cli api`` as ``make api`` runs it, quiet."""
     return subprocess.Popen(
-        [sys.executable, "-m", "api"],
+        [sys.executable, "-m", "cli", "api"],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -278,7 +278,7 @@ def embedded_cold(path: Path, reference: str) -> None:
         env["PREFECT_HOME"] = home
         started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "flows.transcribe", str(path), "--out", home],
+            [sys.executable, "-m", "cli", "transcribe", str(path), "--out", home],
             cwd=PROJECT_ROOT,
             env=env,
             capture_output=True,

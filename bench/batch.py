@@ -2,7 +2,7 @@
 static ``id % N`` shards), and a worker's resident memory over many videos.
 
 Runs on a temporary PostgreSQL database and an embedded Prefect server; every worker is a
-real ``python -m flows.reprocess work`` process (a reprocess-worker flow run). Prints one
+real ``python -m cli batch work`` process (a reprocess-worker flow run). Prints one
 JSON line per figure. Run: ``make bench-batch`` or ``.venv/bin/python -m bench.batch``.
 
 - ``throughput``: videos/min of the processing span (first claim to last finish) and of the
@@ -61,7 +61,7 @@ def _run_batch(workers: int, sample_memory: bool = False) -> dict:
     started = time.monotonic()
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "flows.reprocess", "work", batch.id],
+            [sys.executable, "-m", "cli", "batch", "work", batch.id],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -2,8 +2,8 @@
 load, and the most requests per second the quota path takes.
 
 Everything is real but the paid services: a ``prefect server start`` on a fresh PostgreSQL
-database (as in ``make stack``), the job store on PostgreSQL, ``python -m api`` and two
-``python -m flows.bot worker --pool bot-chat`` processes; a fake OpenAI answering in a fixed
+database (as in ``make stack``), the job store on PostgreSQL, ``python -m cli api`` and two
+``python -m cli worker --pool bot-chat`` processes; a fake OpenAI answering in a fixed
 300 ms and enforcing each key's requests per minute, and a fake Discord. Prints one JSON line
 per figure. Run: ``make bench-bot`` or ``.venv/bin/python -m bench.bot``.
 
@@ -109,7 +109,7 @@ class Bench:
                 [
                     sys.executable,
                     "-m",
-                    "flows.bot",
+                    "cli",
                     "worker",
                     "--pool",
                     "bot-chat",
@@ -117,7 +117,7 @@ class Bench:
                     "64",
                 ],
             )
-        self._spawn("api", [sys.executable, "-m", "api"])
+        self._spawn("api", [sys.executable, "-m", "cli", "api"])
         wait_http(f"http://127.0.0.1:{API_PORT}/api/health", "the API")
         logs = [self.work / f"{name}.log" for name in self.names if name.startswith("bot-")]
         deadline = time.monotonic() + 120

@@ -6,7 +6,7 @@ Prints one JSON line per figure. Run: ``make bench-stack`` or ``.venv/bin/python
 
 - ``submission_to_first_chunk``: from ``POST /api/transcriptions`` to the first chunk task
   starting (its Prefect task run's start time), on the warm stack; the embedded mode's
-  figure comes from ``--embedded`` (a fresh ``python -m api``, as on a laptop).
+  figure comes from ``--embedded`` (a fresh ``python -m cli api``, as on a laptop).
 - ``three_users``: 10, 5 and 15 min files submitted at once in that order, against the same
   files one after another with whole-file faster-whisper on this machine.
 """
@@ -186,7 +186,7 @@ def three_users(stack: Stack) -> None:
 
 @contextmanager
 def embedded_api(port: int, token: str) -> Iterator[str]:
-    """A fresh ``python -m api`` without PREFECT_API_URL: the laptop's embedded mode (its own
+    """A fresh ``python -m cli api`` without PREFECT_API_URL: the laptop's embedded mode (its own
     temporary Prefect server, a serve process, a LocalCluster per flow run)."""
     folder = Path(tempfile.mkdtemp(prefix="relay-bench-embedded-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RELAY_"))}
@@ -200,7 +200,7 @@ def embedded_api(port: int, token: str) -> Iterator[str]:
     )
     log = (folder / "api.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api"],
+        [sys.executable, "-m", "cli", "api"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -231,19 +231,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-users", action="store_true")
     parser.add_argument(
-        "--embedded", action="store_true", help="also measure a fresh embedded `python -m api`"
+        "--embedded", action="store_true", help="also measure a fresh embedded `python -m cli api`"
     )
     args = parser.parse_args()
     from deployments import stack as local_stack
 
     started_here = not local_stack.running()
     if started_here:  # `make stack` was not running: start it, and stop it at the end
-        subprocess.run([sys.executable, "-m", "deployments.stack", "up"], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "cli", "stack", "up"], cwd=ROOT, check=True)
     try:
         run(args)
     finally:
         if started_here:
-            subprocess.run([sys.executable, "-m", "deployments.stack", "down"], cwd=ROOT)
+            subprocess.run([sys.executable, "-m", "cli", "stack", "down"], cwd=ROOT)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> None:
     if args.embedded:
         token = uuid.uuid4().hex
         with embedded_api(8010, token) as url:
-            submission_latency(Stack(url, token, None), args.runs, "embedded (python -m api)")
+            submission_latency(Stack(url, token, None), args.runs, "embedded (python -m cli api)")
     if not args.skip_users:
         three_users(stack)
 

@@ -1,4 +1,4 @@
-"""``python -m deployments.bootstrap`` (``make bootstrap``): make a Prefect server ready for Relay.
+"""``python -m cli bootstrap`` (``make bootstrap``): make a Prefect server ready for Relay.
 
 Idempotent: running it twice changes nothing. Against the server at ``PREFECT_API_URL`` it
 
@@ -18,11 +18,8 @@ Every line it prints says what it did: ``created``, ``updated`` or ``unchanged``
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,54 +31,42 @@ from pydantic import SecretStr
 from blocks.discord import DiscordDestination, redact_webhook_url
 from blocks.keys import ApiKeyPool, limits_for
 from deployments.alerts import ensure_failure_alert
+from relay_pools import Pool, Queue, load_pools
 from relay_settings import PROJECT_ROOT, get_settings
 
 log = logging.getLogger("relay.bootstrap")
-POOLS_DIR = PROJECT_ROOT / "work-pools"
 QUOTAS_FILE = PROJECT_ROOT / "deployments" / "quotas.yaml"
 KEYS_FILE = PROJECT_ROOT / "deployments" / "keys.yaml"
 BLOCK_TYPES = (DiscordDestination, ApiKeyPool)
 
 
-def load_pools(folder: Path = POOLS_DIR) -> dict[str, dict[str, Any]]:
-    """Each pool's settings from ``pools.yaml`` with its base job template attached."""
-    pools = yaml.safe_load((folder / "pools.yaml").read_text())
-    for name, pool in pools.items():
-        pool["base_job_template"] = json.loads((folder / f"{name}.json").read_text())
-    return pools
-
-
-def ensure_pool(client: SyncPrefectClient, name: str, spec: dict[str, Any]) -> str:
+def ensure_pool(client: SyncPrefectClient, pool: Pool) -> str:
     """Create the pool, or bring its template, description and limit up to date."""
     wanted = {
-        "base_job_template": spec["base_job_template"],
-        "description": spec.get("description"),
-        "concurrency_limit": spec.get("concurrency_limit"),
+        "base_job_template": pool.base_job_template(),
+        "description": pool.description,
+        "concurrency_limit": pool.concurrency_limit,
     }
     try:
-        current = client.read_work_pool(name)
+        current = client.read_work_pool(pool.name)
     except ObjectNotFound:
-        client.create_work_pool(WorkPoolCreate(name=name, type=spec["type"], **wanted))
+        client.create_work_pool(WorkPoolCreate(name=pool.name, type=pool.type, **wanted))
         return "created"
-    if current.type != spec["type"]:
+    if current.type != pool.type:
         raise RuntimeError(
-            f"work pool {name!r} exists with type {current.type!r}, not {spec['type']!r}; "
+            f"work pool {pool.name!r} exists with type {current.type!r}, not {pool.type!r}; "
             "delete it or rename the pool in work-pools/pools.yaml"
         )
     changed = {key: value for key, value in wanted.items() if getattr(current, key) != value}
     if not changed:
         return "unchanged"
-    client.update_work_pool(name, WorkPoolUpdate(**changed))
+    client.update_work_pool(pool.name, WorkPoolUpdate(**changed))
     return "updated"
 
 
-def ensure_queue(client: SyncPrefectClient, pool: str, name: str, spec: dict[str, Any]) -> str:
+def ensure_queue(client: SyncPrefectClient, pool: str, name: str, spec: Queue) -> str:
     """Create the pool's queue, or bring its priority, limit and description up to date."""
-    wanted = {
-        "priority": spec["priority"],
-        "concurrency_limit": spec.get("concurrency_limit"),
-        "description": spec.get("description"),
-    }
+    wanted = spec.model_dump()
     try:
         current = client.read_work_queue_by_name(name, work_pool_name=pool)
     except ObjectNotFound:
@@ -193,9 +178,9 @@ def bootstrap() -> list[tuple[str, str, str]]:
     settings = get_settings()
     report: list[tuple[str, str, str]] = []
     with get_client(sync_client=True) as client:
-        for name, spec in load_pools().items():
-            report.append(("work pool", name, ensure_pool(client, name, spec)))
-            for queue, queue_spec in spec.get("queues", {}).items():
+        for name, pool in load_pools().items():
+            report.append(("work pool", name, ensure_pool(client, pool)))
+            for queue, queue_spec in pool.queues.items():
                 outcome = ensure_queue(client, name, queue, queue_spec)
                 report.append(("work queue", f"{name}/{queue}", outcome))
         quotas = yaml.safe_load(QUOTAS_FILE.read_text()) or {}
@@ -228,7 +213,3 @@ def main() -> int:
     for kind, name, outcome in report:
         log.info("%-11s %-40s %s", kind, name, outcome)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

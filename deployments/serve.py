@@ -1,9 +1,9 @@
 """Embedded mode: serve the flows from one process so submissions run on one laptop.
 
-``python -m deployments.serve`` registers the deployments under the same names the work
+``python -m cli serve`` registers the deployments under the same names the work
 pools use (``transcribe/asr-cpu``, ``reprocess-worker/batch-video``, ...) and runs whatever
 is submitted to them, each flow run in its own process. ``served_flows()`` starts it in the
-background for ``python -m api`` and ``python -m flows.reprocess run``.
+background for ``python -m cli api`` and ``python -m cli batch run``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 log = logging.getLogger("relay.serve")
 
 
-def main() -> None:
+def serve_deployments() -> None:
     """Serve every Relay deployment until interrupted."""
     from prefect import serve
 
@@ -36,11 +36,11 @@ def main() -> None:
 
 @contextmanager
 def served_flows(wait_for: str, limit: float = 120.0) -> Iterator[subprocess.Popen]:
-    """Run ``python -m deployments.serve`` against the current API while the block runs;
+    """Run ``python -m cli serve`` against the current API while the block runs;
     returns once deployment ``wait_for`` exists (or the time limit passed)."""
     # Poll the local server every second: submissions start within ~1 s, not 10.
     env = {"PREFECT_RUNNER_POLL_FREQUENCY": "1", **os.environ}
-    process = subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env)
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env)
     try:
         wait_for_deployment(wait_for, process, limit)
         yield process
@@ -49,18 +49,10 @@ def served_flows(wait_for: str, limit: float = 120.0) -> Iterator[subprocess.Pop
 
 
 @contextmanager
-def served_bot_tasks() -> Iterator[list[subprocess.Popen]]:
-    """A bot task worker per bot pool (``python -m flows.bot worker``) while the block runs,
-    so bot requests are answered in the embedded mode too."""
-    with served_task_workers("flows.bot", ("bot-chat", "bot-media")) as workers:
-        yield workers
-
-
-@contextmanager
-def served_task_workers(module: str, pools: tuple[str, ...]) -> Iterator[list[subprocess.Popen]]:
-    """``python -m MODULE worker --pool POOL`` for each pool while the block runs."""
+def served_task_workers(pools: tuple[str, ...]) -> Iterator[list[subprocess.Popen]]:
+    """``python -m cli worker --pool POOL`` for each pool while the block runs."""
     workers = [
-        subprocess.Popen([sys.executable, "-m", module, "worker", "--pool", pool]) for pool in pools
+        subprocess.Popen([sys.executable, "-m", "cli", "worker", "--pool", pool]) for pool in pools
     ]
     try:
         yield workers
@@ -94,7 +86,3 @@ def stop(process: subprocess.Popen, grace: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-if __name__ == "__main__":
-    main()

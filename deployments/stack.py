@@ -1,25 +1,24 @@
 """``make stack`` / ``make stack-down``: the whole system on this machine, without Docker.
 
-``python -m deployments.stack up`` starts, in the background and in this order:
+``python -m cli stack up`` starts, in the background and in this order:
 
 1. ``prefect server start`` on PostgreSQL (database ``relay_prefect``);
 2. a Dask scheduler and workers that preload the model (``deployments.dask_preload``);
 3. ``make bootstrap`` (pools, queues, limits, blocks) and ``prefect deploy --all``;
-4. a process worker per pool (``asr-gpu`` only where ``nvidia-smi`` works), for deployment
-   runs; a transcription task worker per ASR pool (``python -m flows.asr_tasks worker``),
-   which takes the API's submissions; and a bot task worker per bot pool
-   (``python -m flows.bot worker``);
-5. the API (``python -m api``) against that server.
+4. a process worker per pool of ``work-pools/pools.yaml`` (GPU pools only where
+   ``nvidia-smi`` works), for deployment runs, and a task worker per pool that serves a
+   background task (``python -m cli worker --pool P``): the transcription pools' take the
+   API's submissions, the bot pools' answer bot requests;
+5. the API (``python -m cli api``) against that server.
 
 Each runs in its own process group; their ids go to ``.relay/stack/pids.json`` and their
-output to ``.relay/stack/logs/``. ``python -m deployments.stack down`` stops exactly those
+output to ``.relay/stack/logs/``. ``python -m cli stack down`` stops exactly those
 groups and nothing else. Jobs submitted here run on the warm Dask workers: no cluster
 start-up and no model loading per job.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,9 +30,9 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import yaml
 
 from flows.runtime import DASK_CONFIG_FILE, SCHEDULER_SATURATION
+from relay_pools import Pool, Workload, load_pools
 from relay_settings import DEFAULT_STATE_DIR, PROJECT_ROOT
 
 STACK_DIR = DEFAULT_STATE_DIR / "stack"
@@ -43,6 +42,7 @@ PREFECT_PORT = int(os.environ.get("RELAY_STACK_PREFECT_PORT", "4200"))
 DASK_PORT = int(os.environ.get("RELAY_STACK_DASK_PORT", "8786"))
 DASK_WORKERS = int(os.environ.get("RELAY_STACK_DASK_WORKERS", "2"))
 TRANSCRIPTIONS_PER_HOST = 2  # process worker --limit on the asr pools
+TASK_LIMITS = {"bot-media": 8}  # task worker --limit where it differs from the registry's
 BIN = Path(sys.executable).parent
 
 
@@ -72,6 +72,11 @@ def stack_env() -> dict[str, str]:
         "RELAY_TRANSCRIBE_VIA": os.environ.get("RELAY_TRANSCRIBE_VIA", "task-worker"),
         "PYTHONPATH": str(PROJECT_ROOT),
     }
+
+
+def task_worker_command(pool: str, limit: int) -> list[str]:
+    """The command of a pool's task worker."""
+    return [sys.executable, "-m", "cli", "worker", "--pool", pool, "--limit", str(limit)]
 
 
 def dask_scheduler_command(port: int) -> list[str]:
@@ -150,11 +155,10 @@ def wait_dask_workers(count: int, limit: float = 180.0) -> None:
         client.wait_for_workers(count, timeout=limit)
 
 
-def pools_here() -> list[str]:
-    """The pools this machine serves: all but asr-gpu unless a GPU is present."""
-    pools = yaml.safe_load((PROJECT_ROOT / "work-pools" / "pools.yaml").read_text())
+def pools_here() -> list[Pool]:
+    """The registry's pools this machine serves: GPU pools only where a GPU is present."""
     has_gpu = shutil.which("nvidia-smi") is not None
-    return [name for name in pools if name != "asr-gpu" or has_gpu]
+    return [pool for pool in load_pools().values() if has_gpu or not pool.gpu]
 
 
 def up() -> int:
@@ -185,7 +189,7 @@ def up() -> int:
     start("dask-workers", dask_workers_command(DASK_PORT, DASK_WORKERS), env, pids)
     wait_http(f"http://127.0.0.1:{PREFECT_PORT}/api/health", "the Prefect server")
     subprocess.run(
-        [sys.executable, "-m", "deployments.bootstrap"], cwd=PROJECT_ROOT, env=env, check=True
+        [sys.executable, "-m", "cli", "bootstrap"], cwd=PROJECT_ROOT, env=env, check=True
     )
     subprocess.run(
         [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
@@ -195,15 +199,15 @@ def up() -> int:
         stdout=subprocess.DEVNULL,
     )
     for pool in pools_here():
-        limit = TRANSCRIPTIONS_PER_HOST if pool.startswith("asr-") else 4
+        limit = TRANSCRIPTIONS_PER_HOST if pool.workload is Workload.TRANSCRIPTION else 4
         start(
-            f"worker-{pool}",
+            f"worker-{pool.name}",
             [
                 str(BIN / "prefect"),
                 "worker",
                 "start",
                 "--pool",
-                pool,
+                pool.name,
                 "--type",
                 "process",
                 "--limit",
@@ -212,24 +216,14 @@ def up() -> int:
             env,
             pids,
         )
-    for pool in (p for p in pools_here() if p.startswith("asr-")):
-        start(
-            f"asr-tasks-{pool.removeprefix('asr-')}",
-            [sys.executable, "-m", "flows.asr_tasks", "worker", "--pool", pool],
-            env,
-            pids,
-        )
-    for pool, limit in (("bot-chat", 32), ("bot-media", 8)):
-        start(
-            f"bot-tasks-{pool.removeprefix('bot-')}",
-            [sys.executable, "-m", "flows.bot", "worker", "--pool", pool, "--limit", str(limit)],
-            env,
-            pids,
-        )
-    start("api", [sys.executable, "-m", "api"], env, pids)
+    for pool in (p for p in pools_here() if p.task):
+        # bot-media answers wait on slow providers: 8 at once per host is plenty here.
+        limit = TASK_LIMITS.get(pool.name, pool.task.limit)
+        start(f"tasks-{pool.name}", task_worker_command(pool.name, limit), env, pids)
+    start("api", [sys.executable, "-m", "cli", "api"], env, pids)
     wait_dask_workers(DASK_WORKERS)
     for name in pids:  # a submission made before its task worker listens waits for it
-        if name.startswith(("asr-tasks-", "bot-tasks-")):
+        if name.startswith("tasks-"):
             wait_log(name, "Subscribing to runs of task(s)")
     port = os.environ.get("RELAY_API_PORT", "8000")
     wait_http(f"http://127.0.0.1:{port}/api/health", "the API")
@@ -270,18 +264,3 @@ def down() -> int:
     PIDS.unlink(missing_ok=True)
     print("Relay's local stack is stopped." if alive else "Relay's local stack was not running.")
     return 0
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.stack", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status"])
-    action = parser.parse_args().action
-    if action == "status":
-        for name, pid in running().items():
-            print(f"{name:20} pid {pid}")
-        return 0
-    return up() if action == "up" else down()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

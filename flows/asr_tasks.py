@@ -2,7 +2,7 @@
 
 With ``RELAY_TRANSCRIBE_VIA=task-worker`` the API creates a background task run
 (``transcribe-on-asr-cpu`` or ``-gpu``) instead of a flow run. A long-lived task worker of
-that pool (``python -m flows.asr_tasks worker --pool asr-cpu``) takes it within a few hundred
+that pool (``python -m cli worker --pool asr-cpu``) takes it within a few hundred
 milliseconds and runs the ``transcribe`` flow in-process, as a subflow of the task run, on
 the warm Dask cluster: no flow-run process to start, no imports or model loads per job.
 Jobs run side by side; Dask's priorities decide which chunks go first (see flows/chunks.py).
@@ -14,27 +14,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import threading
 from functools import partial
 
-from prefect import Task, tags, task
 from prefect import runtime as prefect_runtime
-from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import PrefectClient
+from prefect import tags
 
-from flows.deferred import adefer, defer, serve_warm, worker_main
+from flows.deferred import serve_warm
+from flows.pool_tasks import PoolTask, pool_task
+from relay_pools import get_pool
 from relay_settings import get_settings, reload_settings
 from store import jobs
 
 log = logging.getLogger("relay.asr")
-ASR_POOLS = ("asr-cpu", "asr-gpu")
-# What each pool's deployment passes in prefect.yaml; a job's own options override them.
-POOL_OPTIONS: dict[str, dict[str, str]] = {
-    "asr-cpu": {"device": "cpu", "compute_type": "int8"},
-    "asr-gpu": {"device": "cuda", "compute_type": "float16"},
-}
-
 
 HEARTBEAT_SECONDS = 10.0
 STRANDED_AFTER_SECONDS = 60.0
@@ -42,9 +34,10 @@ MAINTENANCE_SECONDS = 15.0
 
 
 def run_job(
-    pool: str, job_id: str, source: str, options: dict[str, object], token: str | None
+    pool: str, job_id: str, source: str, options: dict[str, object], token: str | None = None
 ) -> str:
-    """Run the ``transcribe`` flow for an accepted job; returns the job's final status.
+    """Run the ``transcribe`` flow for an accepted job on ``pool``'s task worker (the pool's
+    background task, ``transcribe-on-<pool>``); returns the job's final status.
 
     While it runs, a heartbeat in the store says this process is alive; if it dies, another
     task worker of the pool runs the job again (``recover_stranded``) under a new dispatch
@@ -72,7 +65,7 @@ def run_job(
             without_prefect_heartbeat(),
         ):
             state = transcribe(
-                source, job_id=job_id, **{**POOL_OPTIONS[pool], **options}, return_state=True
+                source, job_id=job_id, **{**get_pool(pool).options, **options}, return_state=True
             )
     finally:
         stop.set()
@@ -89,58 +82,6 @@ def _beat_until(job_id: str, stop: threading.Event) -> None:
             log.warning("could not record job %s's heartbeat", job_id, exc_info=True)
 
 
-@task(name="transcribe-on-asr-cpu", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def transcribe_on_asr_cpu(
-    job_id: str, source: str, options: dict[str, object], token: str | None = None
-) -> str:
-    """Transcribe an accepted job on the asr-cpu pool's warm task worker."""
-    return run_job("asr-cpu", job_id, source, options, token)
-
-
-@task(name="transcribe-on-asr-gpu", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def transcribe_on_asr_gpu(
-    job_id: str, source: str, options: dict[str, object], token: str | None = None
-) -> str:
-    """Transcribe an accepted job on the asr-gpu pool's warm task worker."""
-    return run_job("asr-gpu", job_id, source, options, token)
-
-
-POOL_TASKS = {"asr-cpu": transcribe_on_asr_cpu, "asr-gpu": transcribe_on_asr_gpu}
-
-
-async def adispatch(
-    client: PrefectClient,
-    pool: str,
-    job_id: str,
-    source: str,
-    options: dict[str, object],
-    token: str | None,
-) -> str:
-    """Create the job's background task run on the API's open client; returns its id.
-    ``token`` is the job's dispatch token, recorded in the store before this call."""
-    return await adefer(client, pool_task(pool), _parameters(job_id, source, options, token))
-
-
-def dispatch(
-    pool: str, job_id: str, source: str, options: dict[str, object], token: str | None
-) -> str:
-    """``adispatch`` from a thread without an event loop (the maintenance loop)."""
-    return defer(pool_task(pool), _parameters(job_id, source, options, token))
-
-
-def pool_task(pool: str) -> Task:
-    """The background task of an ASR pool; ValueError naming the pools for another."""
-    if pool not in POOL_TASKS:
-        raise ValueError(f"no ASR task for pool {pool!r}; expected one of {', '.join(ASR_POOLS)}")
-    return POOL_TASKS[pool]
-
-
-def _parameters(
-    job_id: str, source: str, options: dict[str, object], token: str | None
-) -> dict[str, object]:
-    return {"job_id": job_id, "source": source, "options": options, "token": token}
-
-
 def recover_stranded(pool: str, older_than: float = STRANDED_AFTER_SECONDS) -> list[str]:
     """Run again the pool's jobs whose task worker died (no heartbeat for ``older_than`` s).
     Several workers may look at once; each job is taken by one. Returns the jobs taken."""
@@ -148,7 +89,12 @@ def recover_stranded(pool: str, older_than: float = STRANDED_AFTER_SECONDS) -> l
     for job in jobs.stranded(pool, older_than):
         if token := jobs.take_stranded(job.id, older_than):
             log.warning("job %s lost its task worker; running it again", job.id)
-            dispatch(pool, job.id, job.source_path, json.loads(job.options or "{}"), token)
+            pool_task(pool).dispatch(
+                job_id=job.id,
+                source=job.source_path,
+                options=json.loads(job.options or "{}"),
+                token=token,
+            )
             taken.append(job.id)
     return taken
 
@@ -171,10 +117,11 @@ def warm_local_cluster(workers: int):  # -> distributed.LocalCluster
     return cluster
 
 
-def serve_pool(pool: str, limit: int) -> None:
-    """Serve the pool's transcriptions until interrupted."""
+def serve_pool(served: PoolTask, limit: int) -> None:
+    """Serve the pool's transcriptions until interrupted (``python -m cli worker --pool``)."""
     import flows.transcribe  # noqa: F401 (imported once now, not by the first job)
 
+    pool = served.pool
     os.environ.setdefault("RELAY_WORK_POOL", pool)
     cluster = None
     if not get_settings().dask_address:
@@ -185,24 +132,7 @@ def serve_pool(pool: str, limit: int) -> None:
             "no RELAY_DASK_ADDRESS: started a warm LocalCluster at %s", cluster.scheduler_address
         )
     try:
-        serve_warm(POOL_TASKS[pool], limit, partial(recover_stranded, pool), MAINTENANCE_SECONDS)
+        serve_warm(served.served, limit, partial(recover_stranded, pool), MAINTENANCE_SECONDS)
     finally:
         if cluster is not None:
             cluster.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.asr_tasks worker --pool asr-cpu [--limit N]``."""
-    return worker_main(
-        argv,
-        module="flows.asr_tasks",
-        description=__doc__,
-        pools=ASR_POOLS,
-        default_limit=8,
-        limit_help="jobs coordinated at once by this process",
-        serve_pool=serve_pool,
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

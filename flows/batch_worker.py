@@ -1,7 +1,7 @@
 """A batch worker: claims videos under a lease, processes them one by one, until none are left.
 
 Any number of these run at once, as flow runs of the ``reprocess-worker`` deployment on the
-``batch-video`` pool (on any host of it) or as ``python -m flows.reprocess work``. They share
+``batch-video`` pool (on any host of it) or as ``python -m cli batch work``. They share
 nothing but the job store: adding or removing one mid-batch needs no re-sharding, and the
 videos of one that dies are taken over by the others once its leases run out.
 """

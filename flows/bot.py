@@ -1,7 +1,7 @@
 """Bot requests as Prefect background tasks, one task per pool, served by task workers.
 
 The API creates a task run with ``.delay()`` and returns; a long-lived task worker of the
-request's pool (``python -m flows.bot worker --pool bot-chat``) picks it up within a few
+request's pool (``python -m cli worker --pool bot-chat``) picks it up within a few
 hundred milliseconds over Prefect's websocket, with no flow-run process to start. Each
 worker also retries deliveries Discord did not take and re-dispatches requests whose worker
 died, so no request is lost.
@@ -10,15 +10,11 @@ died, so no request is lost.
 from __future__ import annotations
 
 import logging
-import sys
 from functools import partial
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import PrefectClient
-
-from bot_config import BOT_POOLS, get_bot_config
-from flows.deferred import adefer, defer, serve_warm, worker_main
+from bot_config import get_bot_config
+from flows.deferred import serve_warm
+from flows.pool_tasks import PoolTask, pool_task
 from store import bot as requests
 from tasks.bot_handling import deliver, handle_request
 
@@ -27,30 +23,17 @@ MAINTENANCE_SECONDS = 5.0
 STRANDED_GRACE_SECONDS = 60.0
 
 
-@task(name="answer-bot-chat", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def answer_on_bot_chat(request_id: str) -> str:
-    """Answer a request routed to the bot-chat pool."""
+def answer_request(pool: str, request_id: str) -> str:
+    """Answer a request routed to ``pool`` (the pool's background task,
+    ``answer-<pool>``); returns how it ended."""
+    log.debug("answering bot request %s on %s", request_id, pool)
     return handle_request(request_id)
-
-
-@task(name="answer-bot-media", cache_policy=NO_CACHE, persist_result=False, retries=0)
-def answer_on_bot_media(request_id: str) -> str:
-    """Answer a request routed to the bot-media pool."""
-    return handle_request(request_id)
-
-
-POOL_TASKS = {"bot-chat": answer_on_bot_chat, "bot-media": answer_on_bot_media}
 
 
 def dispatch(request_id: str, pool: str) -> str:
     """Create the background task run that answers the request; returns its id. For
-    threads and scripts; the API uses ``adispatch`` with its long-lived client."""
-    return defer(POOL_TASKS[pool], {"request_id": request_id})
-
-
-async def adispatch(client: PrefectClient, request_id: str, pool: str) -> str:
-    """Create the request's background task run on the API's open client (``adefer``)."""
-    return await adefer(client, POOL_TASKS[pool], {"request_id": request_id})
+    threads and scripts; the API uses the pool's dispatcher with its long-lived client."""
+    return pool_task(pool).dispatch(request_id=request_id)
 
 
 def maintain(pool: str, grace: float = STRANDED_GRACE_SECONDS) -> None:
@@ -69,27 +52,11 @@ def maintain(pool: str, grace: float = STRANDED_GRACE_SECONDS) -> None:
                 dispatch(request_id, pool)
 
 
-def serve_pool(pool: str, limit: int) -> None:
-    """Serve the pool's task until interrupted, with the maintenance loop beside it."""
+def serve_pool(served: PoolTask, limit: int) -> None:
+    """Serve the pool's task until interrupted, with the maintenance loop beside it
+    (``python -m cli worker --pool``)."""
     import tasks.providers.minimax
     import tasks.providers.openai_api
     import tasks.providers.stability  # noqa: F401 (imported once now, not by the first requests)
 
-    serve_warm(POOL_TASKS[pool], limit, partial(maintain, pool), MAINTENANCE_SECONDS)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m flows.bot worker --pool bot-chat [--limit N]``."""
-    return worker_main(
-        argv,
-        module="flows.bot",
-        description=__doc__,
-        pools=BOT_POOLS,
-        default_limit=32,
-        limit_help="requests answered at once by this process",
-        serve_pool=serve_pool,
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    serve_warm(served.served, limit, partial(maintain, served.pool), MAINTENANCE_SECONDS)

@@ -1,4 +1,4 @@
-"""What ``python -m flows.reprocess import`` reads: a folder scan, or a CSV / JSON list."""
+"""What ``python -m cli batch import`` reads: a folder scan, or a CSV / JSON list."""
 
 from __future__ import annotations
 

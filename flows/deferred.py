@@ -8,12 +8,10 @@ submitted through the API.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from uuid import uuid4
 
 from prefect import Task
@@ -75,12 +73,12 @@ async def _parameter_store(task: Task) -> ResultStore:
 
 
 def serve_warm(
-    task: Task,
+    tasks: Sequence[Task],
     limit: int,
     maintenance: Callable[[], object] | None = None,
     every: float = 5.0,
 ) -> None:
-    """Serve ``task``'s background runs until interrupted, ``limit`` at once, with
+    """Serve the ``tasks``' background runs until interrupted, ``limit`` at once, with
     ``maintenance`` called every ``every`` seconds in a thread beside them.
 
     One Prefect client serves every task run of the process: without it each run builds its
@@ -95,7 +93,7 @@ def serve_warm(
         threading.Thread(target=_repeat, args=(maintenance, every, stop), daemon=True).start()
     try:
         with SyncClientContext.get_or_create():
-            serve(task, limit=limit)
+            serve(*tasks, limit=limit)
     finally:
         stop.set()
 
@@ -106,31 +104,3 @@ def _repeat(action: Callable[[], object], every: float, stop: threading.Event) -
             action()
         except Exception:
             log.exception("%s failed; trying again", getattr(action, "__name__", "maintenance"))
-
-
-def worker_main(
-    argv: list[str] | None,
-    *,
-    module: str,
-    description: str | None,
-    pools: tuple[str, ...],
-    default_limit: int,
-    limit_help: str,
-    serve_pool: Callable[[str, int], None],
-) -> int:
-    """The ``python -m MODULE worker --pool POOL [--limit N]`` command of a task worker."""
-    prog = f"python -m {module}"
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    commands = parser.add_subparsers(dest="command", required=True)
-    worker = commands.add_parser("worker", help="serve one pool's background tasks")
-    worker.add_argument("--pool", choices=pools, required=True)
-    worker.add_argument("--limit", type=int, default=default_limit, help=limit_help)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    started = time.monotonic()
-    log.info("%s worker for %s (limit %d) starting", module, args.pool, args.limit)
-    serve_pool(args.pool, args.limit)
-    log.info("%s worker for %s stopped after %.0f s", module, args.pool, time.monotonic() - started)
-    return 0

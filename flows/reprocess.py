@@ -2,24 +2,14 @@
 
 ``reprocess_videos`` opens a batch over the videos waiting now, starts N workers from the
 ``reprocess-worker/batch-video`` deployment (so they run wherever the pool has workers), and
-follows their progress until every video is done or failed. The CLI::
-
-    python -m flows.reprocess import DIR_OR_LIST    # add videos to the catalogue
-    python -m flows.reprocess run [--workers N]     # run a batch and wait for it
-    python -m flows.reprocess work BATCH_ID         # one more worker for a running batch
-    python -m flows.reprocess status [BATCH_ID]     # progress as JSON
-    python -m flows.reprocess force VIDEO_ID ...    # process finished videos again
-    python -m flows.reprocess cancel BATCH_ID       # workers stop after their current video
+follows their progress until every video is done or failed. People drive it with
+``python -m cli batch ...`` (cli/batch.py), the ``batch-video`` deployment's schedule, or
+``prefect deployment run 'reprocess-videos/batch-video'``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -36,7 +26,7 @@ from flows.batch_worker import reprocess_worker
 from relay_settings import get_settings
 from store import batches, videos
 from store.batches import BatchProgress, batch_progress
-from store.models import BatchStatus, Video, VideoStatus
+from store.models import BatchStatus
 from tasks.notify import JobEvent, notify_job
 
 FINAL_RUN_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -198,29 +188,13 @@ def _final_artifacts(progress: BatchProgress) -> None:
         description=f"Batch {progress.batch_id}: {progress.status}, "
         f"{progress.done} done, {progress.failed} failed of {progress.videos_total}",
     )
-    failed = _failed_videos(progress.batch_id, limit=50)
+    failed = batches.failed_videos(progress.batch_id, limit=50)
     if failed:
         lines = "\n".join(f"| {v.id} | `{v.name}` | {(v.error or '')[:200]} |" for v in failed)
         create_markdown_artifact(
             key=f"batch-{progress.batch_id}-failures",
             markdown=f"## Failed videos\n\n| id | file | reason |\n|---|---|---|\n{lines}\n",
             description=f"Videos that failed in batch {progress.batch_id}",
-        )
-
-
-def _failed_videos(batch_id: str, limit: int) -> list[Video]:
-    from sqlmodel import select
-
-    from store.db import session_scope
-
-    with session_scope() as session:
-        return list(
-            session.exec(
-                select(Video)
-                .where(Video.batch_id == batch_id, Video.status == VideoStatus.FAILED)
-                .order_by(Video.id)
-                .limit(limit)
-            )
         )
 
 
@@ -242,105 +216,3 @@ def _announce(progress: BatchProgress) -> None:
             error=None if completed else f"batch {progress.status}: {summary}",
         ),
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m flows.reprocess", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    add = commands.add_parser("import", help="add videos: a folder, a .csv or a .json list")
-    add.add_argument("target")
-    run = commands.add_parser("run", help="run a batch over the waiting videos and wait")
-    run.add_argument("--workers", type=int, help="worker flow runs (default RELAY_BATCH_WORKERS)")
-    run.add_argument("--force", type=int, nargs="*", default=[], help="video ids to redo")
-    work = commands.add_parser("work", help="run one more worker for a batch, in this process")
-    work.add_argument("batch_id")
-    status = commands.add_parser("status", help="progress of a batch (default: the newest)")
-    status.add_argument("batch_id", nargs="?")
-    again = commands.add_parser("force", help="make finished videos pending again")
-    again.add_argument("video_ids", type=int, nargs="+")
-    cancel = commands.add_parser("cancel", help="stop a batch: workers finish their video")
-    cancel.add_argument("batch_id")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The batch CLI; one line on stderr and exit 1 on bad input."""
-    args = _parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except (ValueError, LookupError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
-def _import(args: argparse.Namespace) -> int:
-    from flows.catalogue import describe, read_sources
-
-    sources = read_sources(args.target)
-    added, known = videos.import_videos(describe(source) for source in sources)
-    print(f"{added} video(s) added, {known} already in the catalogue ({len(sources)} listed)")
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    from deployments.serve import served_flows
-    from flows.runtime import prefect_api
-
-    embedded = not os.environ.get("PREFECT_API_URL")
-    with prefect_api(), ExitStack() as stack:
-        if embedded:  # workers need a process to run in: serve the deployments locally
-            stack.enter_context(served_flows(get_settings().batch_worker_deployment))
-        state = reprocess_videos(workers=args.workers, force_ids=args.force, return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, BatchOutcome):
-        print(json.dumps(outcome.__dict__))
-    if not state.is_completed():
-        print(f"error: {state.message}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _work(args: argparse.Namespace) -> int:
-    from flows.runtime import prefect_api
-
-    if batches.get_batch(args.batch_id) is None:
-        raise LookupError(f"no batch {args.batch_id}")
-    with prefect_api():
-        summary = reprocess_worker(args.batch_id)
-    print(json.dumps(summary.__dict__))
-    return 0
-
-
-def _status(args: argparse.Namespace) -> int:
-    batch_id = args.batch_id or batches.newest_batch_id()
-    progress = batch_progress(batch_id) if batch_id else None
-    if progress is None:
-        raise LookupError(f"no batch {args.batch_id}" if args.batch_id else "no batch yet")
-    print(json.dumps(progress.as_dict(), default=str, indent=2))
-    return 0
-
-
-def _force(args: argparse.Namespace) -> int:
-    count = videos.force(args.video_ids)
-    print(f"{count} video(s) pending again; the next batch processes them")
-    return 0
-
-
-def _cancel(args: argparse.Namespace) -> int:
-    if not batches.finish_batch(args.batch_id, BatchStatus.CANCELLED):
-        raise LookupError(f"no running batch {args.batch_id}")
-    print(f"batch {args.batch_id} cancelled; its workers stop after their current video")
-    return 0
-
-
-COMMANDS = {
-    "import": _import,
-    "run": _run,
-    "work": _work,
-    "status": _status,
-    "force": _force,
-    "cancel": _cancel,
-}
-
-if __name__ == "__main__":
-    sys.exit(main())

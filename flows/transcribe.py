@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -198,71 +196,3 @@ def _summary_artifact(job_id: str, name: str, transcript, timings: dict, chunks:
             f"> {preview or '(no speech)'}\n"
         ),
     )
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m flows.transcribe",
-        description="Transcribe an audio or video file with Relay's flow (embedded Prefect if "
-        "PREFECT_API_URL is not set).",
-    )
-    parser.add_argument("file", help="audio or video file (wav, mp3, m4a, ogg, flac, mp4, ...)")
-    parser.add_argument("--language", help="language code such as 'en' (default: detect)")
-    parser.add_argument("--out", help="also copy the txt/srt/vtt/json files into this folder")
-    parser.add_argument("--model", help="model name or local path (default: bundled tiny.en)")
-    parser.add_argument("--device", help="cpu, cuda or auto")
-    parser.add_argument("--compute-type", help="e.g. int8 (cpu) or float16 (cuda)")
-    parser.add_argument("--beam-size", type=int)
-    parser.add_argument("--vad-filter", action="store_true", default=None)
-    parser.add_argument("--initial-prompt")
-    parser.add_argument("--word-timestamps", action="store_true", default=None)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: print the transcript and where its files are; exit 1 with one line on bad input."""
-    from flows.runtime import prefect_api
-
-    args = _parser().parse_args(argv)
-    source = str(Path(args.file).expanduser().resolve())
-    with prefect_api():
-        state = transcribe(
-            source,
-            language=args.language,
-            model=args.model,
-            device=args.device,
-            compute_type=args.compute_type,
-            beam_size=args.beam_size,
-            vad_filter=args.vad_filter,
-            initial_prompt=args.initial_prompt,
-            word_timestamps=args.word_timestamps,
-            return_state=True,
-        )
-    if not state.is_completed():
-        print(f"error: {state.message}", file=sys.stderr)
-        return 1
-    outcome: TranscriptionOutcome = state.result()
-    files = _copy_out(outcome.files, args.out, Path(source).stem) if args.out else outcome.files
-    print("\n" + (outcome.text or "(no speech found)") + "\n")
-    print(
-        f"job {outcome.job_id}: {outcome.duration:.1f} s of audio, language "
-        f"{outcome.language or '-'}, {outcome.timings.get('total_seconds', 0):.1f} s"
-    )
-    for fmt, path in files.items():
-        print(f"  {fmt:4} {path}")
-    return 0
-
-
-def _copy_out(files: dict[str, str], out: str, stem: str) -> dict[str, str]:
-    target = Path(out).expanduser().resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    copied = {}
-    for fmt, path in files.items():
-        with fsspec.open(path, "rb") as src:
-            (target / f"{stem}.{fmt}").write_bytes(src.read())
-        copied[fmt] = str(target / f"{stem}.{fmt}")
-    return copied
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -235,3 +235,16 @@ def _rate(workers: list[WorkerProgress], started: datetime, until: datetime) -> 
 def _aware(moment: datetime) -> datetime:
     """SQLite hands datetimes back without their zone; they were stored in UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def failed_videos(batch_id: str, limit: int) -> list[Video]:
+    """The batch's failed videos (the first ``limit`` by id), with their reasons."""
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Video)
+                .where(Video.batch_id == batch_id, Video.status == VideoStatus.FAILED)
+                .order_by(Video.id)
+                .limit(limit)
+            )
+        )

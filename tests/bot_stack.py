@@ -19,6 +19,7 @@ from prefect.settings import PREFECT_API_URL
 from api.app import create_app
 from blocks.keys import ApiKeyPool
 from deployments.bootstrap import ensure_limit
+from flows.pool_tasks import dispatchers
 from relay_settings import PROJECT_ROOT, reload_settings
 from tests.environ import environment
 from tests.fake_discord import FakeDiscord
@@ -141,7 +142,7 @@ def bot_env(fakes, tmp_path_factory):
         logs.append(log)
         workers.append(
             subprocess.Popen(
-                [sys.executable, "-m", "flows.bot", "worker", "--pool", pool],
+                [sys.executable, "-m", "cli", "worker", "--pool", pool],
                 cwd=PROJECT_ROOT,
                 env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
                 stdout=log.open("w"),
@@ -175,7 +176,7 @@ def _wait_for_subscriptions(logs: list[Path], limit: float = 90.0) -> None:
 
 @pytest.fixture
 def api(bot_env):  # noqa: ARG001 (the workers must run)
-    with TestClient(create_app(reload_settings())) as client:
+    with TestClient(create_app(reload_settings(), dispatchers())) as client:
         yield client
 
 

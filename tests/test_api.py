@@ -15,6 +15,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
 from api.app import create_app
+from flows.pool_tasks import dispatchers
 from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus
@@ -36,13 +37,13 @@ def settings(database_url, tmp_path_factory) -> RelaySettings:
 
 @pytest.fixture(scope="module")
 def client(settings):
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings, dispatchers())) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
 def serve_process(settings, tmp_path_factory):
-    """`python -m deployments.serve` against the test server: it runs what the API submits."""
+    """`python -m cli serve` against the test server: it runs what the API submits."""
     env = {
         **os.environ,
         "PREFECT_API_URL": PREFECT_API_URL.value(),
@@ -52,7 +53,7 @@ def serve_process(settings, tmp_path_factory):
     }
     log = tmp_path_factory.mktemp("serve") / "serve.log"  # kept by pytest for post-mortems
     process = subprocess.Popen(
-        [sys.executable, "-m", "deployments.serve"],
+        [sys.executable, "-m", "cli", "serve"],
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),
@@ -197,7 +198,7 @@ def test_over_long_audio_is_413_with_duration_and_limit(settings):
     short_limit = settings.model_copy(update={"max_audio_seconds": 10.0})
     uploads = Path(settings.data_dir) / "uploads"
     before = set(uploads.iterdir()) if uploads.exists() else set()
-    with TestClient(create_app(short_limit)) as small:
+    with TestClient(create_app(short_limit, dispatchers())) as small:
         response = upload(small, SAMPLE)
     assert response.status_code == 413
     body = response.json()
@@ -208,7 +209,7 @@ def test_over_long_audio_is_413_with_duration_and_limit(settings):
 
 def test_oversize_upload_is_refused_before_it_is_stored(settings):
     tiny_cap = settings.model_copy(update={"max_upload_bytes": 10_000})
-    with TestClient(create_app(tiny_cap)) as small:
+    with TestClient(create_app(tiny_cap, dispatchers())) as small:
         response = upload(small, SAMPLE)
     assert response.status_code == 413
     assert response.json()["error"] == "upload_too_large" and response.json()["max_bytes"] == 10_000
@@ -310,7 +311,7 @@ def test_openapi_document_lists_every_endpoint(client):
 
 def test_missing_deployment_is_503_and_the_job_is_not_left_queued(settings):
     elsewhere = settings.model_copy(update={"transcribe_deployment": "transcribe/no-such-pool"})
-    with TestClient(create_app(elsewhere)) as other:
+    with TestClient(create_app(elsewhere, dispatchers())) as other:
         response = upload(other, SAMPLE)
         assert response.status_code == 503
         body = response.json()

@@ -1,6 +1,6 @@
 """API submissions on the warm transcription task worker (``RELAY_TRANSCRIBE_VIA=task-worker``).
 
-Real Prefect server, a real ``python -m flows.asr_tasks worker`` process with its warm
+Real Prefect server, a real ``python -m cli worker`` process with its warm
 LocalCluster, the store on the real PostgreSQL, and Dask's real scheduling of priorities.
 """
 
@@ -22,9 +22,10 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
 from api.app import create_app
-from flows.asr_tasks import POOL_OPTIONS
 from flows.chunks import chunk_priority
+from flows.pool_tasks import dispatchers
 from flows.runtime import SCHEDULER_SATURATION
+from relay_pools import Workload, get_pool, pools_serving
 from relay_settings import PROJECT_ROOT, RelaySettings
 from store import jobs
 from tasks.split import Chunk
@@ -53,13 +54,13 @@ def settings(prefect_server, tmp_path_factory):  # noqa: ARG001 (the server must
 
 @pytest.fixture(scope="module")
 def client(settings):
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings, dispatchers())) as test_client:
         yield test_client
 
 
 @pytest.fixture(scope="module")
 def task_worker(settings, tmp_path_factory):
-    """``python -m flows.asr_tasks worker --pool asr-cpu``: no Dask address, so it keeps its
+    """``python -m cli worker --pool asr-cpu``: no Dask address, so it keeps its
     own warm LocalCluster (one worker: this machine has two cores for everything)."""
     env = {
         **os.environ,
@@ -71,7 +72,7 @@ def task_worker(settings, tmp_path_factory):
     }
     log = tmp_path_factory.mktemp("asr-tasks") / "worker.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "flows.asr_tasks", "worker", "--pool", "asr-cpu", "--limit", "4"],
+        [sys.executable, "-m", "cli", "worker", "--pool", "asr-cpu", "--limit", "4"],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=log.open("w"),
@@ -188,9 +189,10 @@ def test_the_task_pools_pass_what_the_deployments_pass():
     import yaml
 
     declared = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
-    for pool, options in POOL_OPTIONS.items():
+    for pool in pools_serving(Workload.TRANSCRIPTION):
+        options = get_pool(pool).options
         (deployment,) = [d for d in declared if d["name"] == pool]
-        assert {k: deployment["parameters"][k] for k in options} == options
+        assert options and {k: deployment["parameters"][k] for k in options} == options
 
 
 def test_dask_runs_every_first_chunk_then_the_shorter_jobs_first():

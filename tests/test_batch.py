@@ -21,8 +21,10 @@ from sqlmodel import select
 
 from api.app import create_app
 from blocks.discord import DiscordDestination
+from cli.main import main as relay_cli
 from deployments.serve import served_flows
 from flows import reprocess
+from flows.pool_tasks import dispatchers
 from relay_settings import reload_settings
 from store.db import session_scope
 from store.models import Video, VideoAttempt, VideoStatus
@@ -76,7 +78,7 @@ def stack_env(tmp_path_factory, discord, prefect_server):  # noqa: ARG001
 
 @pytest.fixture(scope="module")
 def served(stack_env):  # noqa: ARG001
-    """`python -m deployments.serve`: runs the worker flow runs, each in its own process."""
+    """`python -m cli serve`: runs the worker flow runs, each in its own process."""
     with served_flows(WORKER_DEPLOYMENT, limit=90) as process:
         yield process
 
@@ -128,8 +130,8 @@ def _worker_runs(batch_id: str) -> list:
 @pytest.mark.usefixtures("served")
 def test_three_workers_drain_the_catalogue_though_one_is_killed(catalogue, discord, stack_env):
     folder = catalogue[0].path.parent
-    assert reprocess.main(["import", str(folder)]) == 0
-    assert reprocess.main(["import", str(folder)]) == 0  # idempotent
+    assert relay_cli(["batch", "import", str(folder)]) == 0
+    assert relay_cli(["batch", "import", str(folder)]) == 0  # idempotent
     assert len(_videos()) == VIDEOS
 
     killer = Killer(after_done=40)
@@ -189,7 +191,7 @@ def test_three_workers_drain_the_catalogue_though_one_is_killed(catalogue, disco
     embed = post.payload["embeds"][0]
     assert embed["title"] == f"Video batch completed: {VIDEOS} videos"
     assert f"{VIDEOS - CORRUPT} done, {CORRUPT} failed" in embed["description"]
-    with TestClient(create_app(stack_env)) as client:
+    with TestClient(create_app(stack_env, dispatchers())) as client:
         body = client.get(f"/api/batches/{outcome.batch_id}").json()
         assert client.get("/api/batches/nope").status_code == 404
     assert (body["status"], body["done"], body["failed"]) == ("completed", VIDEOS - CORRUPT, 6)
@@ -221,7 +223,7 @@ def test_one_worker_on_sqlite_in_the_flow_run_itself(catalogue, relay_env, tmp_p
     chosen = catalogue[:12]  # includes corrupt ones (index 1 is the first)
     listing = tmp_path / "videos.csv"
     listing.write_text("source\n" + "".join(f"{m.path}\n" for m in chosen))
-    assert reprocess.main(["import", str(listing)]) == 0
+    assert relay_cli(["batch", "import", str(listing)]) == 0
 
     outcome = reprocess.reprocess_videos(workers=1, poll_seconds=0.5)
 

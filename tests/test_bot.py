@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from api.app import create_app
+from flows.pool_tasks import dispatchers
 from store.db import get_engine
 from tests.bot_stack import (
     REST_KEYS,
@@ -137,7 +138,7 @@ def test_bad_requests_are_refused_with_the_reason(api, fakes, body, code, needle
 def test_unknown_request_is_404_and_token_is_required(api, relay_env):
     assert api.get("/api/bot/requests/nope").status_code == 404
     settings = relay_env(API_TOKEN="s3cret")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, dispatchers())) as client:
         assert client.post("/api/bot/requests", json={}).status_code == 401
         assert client.get("/api/bot/requests/nope").status_code == 401
 

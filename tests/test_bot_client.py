@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.client import RelayBotClient, RelayError, Submitted
+from flows.pool_tasks import dispatchers
 from relay_settings import PROJECT_ROOT
 from tests.fake_discord import FakeDiscord
 
@@ -36,7 +37,8 @@ def relay(relay_env, discord, tmp_path, monkeypatch):
         SECRET_KEY="test-sealing-key",
         DATA_DIR=tmp_path / "data",
     )
-    with TestClient(create_app(settings)) as http, RelayBotClient("", "t", client=http) as client:
+    app = create_app(settings, dispatchers())
+    with TestClient(app) as http, RelayBotClient("", "t", client=http) as client:
         yield client
 
 
@@ -63,7 +65,7 @@ def test_bad_input_raises_with_the_servers_reason(relay, changes, needle):
 
 def test_wrong_token_is_401(relay_env):
     settings = relay_env(API_TOKEN="t")
-    with TestClient(create_app(settings)) as http:
+    with TestClient(create_app(settings, dispatchers())) as http:
         client = RelayBotClient("", "wrong", client=http)
         err = _error(client.submit, "chat", "hi", user_id="1", channel="general")
         assert (err.status_code, err.code, err.message) == (

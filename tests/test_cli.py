@@ -1,4 +1,4 @@
-"""`python -m flows.transcribe` as a person runs it: embedded Prefect, exit codes, no traceback."""
+"""`python -m cli transcribe` as a person runs it: embedded Prefect, exit codes, no traceback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def cli(*args: str, home) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(home)  # the temporary server's database, not the user's
     return subprocess.run(
-        [sys.executable, "-m", "flows.transcribe", *args],
+        [sys.executable, "-m", "cli", "transcribe", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

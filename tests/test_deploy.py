@@ -26,6 +26,7 @@ from prefect.settings import PREFECT_API_URL
 from blocks.keys import ApiKeyPool, rate_limit_shape
 from deployments import bootstrap
 from deployments.alerts import ALERT_NAME
+from relay_pools import load_pools
 from store import jobs
 from store.models import JobStatus
 from tasks.wer import word_error_rate
@@ -136,15 +137,15 @@ def test_bootstrap_creates_everything_once(deployed):
     ), first
 
     with get_client(sync_client=True) as client:
-        pools = bootstrap.load_pools()
+        pools = load_pools()
         for name, spec in pools.items():
             pool = client.read_work_pool(name)
-            assert pool.base_job_template == spec["base_job_template"], name
-            for queue, queue_spec in spec["queues"].items():
+            assert pool.base_job_template == spec.base_job_template(), name
+            for queue, queue_spec in spec.queues.items():
                 stored = client.read_work_queue_by_name(queue, work_pool_name=name)
-                assert stored.priority == queue_spec["priority"], f"{name}/{queue}"
+                assert stored.priority == queue_spec.priority, f"{name}/{queue}"
         assert client.read_global_concurrency_limit_by_name("discord-webhook").limit == 5
-        env = pools["asr-gpu"]["base_job_template"]["variables"]["properties"]["env"]["default"]
+        env = pools["asr-gpu"].base_job_template()["variables"]["properties"]["env"]["default"]
         assert env["RELAY_ASR_DEVICE"] == "cuda" and env["RELAY_ASR_COMPUTE_TYPE"] == "float16"
 
 

@@ -13,10 +13,11 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from relay_pools import Workload, load_pools, pools_serving
 from relay_settings import BUNDLED_MODEL, PROJECT_ROOT, RelaySettings
 
 INFRA = PROJECT_ROOT / "infra"
-POOLS = set(yaml.safe_load((PROJECT_ROOT / "work-pools" / "pools.yaml").read_text()))
+POOLS = set(load_pools())
 SETTINGS = {f"RELAY_{name.upper()}" for name in RelaySettings.model_fields}
 # RELAY_* variables that are not settings fields, with the file that reads each directly.
 READ_DIRECTLY = {
@@ -31,7 +32,7 @@ READ_DIRECTLY = {
         ]
     },
 }
-BOT_POOLS = {"bot-chat", "bot-media"}
+BOT_POOLS = set(pools_serving(Workload.BOT))
 PRELOAD = "deployments.dask_preload"
 
 
@@ -119,7 +120,8 @@ def test_dockerfile_is_multistage_non_root_healthy_and_bakes_the_model():
     assert "resolve_model" in {n.name for n in asr.body if isinstance(n, ast.FunctionDef)}
     copied = " ".join(ln for ln in lines if ln.startswith("COPY ") and "--from" not in ln)
     packages = {p.parent.name for p in PROJECT_ROOT.glob("*/__init__.py")} - {"tests", "bench"}
-    needed = packages | {"work-pools", "relay_settings.py", "prefect.yaml", "uv.lock"}
+    modules = {p.name for p in PROJECT_ROOT.glob("*.py")}  # relay_settings.py, bot_config.py...
+    needed = packages | modules | {"work-pools", "bot.yaml", "prefect.yaml", "uv.lock"}
     missing = {n for n in needed if not re.search(rf"(^|\s){re.escape(n)}/?(\s|$)", copied)}
     assert not missing, f"infra/Dockerfile does not copy {sorted(missing)}"
 
@@ -169,7 +171,7 @@ def test_one_worker_per_pool_and_only_known_pools():
 def test_api_port_is_the_same_everywhere():
     api = compose()["api"]
     port = int(env(api)["RELAY_API_PORT"])
-    assert args(api["command"]) == ["python", "-m", "api"]
+    assert args(api["command"]) == ["python", "-m", "cli", "api"]
     assert port in published(api), f"compose api does not publish RELAY_API_PORT {port}"
     assert f":{port}/api/health" in " ".join(args(api["healthcheck"]["test"]))
     pod = pods()["relay-api"]
@@ -256,8 +258,13 @@ def test_job_folders_are_shared():
         ), f"{name} does not mount the relay-data claim at RELAY_DATA_DIR"
 
 
+def task_worker_pool(command) -> str | None:
+    return flag(command, "--pool") if runs(command, "python", "-m", "cli", "worker") else None
+
+
 def bot_task_pool(command) -> str | None:
-    return flag(command, "--pool") if runs(command, "python", "-m", "flows.bot") else None
+    pool = task_worker_pool(command)
+    return pool if pool in BOT_POOLS else None
 
 
 def test_every_bot_pool_has_task_workers_that_share_the_api_secret_and_storage():
@@ -284,11 +291,12 @@ def test_every_bot_pool_has_task_workers_that_share_the_api_secret_and_storage()
 
 
 def asr_task_pool(command) -> str | None:
-    return flag(command, "--pool") if runs(command, "python", "-m", "flows.asr_tasks") else None
+    pool = task_worker_pool(command)
+    return pool if pool in pools_serving(Workload.TRANSCRIPTION) else None
 
 
 def test_every_asr_pool_has_a_task_worker_that_the_api_submits_to():
-    asr_pools = {pool for pool in POOLS if pool.startswith("asr-")}
+    asr_pools = set(pools_serving(Workload.TRANSCRIPTION))
     in_compose = {n: p for n, s in compose().items() if (p := asr_task_pool(s.get("command")))}
     assert set(in_compose.values()) == asr_pools, in_compose
     assert env(compose()["api"])["RELAY_TRANSCRIBE_VIA"] == "task-worker"

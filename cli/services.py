@@ -1,0 +1,96 @@
+"""Long-running Relay processes: a pool's task worker, the REST API, the embedded serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import ExitStack
+from typing import Annotated
+
+import typer
+
+from relay_pools import task_pools
+
+log = logging.getLogger("relay.cli")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def worker(
+    pool: Annotated[str, typer.Option(help=f"the pool to serve: {', '.join(task_pools())}")],
+    limit: Annotated[
+        int | None, typer.Option(help="task runs at once in this process (default: registry)")
+    ] = None,
+) -> None:
+    """Serve one pool's background task (work-pools/pools.yaml) until interrupted."""
+    from flows.pool_tasks import serve_pool_task
+
+    if pool not in task_pools():
+        print(
+            f"error: pool {pool!r} has no task workers; expected one of {', '.join(task_pools())}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    _logging()
+    started = time.monotonic()
+    log.info("task worker for %s starting", pool)
+    serve_pool_task(pool, limit)
+    log.info("task worker for %s stopped after %.0f s", pool, time.monotonic() - started)
+
+
+def api() -> None:
+    """The REST API on RELAY_API_HOST:RELAY_API_PORT; with no PREFECT_API_URL also a
+    temporary Prefect server, a serve process for the flows and the task workers."""
+    import uvicorn
+
+    from api.app import create_app
+    from deployments.serve import served_flows, served_task_workers
+    from flows.pool_tasks import dispatchers
+    from flows.runtime import prefect_api
+    from relay_pools import Workload, pools_serving
+    from relay_settings import get_settings
+
+    _logging()
+    settings = get_settings()
+    if not settings.api_token and settings.api_host not in LOOPBACK:
+        print(
+            f"error: RELAY_API_TOKEN is not set, so the API may only bind to 127.0.0.1, "
+            f"not {settings.api_host}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    if not settings.api_token:
+        log.warning(
+            "RELAY_API_TOKEN is not set: the API accepts anyone on this machine and "
+            "listens on %s only",
+            settings.api_host,
+        )
+    embedded = not os.environ.get("PREFECT_API_URL")
+    with prefect_api() as api_url, ExitStack() as stack:
+        if embedded:
+            log.info("embedded mode: Prefect at %s, serving the flows locally", api_url)
+            stack.enter_context(served_flows(settings.transcribe_deployment))
+            pools = list(pools_serving(Workload.BOT))
+            if settings.transcribe_via == "task-worker":  # submissions need the pool's worker
+                pools.append(settings.transcribe_deployment.split("/")[-1])
+            stack.enter_context(served_task_workers(tuple(pools)))
+        uvicorn.run(
+            create_app(settings, dispatchers()),
+            host=settings.api_host,
+            port=settings.api_port,
+            access_log=settings.api_access_log,
+        )
+
+
+def serve() -> None:
+    """Serve every Relay deployment from this process (the embedded mode's flow runner)."""
+    from deployments.serve import serve_deployments
+
+    serve_deployments()
