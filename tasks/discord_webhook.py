@@ -125,7 +125,10 @@ def post_messages(
         total = len(messages)
         skipped = sent = min(max(already_sent, 0), total)
         for index in range(sent, total):
-            part = _post_with_retries(url, messages[index], sender, timeout, max_attempts, label)
+            more = index + 1 < total
+            part = _post_with_retries(
+                url, messages[index], sender, timeout, max_attempts, label, more_to_come=more
+            )
             attempts += part.attempts
             status = part.status_code
             if part.outcome is not DeliveryOutcome.DELIVERED:
@@ -152,6 +155,7 @@ class _Try:
     status_code: int | None
     error: str | None = None
     retry_in: float | None = None  # None: do not retry
+    bucket_resets_in: float = 0.0  # accepted, but the rate-limit bucket is empty this long
 
     @property
     def accepted(self) -> bool:
@@ -165,6 +169,8 @@ def _post_with_retries(
     timeout: float,
     max_attempts: int,
     label: str,
+    *,
+    more_to_come: bool,
 ) -> DeliveryResult:
     """One part, retried on 429, 5xx and network errors; the result counts only this part."""
     attempts, answer, error = 0, _Try(None), "no attempt made"
@@ -172,6 +178,9 @@ def _post_with_retries(
         attempts += 1
         answer = _post_once(url, message, sender, attempts, timeout)
         if answer.accepted:
+            if more_to_come and answer.bucket_resets_in:
+                # Discord said the next request would be a 429: wait for the bucket instead.
+                time.sleep(answer.bucket_resets_in)
             return DeliveryResult(
                 DeliveryOutcome.DELIVERED, attempts, status_code=answer.status_code
             )
@@ -226,7 +235,7 @@ def _post_once(
         return _Try(None, f"request failed: {type(exc).__name__}: {exc}")
     status = response.status_code
     if 200 <= status < 300:
-        return _Try(status)
+        return _Try(status, bucket_resets_in=_bucket_resets_in(response))
     if status == 429:
         wait = _retry_after(response)
         if wait is None:
@@ -281,6 +290,17 @@ def _retry_after(response: requests.Response) -> float | None:
         if math.isfinite(seconds):
             return min(max(seconds, 0.0), MAX_WAIT_SECONDS)
     return None
+
+
+def _bucket_resets_in(response: requests.Response) -> float:
+    """Seconds until the webhook's rate-limit bucket refills, when this answer emptied it."""
+    if response.headers.get("X-RateLimit-Remaining") != "0":
+        return 0.0
+    try:
+        seconds = float(response.headers.get("X-RateLimit-Reset-After", ""))
+    except ValueError:
+        return 0.0
+    return min(max(seconds, 0.0), MAX_WAIT_SECONDS) if math.isfinite(seconds) else 0.0
 
 
 def _json_body(response: requests.Response) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 Behaviours, consumed one per request (``ok`` once the script runs out):
 
 - ``"ok"``: 204, or 200 with a message object when the query has ``wait=true``;
+- ``"ok-bucket-empty"``: ``ok``, saying the rate-limit bucket is empty for ``retry_after``;
 - ``"429"``: Discord's rate-limit answer, ``retry_after`` in the JSON body and the headers;
 - ``"429-header"``: a 429 whose wait is only in the ``Retry-After`` header;
 - ``"429-reset-after"``: a 429 whose wait is only in ``X-RateLimit-Reset-After``;
@@ -147,11 +148,18 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
                 if fake._stopping.wait(fake.hang_seconds):
                     return
                 behaviour = "ok"
-            if behaviour == "ok":
+            if behaviour in ("ok", "ok-bucket-empty"):
+                headers = {}
+                if behaviour == "ok-bucket-empty":
+                    headers = {
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Reset-After": f"{fake.retry_after:g}",
+                    }
                 if query.get("wait", "").lower() != "true":
-                    self._send(204, b"", {})
+                    self._send(204, b"", headers)
                     return
-                self._json(200, _message(next(fake._ids), webhook_id, payload, files))
+                message = _message(next(fake._ids), webhook_id, payload, files)
+                self._json(200, message, headers)
             elif behaviour in ("429", "429-header", "429-reset-after"):
                 wait = fake.retry_after
                 body = {"message": "You are being rate limited.", "global": False}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -57,6 +58,23 @@ def test_429_waits_as_discord_asks_then_delivers(discord, behaviour):
     assert first.behaviour == behaviour and second.payload["content"] == "hello"
     # The 429 asked for 0.3 s, far below the 5xx backoff of 0.5 s: the wait came from it.
     assert discord.retry_after <= second.received_at - first.received_at < 0.5
+
+
+def test_an_emptied_bucket_is_waited_out_before_the_next_part_not_after_the_last():
+    with FakeDiscord(retry_after=1.5) as discord:  # a wait far above any HTTP round trip
+        discord.script("ok-bucket-empty", "ok", "ok-bucket-empty")
+        hosts = [discord.host]
+        messages = [WebhookMessage("one"), WebhookMessage("two")]
+
+        result = post_messages(webhook(discord), messages, webhook_hosts=hosts)
+        last = post_messages(webhook(discord), [WebhookMessage("three")], webhook_hosts=hosts)
+        answered = time.monotonic()
+
+    assert result == DeliveryResult(DeliveryOutcome.DELIVERED, 2, 2, 2, status_code=200)
+    assert last.delivered
+    first, second, third = discord.requests
+    assert second.received_at - first.received_at >= discord.retry_after  # no 429 provoked
+    assert answered - third.received_at < discord.retry_after  # nothing left to wait for
 
 
 def test_5xx_is_retried_with_backoff_then_given_up(discord):
