@@ -83,6 +83,11 @@ class BotConfig(_Strict):
                 return route.name, route.pool
         return f"fallback-{kind}", self.fallback[kind]  # type: ignore[index]
 
+    def dispatch_seconds(self, kind: str, lease_seconds: float) -> float:
+        """How long a queued request of ``kind`` may wait for its task run to start before
+        it is dispatched again: twice its deadline, plus a running request's lease."""
+        return 2 * self.providers[kind].deadline_seconds + lease_seconds  # type: ignore[index]
+
 
 def config_path() -> Path:
     """``RELAY_BOT_CONFIG`` or the committed ``bot.yaml``."""

@@ -149,6 +149,23 @@ def claim(
     return _take(connection, rows, condition, lease, limit, order_by, values, returning)
 
 
+def hand_over(
+    connection: Connection,
+    rows: LeasedRows,
+    where: ColumnElement[bool],
+    owner: str,
+    seconds: float,
+    values: Mapping[str, object] | None = None,
+) -> Lease | None:
+    """Put the unfinished row matching ``where`` under a new lease for ``owner``, whoever
+    held it: the work was handed to the caller (a dispatched run starting it). Of racing
+    callers one gets it, provided ``where`` stops matching once it is taken (a status)."""
+    now = db_now(connection)
+    lease = Lease(owner, now + timedelta(seconds=seconds), new_id())
+    taken = _take(connection, rows, and_(where, rows.unfinished), lease, 1, (), values, ())
+    return lease if taken.rows else None
+
+
 def take_over(
     connection: Connection,
     rows: LeasedRows,
