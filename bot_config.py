@@ -86,7 +86,8 @@ class BotConfig(_Strict):
     def dispatch_seconds(self, kind: str, lease_seconds: float) -> float:
         """How long a queued request of ``kind`` may wait for its task run to start before
         it is dispatched again: twice its deadline, plus a running request's lease."""
-        return 2 * self.providers[kind].deadline_seconds + lease_seconds  # type: ignore[index]
+        deadline = self.providers[kind].deadline_seconds  # type: ignore[index]  # str, not Kind
+        return 2 * deadline + lease_seconds
 
 
 def config_path() -> Path:
