@@ -94,6 +94,12 @@ class BotConfig(_Strict):
                 return route.name, route.pool
         return f"fallback-{kind}", self.fallback[kind]  # type: ignore[index]
 
+    def dispatch_seconds(self, kind: str, lease_seconds: float) -> float:
+        """How long a queued request of ``kind`` may wait for its task run to start before
+        it is dispatched again: twice its deadline, plus a running request's lease."""
+        deadline = self.providers[kind].deadline_seconds  # type: ignore[index]  # str, not Kind
+        return 2 * deadline + lease_seconds
+
 
 def config_path() -> Path:
     """``RELAY_BOT_CONFIG`` or the committed ``bot.yaml``."""

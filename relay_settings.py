@@ -136,6 +136,12 @@ class RelaySettings(BaseSettings):
         description="A claimed video's lease; renewed every third of it while the worker "
         "lives, taken over by another worker once it runs out.",
     )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        gt=1,
+        description="A transcription job's lease on its task worker; renewed every third of "
+        "it while the worker lives, taken over by another worker of the pool once it runs out.",
+    )
     batch_max_attempts: int = Field(
         default=3, ge=1, description="Attempts per video before it is failed for good."
     )
@@ -148,6 +154,18 @@ class RelaySettings(BaseSettings):
         default="",
         description="Seals webhook URLs kept in the job store (their tokens are secrets). Set "
         "the same value on every host; empty: a key generated once in .relay/secret.key.",
+    )
+    bot_request_lease_seconds: float = Field(
+        default=60.0,
+        gt=1,
+        description="A running bot request's lease on its worker (renewed every third of it); "
+        "a queued one waits twice its kind's deadline plus this before it is dispatched again.",
+    )
+    bot_delivery_lease_seconds: float = Field(
+        default=600.0,
+        gt=1,
+        description="How long one process delivers an answer alone: longer than any one "
+        "delivery (a message may take 130 s of timeouts and Retry-After waits).",
     )
     bot_attachment_limit_bytes: int = Field(
         default=10 * 1024 * 1024,

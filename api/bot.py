@@ -23,6 +23,7 @@ from blocks.discord import allowed_hosts, redact_webhook_url, validate_webhook_u
 from bot_config import get_bot_config
 from store import bot as requests
 from store import usage
+from store.leases import Lease
 from store.models import BotRequest, BotRequestStatus, DeliveryStatus
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
@@ -127,19 +128,23 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
     )
     fields = _fields(body, route, pool, request.app.state.settings.discord_block)
     if not admission.admitted:
-        lease = requests.delivery_lease_end()  # this process posts the refusal
         refused = await run_in_threadpool(
             requests.create_request,
             **fields,
+            deliver=True,  # this process posts the refusal
             status=BotRequestStatus.REFUSED,
             error=admission.message,
             retry_at=admission.retry_at,
             finished_at=datetime.now(UTC),
-            next_delivery_at=lease,
         )
+        lease = requests.delivery_lease(refused)
         background.add_task(run_in_threadpool, _deliver, refused.id, lease)
         return _refusal(refused.id, admission)
-    stored = await run_in_threadpool(requests.create_request, **fields, dispatched_at=_now())
+    settings = request.app.state.settings
+    dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot_request_lease_seconds)
+    stored = await run_in_threadpool(
+        requests.create_request, **fields, dispatch_seconds=dispatch_seconds, dispatched_at=_now()
+    )
     try:
         await _dispatch(request, stored.id, pool)
     except Exception as err:
@@ -147,7 +152,7 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
             requests.finish_request,
             stored.id,
             status=BotRequestStatus.FAILED,
-            claimed_by=None,
+            lease=requests.request_lease(stored),  # this process's, until a run starts it
             error="Relay could not queue the request",
             # The client is told now (503): nothing to post to Discord later.
             delivery_status=DeliveryStatus.FAILED,
@@ -223,7 +228,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _deliver(request_id: str, lease: datetime) -> None:
+def _deliver(request_id: str, lease: Lease) -> None:
     from tasks.bot_handling import deliver
 
     deliver(request_id, lease)

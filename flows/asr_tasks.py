@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from functools import partial
 
 from prefect import runtime as prefect_runtime
@@ -25,11 +24,10 @@ from flows.pool_tasks import PoolTask, pool_task
 from relay_pools import get_pool
 from relay_settings import get_settings, reload_settings
 from store import jobs
+from store.leases import LeaseOutcome, process_owner, renewal_interval, renewing
 
 log = logging.getLogger("relay.asr")
 
-HEARTBEAT_SECONDS = 10.0
-STRANDED_AFTER_SECONDS = 60.0
 MAINTENANCE_SECONDS = 15.0
 
 
@@ -39,63 +37,59 @@ def run_job(
     """Run the ``transcribe`` flow for an accepted job on ``pool``'s task worker (the pool's
     background task, ``transcribe-on-<pool>``); returns the job's final status.
 
-    While it runs, a heartbeat in the store says this process is alive; if it dies, another
-    task worker of the pool runs the job again (``recover_stranded``) under a new dispatch
-    token, and a late run with an older token does nothing.
+    While it runs, this process holds the job's lease (renewed in the store); if it dies,
+    another task worker of the pool runs the job again (``recover_stranded``) under a new
+    lease, whose token a late run with an older one does not hold: it does nothing.
     """
     from flows.runtime import without_prefect_heartbeat
     from flows.transcribe import transcribe
 
-    job = jobs.get_job(job_id)
-    if job is None or job.status in jobs.FINAL_STATES:
-        return str(job.status) if job else "missing"
-    if job.dispatch_token != token:
+    seconds = get_settings().job_lease_seconds
+    lease = jobs.start_run(job_id, token, process_owner(), seconds)
+    if lease is None:
+        job = jobs.get_job(job_id)
+        if job is None:
+            return LeaseOutcome.MISSING
+        if job.status in jobs.FINAL_STATES:
+            return job.status
         log.info("job %s was dispatched again since this run was; leaving it", job_id)
-        return "superseded"
-    stop = threading.Event()
-    jobs.beat(job_id)
-    threading.Thread(target=_beat_until, args=(job_id, stop), daemon=True).start()
+        return LeaseOutcome.SUPERSEDED
     # Prefect links no parent to a flow started in a background task: tags tie them together.
     task_run_id = prefect_runtime.task_run.id
-    try:
-        # The job's heartbeat above says this run is alive: no Prefect heartbeat, whose
-        # thread would hold the end of every run by up to a second (flows/runtime.py).
-        with (
-            tags(f"relay-job:{job_id}", f"relay-task-run:{task_run_id}"),
-            without_prefect_heartbeat(),
-        ):
-            state = transcribe(
-                source, job_id=job_id, **{**get_pool(pool).options, **options}, return_state=True
-            )
-    finally:
-        stop.set()
+    # The job's lease says this run is alive: no Prefect heartbeat, whose thread would hold
+    # the end of every run by up to a second (flows/runtime.py).
+    with (
+        renewing(
+            lambda: jobs.renew(job_id, lease, seconds), renewal_interval(seconds), f"job {job_id}"
+        ),
+        tags(f"relay-job:{job_id}", f"relay-task-run:{task_run_id}"),
+        without_prefect_heartbeat(),
+    ):
+        state = transcribe(
+            source, job_id=job_id, **{**get_pool(pool).options, **options}, return_state=True
+        )
     job = jobs.get_job(job_id)
     log.info("job %s ended %s: %s", job_id, job.status if job else "?", state.message or "")
     return str(job.status) if job else state.type.value.lower()
 
 
-def _beat_until(job_id: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_SECONDS):
-        try:
-            jobs.beat(job_id)
-        except Exception:
-            log.warning("could not record job %s's heartbeat", job_id, exc_info=True)
-
-
-def recover_stranded(pool: str, older_than: float = STRANDED_AFTER_SECONDS) -> list[str]:
-    """Run again the pool's jobs whose task worker died (no heartbeat for ``older_than`` s).
-    Several workers may look at once; each job is taken by one. Returns the jobs taken."""
+def recover_stranded(pool: str) -> list[str]:
+    """Run again the pool's jobs whose task worker died (their lease ran out). Several
+    workers may look at once; each job is taken by one. Returns the jobs taken."""
+    seconds = get_settings().job_lease_seconds
     taken = []
-    for job in jobs.stranded(pool, older_than):
-        if token := jobs.take_stranded(job.id, older_than):
-            log.warning("job %s lost its task worker; running it again", job.id)
+    for job_id in jobs.expired(pool):
+        lease = jobs.take_over(job_id, process_owner(), seconds)
+        job = jobs.get_job(job_id) if lease else None
+        if lease and job:
+            log.warning("job %s lost its task worker; running it again", job_id)
             pool_task(pool).dispatch(
-                job_id=job.id,
+                job_id=job_id,
                 source=job.source_path,
                 options=json.loads(job.options or "{}"),
-                token=token,
+                token=lease.token,
             )
-            taken.append(job.id)
+            taken.append(job_id)
     return taken
 
 

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger
 
 from relay_settings import get_settings
 from store import batches, videos
+from store.leases import Lease, LeaseOutcome, renewal_interval
 from store.models import VideoStatus
 from tasks.asr import AsrOptions
 from tasks.media import MediaError
@@ -44,10 +45,9 @@ class LeaseKeeper:
     is dropped from ``held``, and the worker does not record a result for that video.
     """
 
-    def __init__(self, worker: str, lease_seconds: float) -> None:
-        self.worker = worker
+    def __init__(self, lease_seconds: float) -> None:
         self.lease_seconds = lease_seconds
-        self._held: set[int] = set()
+        self._held: dict[int, Lease] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
@@ -60,34 +60,35 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join(timeout=10)
         with self._lock:
-            left, self._held = set(self._held), set()
+            left, self._held = dict(self._held), {}
         if left:  # interrupted: hand back what was not finished, without spending an attempt
-            videos.release(self.worker, left)
+            videos.release(left)
 
-    def hold(self, ids: Iterable[int]) -> None:
+    def hold(self, claimed: Iterable[videos.ClaimedVideo]) -> None:
         with self._lock:
-            self._held.update(ids)
+            self._held.update((video.id, video.lease) for video in claimed)
 
     def drop(self, video_id: int) -> None:
         with self._lock:
-            self._held.discard(video_id)
+            self._held.pop(video_id, None)
 
     def holds(self, video_id: int) -> bool:
         with self._lock:
             return video_id in self._held
 
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        while not self._stop.wait(renewal_interval(self.lease_seconds)):
             with self._lock:
-                ids = set(self._held)
+                held = dict(self._held)
             try:
-                kept = videos.renew(self.worker, ids, self.lease_seconds)
+                kept = videos.renew(held, self.lease_seconds)
             except Exception as err:  # the next round tries again; the lease has slack
                 log.warning("lease renewal failed: %s", err)
                 continue
             with self._lock:
-                self._held -= ids - kept
-            for lost in ids - kept:
+                for lost in held.keys() - kept:
+                    self._held.pop(lost, None)
+            for lost in held.keys() - kept:
                 log.warning("lost the lease of video %s to another worker", lost)
 
 
@@ -102,7 +103,7 @@ class WorkerSummary:
     lost: int
 
 
-def process_video(video: videos.ClaimedVideo, worker: str, max_attempts: int) -> str:
+def process_video(video: videos.ClaimedVideo, max_attempts: int) -> str:
     """Process one claimed video and record the outcome under the worker's lease.
 
     A plain function, not a task run per video: thousands of task runs would cost the
@@ -122,23 +123,28 @@ def process_video(video: videos.ClaimedVideo, worker: str, max_attempts: int) ->
         )
     except MediaError as err:  # the input itself is bad: no attempt can succeed
         status = videos.fail(
-            video.id, worker, str(err), True, max_attempts, time.perf_counter() - started
+            video.id, video.lease, str(err), True, max_attempts, time.perf_counter() - started
         )
-        return str(status or "lost")
+        return status or LeaseOutcome.LOST
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
         status = videos.fail(
-            video.id, worker, reason, False, max_attempts, time.perf_counter() - started
+            video.id, video.lease, reason, False, max_attempts, time.perf_counter() - started
         )
-        return (status or "lost").__str__()
+        return status or LeaseOutcome.LOST
     recorded = videos.complete(
-        video.id, worker, result.files["json"], result.language, result.duration, result.seconds
+        video.id,
+        video.lease,
+        result.files["json"],
+        result.language,
+        result.duration,
+        result.seconds,
     )
     if not recorded:
         get_run_logger().warning(
             "video %s: another worker took it over (lease lost); result not recorded", video.id
         )
-    return VideoStatus.DONE.value if recorded else "lost"
+    return VideoStatus.DONE if recorded else LeaseOutcome.LOST
 
 
 @flow(name="reprocess-worker", log_prints=True, persist_result=False)
@@ -158,7 +164,7 @@ def reprocess_worker(
     logger = get_run_logger()
     logger.info("worker %s joins batch %s", worker, batch_id)
     outcomes: dict[str, int] = {}
-    with LeaseKeeper(worker, lease_seconds) as keeper:
+    with LeaseKeeper(lease_seconds) as keeper:
         while True:
             if not batches.batch_is_running(batch_id):
                 logger.info("batch %s is no longer running; stopping", batch_id)
@@ -168,10 +174,10 @@ def reprocess_worker(
                 if not _wait_for_more(batch_id):
                     break
                 continue
-            keeper.hold(video.id for video in claimed)
+            keeper.hold(claimed)
             for video in claimed:
                 if keeper.holds(video.id):
-                    outcome = process_video(video, worker, max_attempts)
+                    outcome = process_video(video, max_attempts)
                     logger.info("video %s (%s): %s", video.id, video.name, outcome)
                     outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 keeper.drop(video.id)
@@ -180,7 +186,7 @@ def reprocess_worker(
         outcomes.get(VideoStatus.DONE, 0),
         outcomes.get(VideoStatus.FAILED, 0),
         outcomes.get(VideoStatus.PENDING, 0),
-        outcomes.get("lost", 0),
+        outcomes.get(LeaseOutcome.LOST, 0),
     )
     logger.info(
         "worker %s leaves batch %s: %d done, %d failed, %d to retry, %d lost to others",

@@ -15,12 +15,12 @@ from functools import partial
 from bot_config import get_bot_config
 from flows.deferred import serve_warm
 from flows.pool_tasks import PoolTask, pool_task
+from relay_settings import get_settings
 from store import bot as requests
 from tasks.bot_handling import deliver, handle_request
 
 log = logging.getLogger("relay.bot")
 MAINTENANCE_SECONDS = 5.0
-STRANDED_GRACE_SECONDS = 60.0
 
 
 def answer_request(pool: str, request_id: str) -> str:
@@ -36,18 +36,18 @@ def dispatch(request_id: str, pool: str) -> str:
     return pool_task(pool).dispatch(request_id=request_id)
 
 
-def maintain(pool: str, grace: float = STRANDED_GRACE_SECONDS) -> None:
-    """One pass: retry due deliveries, and dispatch again the requests stranded by a dead
-    worker (queued, or running, for twice their kind's deadline plus ``grace``). Several
-    workers may run it at once: each delivery and each re-dispatch is taken by one."""
+def maintain(pool: str) -> None:
+    """One pass: retry due deliveries, and dispatch again the requests whose lease ran out
+    (their task run never started, or their worker died). Several workers may run it at
+    once: each delivery and each re-dispatch is taken by one."""
     for request_id in requests.deliveries_due(pool=pool):
         lease = requests.claim_delivery(request_id)
         if lease is not None:
             deliver(request_id, lease)
-    for kind, choice in get_bot_config().providers.items():
-        older_than = 2 * choice.deadline_seconds + grace
-        for request_id in requests.stranded(older_than, pool, kind):
-            if requests.take_stranded(request_id, older_than):
+    config, lease_seconds = get_bot_config(), get_settings().bot_request_lease_seconds
+    for kind in config.providers:
+        for request_id in requests.expired(pool, kind):
+            if requests.take_over(request_id, config.dispatch_seconds(kind, lease_seconds)):
                 log.warning("bot request %s was stranded; dispatching it again", request_id)
                 dispatch(request_id, pool)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import case, func, select, update
 
 from store.db import get_engine, session_scope
+from store.leases import db_now
 from store.models import (
+    AttemptOutcome,
     BatchStatus,
     Video,
     VideoAttempt,
@@ -16,7 +18,7 @@ from store.models import (
     VideoStatus,
     utcnow,
 )
-from store.videos import db_now
+from store.videos import VIDEO_LEASES
 
 
 def start_batch(workers: int, note: str | None = None) -> VideoBatch:
@@ -26,14 +28,7 @@ def start_batch(workers: int, note: str | None = None) -> VideoBatch:
         now = db_now(connection)
         connection.execute(VideoBatch.__table__.insert().values(**batch.model_dump()))
         adopted = connection.execute(
-            update(Video)
-            .where(
-                or_(
-                    Video.status == VideoStatus.PENDING,
-                    and_(Video.status == VideoStatus.CLAIMED, Video.lease_expires_at < now),
-                )
-            )
-            .values(batch_id=batch.id)
+            update(Video).where(VIDEO_LEASES.free(now)).values(batch_id=batch.id)
         ).rowcount
         connection.execute(
             update(VideoBatch).where(VideoBatch.id == batch.id).values(videos_total=adopted)
@@ -188,17 +183,17 @@ def _eta(left: int, rate_per_minute: float) -> float | None:
 
 
 def _workers(connection, batch_id: str) -> list[WorkerProgress]:
-    def count(outcome: str):
+    def count(outcome: AttemptOutcome):
         return func.sum(case((VideoAttempt.outcome == outcome, 1), else_=0))
 
     rows = connection.execute(
         select(
             VideoAttempt.worker,
-            count("done"),
-            count("failed"),
-            count("retry"),
-            count("lost"),
-            count("running"),
+            count(AttemptOutcome.DONE),
+            count(AttemptOutcome.FAILED),
+            count(AttemptOutcome.RETRY),
+            count(AttemptOutcome.LOST),
+            count(AttemptOutcome.RUNNING),
             func.min(VideoAttempt.started_at),
             func.max(VideoAttempt.finished_at),
         )

@@ -1,22 +1,45 @@
-"""Bot requests in the job store: intake, the one worker that answers, and delivery."""
+"""Bot requests in the job store: intake, the one worker that answers, and delivery.
+
+Two units of work live on a request's row, each under its own lease (store/leases.py):
+answering it (queued: the dispatched task run's time to start; running: its worker's,
+renewed while it asks the provider) and delivering the answer (the process that posts it;
+once a delivery attempt fails, the expiry is also when the next one is due).
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import or_, true, update
+from sqlalchemy import true
 from sqlmodel import select
 
-from store.db import get_engine, reader, session_scope
-from store.models import BotRequest, BotRequestStatus, DeliveryStatus
+from relay_settings import get_settings
+from store import leases
+from store.db import get_engine, reader
+from store.leases import Lease, LeasedRows, db_now, process_owner
+from store.models import BotRequest, BotRequestStatus, DeliveryStatus, utcnow
 
 FINISHED = (BotRequestStatus.COMPLETED, BotRequestStatus.FAILED, BotRequestStatus.REFUSED)
 UNDELIVERED = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
-# Whoever delivers an answer has it to itself this long: longer than any one delivery (a
-# message may take 130 s of timeouts and Retry-After waits, and an answer has a few).
-DELIVERY_LEASE_SECONDS = 600.0
+_REQUEST = BotRequest.__table__
+REQUEST_LEASES = LeasedRows(
+    table=_REQUEST,
+    key=_REQUEST.c.id,
+    owner=_REQUEST.c.lease_owner,
+    expires_at=_REQUEST.c.lease_expires_at,
+    token=_REQUEST.c.lease_token,
+    unfinished=_REQUEST.c.status.in_([BotRequestStatus.QUEUED, BotRequestStatus.RUNNING]),
+)
+DELIVERY_LEASES = LeasedRows(
+    table=_REQUEST,
+    key=_REQUEST.c.id,
+    owner=None,
+    expires_at=_REQUEST.c.next_delivery_at,
+    token=_REQUEST.c.delivery_token,
+    unfinished=_REQUEST.c.status.in_(FINISHED) & _REQUEST.c.delivery_status.in_(UNDELIVERED),
+)
 
 
 @dataclass(frozen=True)
@@ -28,12 +51,33 @@ class StoredFile:
     mime_type: str
 
 
-def create_request(**fields: object) -> BotRequest:
-    """Record a new request (``queued``, or ``refused`` with its reason)."""
-    request = BotRequest(**fields)
-    with session_scope() as session:
-        session.add(request)
+def create_request(
+    *, dispatch_seconds: float | None = None, deliver: bool = False, **fields: object
+) -> BotRequest:
+    """Record a new request (``queued``, or ``refused`` with its reason). A queued one is
+    under this process's lease for ``dispatch_seconds`` (its task run's time to start, after
+    which another process dispatches it again); with ``deliver``, this process holds its
+    delivery (a refusal it posts itself)."""
+    with get_engine().begin() as connection:
+        if dispatch_seconds is not None:
+            lease = leases.grant(connection, process_owner(), dispatch_seconds)
+            fields |= REQUEST_LEASES.values(lease)
+        if deliver:
+            seconds = get_settings().bot_delivery_lease_seconds
+            fields |= DELIVERY_LEASES.values(leases.grant(connection, None, seconds))
+        request = BotRequest(**fields)
+        connection.execute(_REQUEST.insert().values(**request.model_dump()))
     return request
+
+
+def request_lease(request: BotRequest) -> Lease | None:
+    """The lease the request is answered under (queued: its dispatcher's), or None."""
+    return REQUEST_LEASES.lease_of(request)
+
+
+def delivery_lease(request: BotRequest) -> Lease | None:
+    """The lease of the request's delivery, or None when no process holds it."""
+    return DELIVERY_LEASES.lease_of(request)
 
 
 def get_request(request_id: str) -> BotRequest | None:
@@ -43,75 +87,67 @@ def get_request(request_id: str) -> BotRequest | None:
     return BotRequest.model_validate(row._mapping) if row else None
 
 
-def claim_request(request_id: str, worker: str) -> BotRequest | None:
-    """Move a queued request to running for ``worker``; None when another worker has it
-    or it is finished (each request is answered exactly once)."""
-    table = BotRequest.__table__
+def claim_request(request_id: str, worker: str) -> tuple[BotRequest, Lease] | None:
+    """Move a queued request to running under ``worker``'s lease (whichever run of it starts
+    first); None when another worker has it or it is finished (each request is answered
+    exactly once). The worker renews the lease while it works (``renew_request``)."""
+    seconds = get_settings().bot_request_lease_seconds
+    started = {"status": BotRequestStatus.RUNNING, "worker": worker, "started_at": utcnow()}
     with get_engine().begin() as connection:
-        result = connection.execute(
-            update(table)
-            .where(table.c.id == request_id, table.c.status == BotRequestStatus.QUEUED)
-            .values(status=BotRequestStatus.RUNNING, worker=worker, started_at=datetime.now(UTC))
-        )
-    return get_request(request_id) if result.rowcount == 1 else None
+        queued = (_REQUEST.c.id == request_id) & (_REQUEST.c.status == BotRequestStatus.QUEUED)
+        lease = leases.hand_over(connection, REQUEST_LEASES, queued, worker, seconds, started)
+    request = get_request(request_id) if lease else None
+    return (request, lease) if request and lease else None
+
+
+def renew_request(request_id: str, lease: Lease) -> bool:
+    """The worker answering the request lives on; False once the request was taken from it."""
+    seconds = get_settings().bot_request_lease_seconds
+    with get_engine().begin() as connection:
+        return request_id in leases.renew(connection, REQUEST_LEASES, {request_id: lease}, seconds)
 
 
 def finish_request(
     request_id: str,
     *,
     status: BotRequestStatus,
-    claimed_by: str | None,
+    lease: Lease | None,
     answer_text: str | None = None,
     files: list[StoredFile] | None = None,
     error: str | None = None,
     retry_at: datetime | None = None,
     **usage: object,
-) -> datetime | None:
-    """Record the outcome if ``claimed_by`` still holds the request (None: the API, for a
-    request no worker holds). Returns the delivery lease the caller now holds, or None when
-    the request was taken from it (stranded and answered by another worker)."""
-    lease = delivery_lease_end()
-    table = BotRequest.__table__
-    holder = (
-        (table.c.status == BotRequestStatus.RUNNING) & (table.c.worker == claimed_by)
-        if claimed_by
-        else table.c.status.in_([BotRequestStatus.QUEUED, BotRequestStatus.RUNNING])
-    )
+) -> Lease | None:
+    """Record the outcome if ``lease`` is still the request's. Returns the delivery lease
+    the caller now holds, or None when the request was taken from it (stranded and answered
+    by another worker)."""
+    if lease is None:
+        return None
+    outcome = {
+        "status": status,
+        "answer_text": answer_text,
+        "answer_files": json.dumps([f.__dict__ for f in files]) if files else None,
+        "error": error,
+        "retry_at": retry_at,
+        "finished_at": utcnow(),
+        **usage,
+    }
     with get_engine().begin() as connection:
-        result = connection.execute(
-            update(table)
-            .where(table.c.id == request_id, holder)
-            .values(
-                status=status,
-                answer_text=answer_text,
-                answer_files=json.dumps([f.__dict__ for f in files]) if files else None,
-                error=error,
-                retry_at=retry_at,
-                finished_at=datetime.now(UTC),
-                next_delivery_at=lease,
-                **usage,
-            )
-        )
-    return lease if result.rowcount == 1 else None
+        delivery = leases.grant(connection, None, get_settings().bot_delivery_lease_seconds)
+        outcome |= DELIVERY_LEASES.values(delivery)
+        written = leases.finish(connection, REQUEST_LEASES, {request_id: lease}, outcome)
+    return delivery if written else None
 
 
-def delivery_lease_end() -> datetime:
-    """Until when the process that finished a request delivers it alone."""
-    return datetime.now(UTC) + timedelta(seconds=DELIVERY_LEASE_SECONDS)
-
-
-def claim_delivery(request_id: str) -> datetime | None:
-    """Take a due delivery for this process; returns the lease (None: not due, or taken).
-    The lease is the row's ``next_delivery_at``: only its holder can record the outcome."""
-    now, lease = datetime.now(UTC), delivery_lease_end()
-    table = BotRequest.__table__
+def claim_delivery(request_id: str) -> Lease | None:
+    """Take a due delivery for this process; returns its lease (None: not due, or taken).
+    Only the lease's holder can record the outcome."""
+    seconds = get_settings().bot_delivery_lease_seconds
     with get_engine().begin() as connection:
-        result = connection.execute(
-            update(table)
-            .where(table.c.id == request_id, _delivery_due(table, now))
-            .values(next_delivery_at=lease)
+        taken = leases.claim(
+            connection, DELIVERY_LEASES, _REQUEST.c.id == request_id, process_owner(), seconds
         )
-    return lease if result.rowcount == 1 else None
+    return taken.lease if taken.rows else None
 
 
 def answer_files(request: BotRequest) -> list[StoredFile]:
@@ -127,111 +163,64 @@ def record_delivery(
     attempts: int,
     error: str | None,
     give_up: bool,
-    lease: datetime,
+    lease: Lease,
     retry_in: float = 30.0,
 ) -> DeliveryStatus | None:
     """Store how a delivery went: delivered, to be retried after ``retry_in``, or failed.
     None (nothing stored) when ``lease`` is no longer the delivery's: another process has
     taken it over, and its record wins."""
-    now = datetime.now(UTC)
     if delivered:
-        status, next_at = DeliveryStatus.DELIVERED, None
-    elif give_up:
-        status, next_at = DeliveryStatus.FAILED, None
+        status = DeliveryStatus.DELIVERED
     else:
-        status, next_at = DeliveryStatus.RETRYING, now + timedelta(seconds=retry_in)
-    table = BotRequest.__table__
+        status = DeliveryStatus.FAILED if give_up else DeliveryStatus.RETRYING
     with get_engine().begin() as connection:
-        result = connection.execute(
-            update(table)
-            .where(
-                table.c.id == request_id,
-                table.c.next_delivery_at == lease,
-                table.c.delivery_status.in_(UNDELIVERED),
-            )
-            .values(
-                delivery_status=status,
-                delivery_attempts=table.c.delivery_attempts + attempts,
-                delivery_messages_sent=messages_sent,
-                delivery_error=error,
-                next_delivery_at=next_at,
-                delivered_at=now if delivered else None,
-            )
-        )
-    return status if result.rowcount == 1 else None
+        now = db_now(connection)
+        outcome = {
+            "delivery_status": status,
+            "delivery_attempts": _REQUEST.c.delivery_attempts + attempts,
+            "delivery_messages_sent": messages_sent,
+            "delivery_error": error,
+            "delivered_at": now if delivered else None,
+        }
+        if status == DeliveryStatus.RETRYING:  # held by nobody, and due again then
+            outcome["next_delivery_at"] = now + timedelta(seconds=retry_in)
+        written = leases.finish(connection, DELIVERY_LEASES, {request_id: lease}, outcome)
+    return status if written else None
 
 
-def deliveries_due(
-    pool: str | None = None, now: datetime | None = None, limit: int = 50
-) -> list[str]:
+def deliveries_due(pool: str | None = None, limit: int = 50) -> list[str]:
     """Finished requests whose answer Discord has not taken yet and whose retry is due."""
-    now = now or datetime.now(UTC)
-    table = BotRequest.__table__
     with reader().connect() as connection:
+        now = db_now(connection)
         rows = connection.execute(
-            select(table.c.id)
-            .where(
-                _delivery_due(table, now),
-                table.c.status.in_(FINISHED),
-                table.c.pool == pool if pool else true(),
-            )
-            .order_by(table.c.next_delivery_at)
+            select(_REQUEST.c.id)
+            .where(DELIVERY_LEASES.free(now), _REQUEST.c.pool == pool if pool else true())
+            .order_by(_REQUEST.c.next_delivery_at)
             .limit(limit)
         ).all()
     return [row[0] for row in rows]
 
 
-def stranded(
-    older_than: float,
-    pool: str | None = None,
-    kind: str | None = None,
-    now: datetime | None = None,
-    limit: int = 50,
-) -> list[str]:
-    """Requests still queued ``older_than`` seconds after they came in, or running that
-    long after they started: their task run was lost with a worker."""
-    now = now or datetime.now(UTC)
-    cutoff = now - timedelta(seconds=older_than)
-    table = BotRequest.__table__
+def expired(pool: str | None = None, kind: str | None = None, limit: int = 50) -> list[str]:
+    """Requests whose lease ran out: queued, their task run never started (lost with a
+    worker or a server); running, their worker stopped renewing (it died)."""
+    where = (_REQUEST.c.pool == pool if pool else true()) & (
+        _REQUEST.c.kind == kind if kind else true()
+    )
     with reader().connect() as connection:
-        rows = connection.execute(
-            select(table.c.id)
-            .where(
-                _stranded(table, cutoff),
-                table.c.pool == pool if pool else true(),
-                table.c.kind == kind if kind else true(),
-            )
-            .limit(limit)
-        ).all()
-    return [row[0] for row in rows]
+        return leases.expired(connection, REQUEST_LEASES, where, limit)
 
 
-def take_stranded(request_id: str, older_than: float) -> bool:
-    """Put a stranded request back in the queue, marked dispatched now, if it still is
-    stranded; True for the one process that did it (it dispatches the request again)."""
-    now = datetime.now(UTC)
-    cutoff = now - timedelta(seconds=older_than)
-    table = BotRequest.__table__
+def take_over(request_id: str, dispatch_seconds: float) -> Lease | None:
+    """Put a request whose lease ran out back in the queue, under this process's lease for
+    ``dispatch_seconds``; the one process that gets it dispatches it again."""
+    requeued = {
+        "status": BotRequestStatus.QUEUED,
+        "worker": None,
+        "started_at": None,
+        "dispatched_at": utcnow(),
+    }
     with get_engine().begin() as connection:
-        result = connection.execute(
-            update(table)
-            .where(table.c.id == request_id, _stranded(table, cutoff))
-            .values(status=BotRequestStatus.QUEUED, worker=None, started_at=None, dispatched_at=now)
+        return leases.take_over(
+            connection, REQUEST_LEASES, request_id, process_owner(), dispatch_seconds, requeued
         )
-    return result.rowcount == 1
-
-
-def _delivery_due(table, now: datetime):
-    """Not delivered yet, and no process holds the delivery (or its retry time has come)."""
-    return table.c.delivery_status.in_(UNDELIVERED) & or_(
-        table.c.next_delivery_at.is_(None), table.c.next_delivery_at <= now
-    )
-
-
-def _stranded(table, cutoff: datetime):
-    return or_(
-        (table.c.status == BotRequestStatus.QUEUED)
-        & (table.c.created_at < cutoff)
-        & or_(table.c.dispatched_at.is_(None), table.c.dispatched_at < cutoff),
-        (table.c.status == BotRequestStatus.RUNNING) & (table.c.started_at < cutoff),
-    )

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 
 from sqlalchemy import bindparam, update
 from sqlmodel import Session, select
 
-from store.db import reader, session_scope
+from store import leases
+from store.db import get_engine, reader, session_scope
+from store.leases import Lease, LeasedRows
 from store.models import (
     ChunkStatus,
     JobStatus,
     TranscriptionChunk,
     TranscriptionJob,
-    new_id,
     utcnow,
 )
 
 FINAL_STATES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+_JOB = TranscriptionJob.__table__
+# A job's lease: its token goes with each dispatch to a task worker (only that task run may
+# run it); the run that starts it holds it, renewed while it coordinates the job.
+JOB_LEASES = LeasedRows(
+    table=_JOB,
+    key=_JOB.c.id,
+    owner=_JOB.c.lease_owner,
+    expires_at=_JOB.c.lease_expires_at,
+    token=_JOB.c.lease_token,
+    unfinished=_JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+)
 
 
 def create_job(
@@ -42,7 +53,8 @@ def create_job(
             work_pool=work_pool,
             duration_seconds=duration,
             options=options,
-            dispatch_token=dispatch_token,
+            # No expiry until a run starts it: a job waiting in a busy pool's queue is not lost.
+            lease_token=dispatch_token,
         )
         if job_id:
             job.id = job_id
@@ -195,45 +207,39 @@ def record_chunk_progress(job_id: str, index: int, seconds: float) -> bool:
         return True
 
 
-def beat(job_id: str) -> None:
-    """The process coordinating the job is alive (a warm task worker, every few seconds)."""
-    with session_scope() as session:
-        session.execute(
-            update(TranscriptionJob)
-            .where(TranscriptionJob.id == job_id, TranscriptionJob.status.not_in(FINAL_STATES))
-            .values(heartbeat_at=utcnow())
-        )
+def start_run(job_id: str, token: str | None, owner: str, seconds: float) -> Lease | None:
+    """The task run dispatched with ``token`` coordinates the job from now on: it holds the
+    job's lease for ``seconds``. None when the job was dispatched again since (another
+    token), or is finished."""
+    with get_engine().begin() as connection:
+        if token is None:  # dispatched without a token (older API): whoever starts it first
+            where = (JOB_LEASES.key == job_id) & JOB_LEASES.token.is_(None)
+            taken = leases.claim(connection, JOB_LEASES, where, owner, seconds)
+            return taken.lease if taken.rows else None
+        dispatched = {job_id: Lease(None, None, token)}
+        held = leases.renew(connection, JOB_LEASES, dispatched, seconds, owner=owner)
+        return held.get(job_id)
 
 
-def stranded(pool: str, older_than: float) -> list[TranscriptionJob]:
-    """Unfinished jobs of ``pool`` whose coordinator has not beaten for ``older_than`` s:
-    its task worker died. Jobs that never had a coordinator (still queued) are not here."""
-    with session_scope() as session:
-        query = select(TranscriptionJob).where(
-            TranscriptionJob.work_pool == pool, *_silent_for(older_than)
-        )
-        return list(session.exec(query.order_by(TranscriptionJob.created_at)))
+def renew(job_id: str, lease: Lease, seconds: float) -> bool:
+    """The coordinator lives on: extend its lease; False once it is no longer the job's."""
+    with get_engine().begin() as connection:
+        return job_id in leases.renew(connection, JOB_LEASES, {job_id: lease}, seconds)
 
 
-def take_stranded(job_id: str, older_than: float) -> str | None:
-    """Claim a stranded job to run it again: one caller of several wins (the beat moves).
-    Returns the new dispatch token (earlier dispatches may no longer run it), or None."""
-    token = new_id()
-    with session_scope() as session:
-        taken = session.execute(
-            update(TranscriptionJob)
-            .where(TranscriptionJob.id == job_id, *_silent_for(older_than))
-            .values(heartbeat_at=utcnow(), dispatch_token=token)
-        )
-        return token if taken.rowcount == 1 else None
+def expired(pool: str) -> list[str]:
+    """Unfinished jobs of ``pool`` whose coordinator's lease ran out: its task worker died.
+    Jobs no run has started yet (still queued) hold no expiring lease and are not here."""
+    with get_engine().connect() as connection:
+        order = (_JOB.c.created_at,)
+        return leases.expired(connection, JOB_LEASES, _JOB.c.work_pool == pool, order_by=order)
 
 
-def _silent_for(seconds: float) -> tuple:
-    """Unfinished, and its coordinator's last heartbeat is older than ``seconds``."""
-    return (
-        TranscriptionJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-        TranscriptionJob.heartbeat_at < utcnow() - timedelta(seconds=seconds),
-    )
+def take_over(job_id: str, owner: str, seconds: float) -> Lease | None:
+    """Take a job whose lease ran out, to dispatch it again with the new lease's token
+    (earlier dispatches may no longer run it); of several callers, one gets it."""
+    with get_engine().begin() as connection:
+        return leases.take_over(connection, JOB_LEASES, job_id, owner, seconds)
 
 
 def complete_job(job_id: str, language: str | None, model: str) -> None:
@@ -245,12 +251,19 @@ def complete_job(job_id: str, language: str | None, model: str) -> None:
         model=model,
         finished_at=utcnow(),
         error=None,
+        **JOB_LEASES.values(None),
     )
 
 
 def fail_job(job_id: str, reason: str) -> None:
     """The job failed; the reason is what a person will read."""
-    _update(job_id, status=JobStatus.FAILED, error=reason, finished_at=utcnow())
+    _update(
+        job_id,
+        status=JobStatus.FAILED,
+        error=reason,
+        finished_at=utcnow(),
+        **JOB_LEASES.values(None),
+    )
 
 
 def set_flow_run(job_id: str, flow_run_id: str) -> None:
@@ -272,7 +285,12 @@ def cancel_job(job_id: str) -> bool:
                 TranscriptionJob.id == job_id,
                 TranscriptionJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
             )
-            .values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="cancelled by a user")
+            .values(
+                status=JobStatus.CANCELLED,
+                finished_at=utcnow(),
+                error="cancelled by a user",
+                **JOB_LEASES.values(None),
+            )
         )
         return result.rowcount == 1
 

@@ -54,12 +54,13 @@ class TranscriptionJob(SQLModel, table=True):
     flow_run_id: str | None = Field(default=None, max_length=64)
     work_pool: str | None = Field(default=None, max_length=128)
     notification_error: str | None = None
-    # Submitted to a warm task worker: the job's options (JSON), kept to run it again; the
-    # token of its latest dispatch (only that task run may run it); the last sign of life
-    # of the process coordinating it.
+    # Submitted to a warm task worker: the job's options (JSON), kept to run it again, and
+    # its lease (store/leases.py): the token is given to the task run dispatched with it
+    # (only that run may run the job); expiry is set once a worker coordinates it.
     options: str | None = None
-    dispatch_token: str | None = Field(default=None, max_length=32)
-    heartbeat_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    lease_token: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -100,6 +101,17 @@ class BatchStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class AttemptOutcome(StrEnum):
+    """How one worker's attempt at a video ended."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # for good
+    RETRY = "retry"  # failed; the video waits for another attempt
+    LOST = "lost"  # the lease ran out (or was taken over) before a result was recorded
+    RELEASED = "released"  # handed back unfinished (shutdown, cancellation)
+
+
 class Video(SQLModel, table=True):
     """One catalogue entry of the batch reprocessing: claimed under a lease, done once."""
 
@@ -117,6 +129,7 @@ class Video(SQLModel, table=True):
     batch_id: str | None = Field(default=None, max_length=32)
     lease_owner: str | None = Field(default=None, max_length=255)
     lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    lease_token: str | None = Field(default=None, max_length=32)
     result_path: str | None = Field(default=None, max_length=4096)
     language: str | None = Field(default=None, max_length=16)
     error: str | None = None
@@ -148,7 +161,7 @@ class VideoAttempt(SQLModel, table=True):
     video_id: int = Field(foreign_key="video.id", ondelete="CASCADE", index=True)
     batch_id: str | None = Field(default=None, max_length=32, index=True)
     worker: str = Field(max_length=255)
-    outcome: str = Field(default="running", max_length=16)  # running|done|failed|retry|lost
+    outcome: AttemptOutcome = Field(default=AttemptOutcome.RUNNING, sa_type=String(16))
     error: str | None = None
     started_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -202,7 +215,12 @@ class BotRequest(SQLModel, table=True):
     answer_files: str | None = None  # JSON list of {name, size, mime_type}
     error: str | None = None
     retry_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    worker: str | None = Field(default=None, max_length=255)
+    worker: str | None = Field(default=None, max_length=255)  # who answered (or is)
+    # Its lease (store/leases.py): while queued, the dispatched task run's time to start;
+    # while running, its worker's, renewed as it works.
+    lease_owner: str | None = Field(default=None, max_length=255)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    lease_token: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     dispatched_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -211,7 +229,9 @@ class BotRequest(SQLModel, table=True):
     delivery_attempts: int = 0
     delivery_messages_sent: int = 0
     delivery_error: str | None = None
+    # The delivery's lease: its expiry is also when a retry is due (held by nobody then).
     next_delivery_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    delivery_token: str | None = Field(default=None, max_length=32)
     delivered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 

@@ -1,10 +1,9 @@
 """The video catalogue: import, lease-based claims, fenced completion, the processing log.
 
-Claims follow the usual queue-in-a-table pattern. On PostgreSQL a claim is one
+Claims follow the usual queue-in-a-table pattern (store/leases.py): on PostgreSQL one
 ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``, so any number of workers on
-any number of hosts take disjoint videos without waiting on each other. SQLite has one
-writer at a time: the same single statement (without ``SKIP LOCKED``) runs under the
-database's write lock, which makes it atomic there too.
+any number of hosts take disjoint videos without waiting on each other; SQLite runs the same
+single statement under its write lock.
 
 Every write that finishes a video is fenced by the lease: it only lands while the writer
 still holds the video's lease, so a worker that lost its lease (stalled, or presumed dead
@@ -14,21 +13,33 @@ and reclaimed by another) cannot mark the video a second time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from store import leases
 from store.db import get_engine, session_scope
+from store.leases import Lease, LeasedRows, db_now
 from store.models import (
+    AttemptOutcome,
     Video,
     VideoAttempt,
     VideoStatus,
     utcnow,
+)
+
+VIDEO_LEASES = LeasedRows(
+    table=Video.__table__,
+    key=Video.__table__.c.id,
+    owner=Video.__table__.c.lease_owner,
+    expires_at=Video.__table__.c.lease_expires_at,
+    token=Video.__table__.c.lease_token,
+    unfinished=Video.__table__.c.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED]),
 )
 
 
@@ -41,6 +52,7 @@ class ClaimedVideo:
     name: str
     attempts: int
     duration: float | None
+    lease: Lease
 
 
 def source_key(source: str) -> str:
@@ -78,24 +90,6 @@ def import_videos(entries: Iterable[tuple[str, str, float | None]]) -> tuple[int
     return added, len(rows) - added
 
 
-def db_now(connection: Connection) -> datetime:
-    """The database's clock on PostgreSQL (hosts' clocks may disagree), else this host's."""
-    if connection.dialect.name == "postgresql":
-        return connection.execute(select(func.clock_timestamp())).scalar_one()
-    return utcnow()
-
-
-def _claimable(batch_id: str, now: datetime):
-    """Videos of the batch nobody holds: waiting, or held under a lease that ran out."""
-    return and_(
-        Video.batch_id == batch_id,
-        or_(
-            Video.status == VideoStatus.PENDING,
-            and_(Video.status == VideoStatus.CLAIMED, Video.lease_expires_at < now),
-        ),
-    )
-
-
 def claim(
     batch_id: str, worker: str, limit: int, lease_seconds: float, max_attempts: int
 ) -> list[ClaimedVideo]:
@@ -107,202 +101,159 @@ def claim(
     with get_engine().begin() as connection:
         now = db_now(connection)
         _give_up_on_exhausted(connection, batch_id, now, max_attempts)
-        candidates = (
-            select(Video.id)
-            .where(_claimable(batch_id, now))
+        taken = leases.claim(
+            connection,
+            VIDEO_LEASES,
+            Video.__table__.c.batch_id == batch_id,
+            worker,
+            lease_seconds,
+            limit=limit,
             # Longest first: long videos start early, short ones fill the gaps at the end.
-            .order_by(Video.duration_seconds.desc().nulls_last(), Video.id)
-            .limit(limit)
+            order_by=(Video.duration_seconds.desc().nulls_last(), Video.id),
+            values={"status": VideoStatus.CLAIMED, "attempts": Video.attempts + 1},
+            returning=(Video.source, Video.name, Video.attempts, Video.duration_seconds),
         )
-        if connection.dialect.name == "postgresql":
-            # Materialised: a plain IN (subquery ... LIMIT n) may be run more than once by
-            # PostgreSQL, and with SKIP LOCKED each run can pick other rows (> n claimed).
-            picked = (
-                candidates.with_for_update(skip_locked=True)
-                .cte("picked")
-                .prefix_with("MATERIALIZED")
-            )
-            candidates = select(picked.c.id)
-        rows = connection.execute(
-            update(Video)
-            .where(Video.id.in_(candidates.scalar_subquery()), _claimable(batch_id, now))
-            .values(
-                status=VideoStatus.CLAIMED,
-                lease_owner=worker,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-                attempts=Video.attempts + 1,
-            )
-            .returning(Video.id, Video.source, Video.name, Video.attempts, Video.duration_seconds)
-        ).all()
+        ids = [row.id for row in taken.rows]
         # A reclaimed video's previous attempt ends here: its worker let the lease run out.
-        _close_attempts(
-            connection, [row.id for row in rows], "lost", "lease ran out; reclaimed", now
-        )
-        for row in rows:
+        _close_attempts(connection, ids, AttemptOutcome.LOST, "lease ran out; reclaimed", now)
+        for video_id in ids:
             connection.execute(
                 VideoAttempt.__table__.insert().values(
-                    video_id=row.id,
+                    video_id=video_id,
                     batch_id=batch_id,
                     worker=worker,
-                    outcome="running",
+                    outcome=AttemptOutcome.RUNNING,
                     started_at=now,
                 )
             )
-    claimed = [ClaimedVideo(*row) for row in rows]
+    claimed = [ClaimedVideo(*row, lease=taken.lease) for row in taken.rows]
     return sorted(claimed, key=lambda video: (-(video.duration or 0.0), video.id))
 
 
 def _give_up_on_exhausted(
     connection: Connection, batch_id: str, now: datetime, max_attempts: int
 ) -> None:
-    expired = and_(
+    exhausted = and_(
         Video.batch_id == batch_id,
-        Video.status == VideoStatus.CLAIMED,
-        Video.lease_expires_at < now,
+        VIDEO_LEASES.expired(now),
         Video.attempts >= max_attempts,
     )
     lost = (
         connection.execute(
             update(Video)
-            .where(expired)
+            .where(exhausted)
             .values(
                 status=VideoStatus.FAILED,
                 error=f"gave up after {max_attempts} attempts: the worker processing it stopped "
                 "answering each time",
-                lease_owner=None,
-                lease_expires_at=None,
                 finished_at=now,
+                **VIDEO_LEASES.values(None),
             )
             .returning(Video.id)
         )
         .scalars()
         .all()
     )
-    _close_attempts(connection, lost, "lost", "the worker stopped renewing its lease", now)
+    reason = "the worker stopped renewing its lease"
+    _close_attempts(connection, lost, AttemptOutcome.LOST, reason, now)
 
 
-def renew(worker: str, video_ids: Iterable[int], lease_seconds: float) -> set[int]:
+def renew(held: Mapping[int, Lease], lease_seconds: float) -> set[int]:
     """Extend the worker's leases; returns the ids it still holds (a lost one is gone)."""
-    ids = list(video_ids)
-    if not ids:
-        return set()
     with get_engine().begin() as connection:
-        now = db_now(connection)
-        held = connection.execute(
-            update(Video)
-            .where(_held_by(worker, ids))
-            .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .returning(Video.id)
-        ).scalars()
-        return set(held)
-
-
-def _held_by(worker: str, ids: list[int]):
-    return and_(Video.id.in_(ids), Video.status == VideoStatus.CLAIMED, Video.lease_owner == worker)
+        return set(leases.renew(connection, VIDEO_LEASES, held, lease_seconds))
 
 
 def complete(
     video_id: int,
-    worker: str,
+    lease: Lease,
     result_path: str,
     language: str | None,
     duration: float,
     seconds: float,
 ) -> bool:
-    """Mark the video done, only if ``worker`` still holds its lease; False otherwise."""
+    """Mark the video done, only if ``lease`` is still the video's; False otherwise."""
     with get_engine().begin() as connection:
         now = db_now(connection)
-        done = connection.execute(
-            update(Video)
-            .where(_held_by(worker, [video_id]))
-            .values(
-                status=VideoStatus.DONE,
-                result_path=result_path,
-                language=language,
-                duration_seconds=duration,
-                error=None,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now,
-            )
-        ).rowcount
+        done = leases.finish(
+            connection,
+            VIDEO_LEASES,
+            {video_id: lease},
+            {
+                "status": VideoStatus.DONE,
+                "result_path": result_path,
+                "language": language,
+                "duration_seconds": duration,
+                "error": None,
+                "finished_at": now,
+            },
+        )
         _close_attempts(
             connection,
             [video_id],
-            "done" if done else "lost",
+            AttemptOutcome.DONE if done else AttemptOutcome.LOST,
             None if done else "lease lost before the result was recorded; result discarded",
             now,
-            worker=worker,
+            worker=lease.owner,
             seconds=seconds,
         )
         return bool(done)
 
 
 def fail(
-    video_id: int, worker: str, reason: str, permanent: bool, max_attempts: int, seconds: float
+    video_id: int, lease: Lease, reason: str, permanent: bool, max_attempts: int, seconds: float
 ) -> VideoStatus | None:
     """Record a failed attempt: failed for good when ``permanent`` or out of attempts, else
-    back to pending for another try. None when the worker no longer held the lease."""
+    back to pending for another try. None when ``lease`` was no longer the video's."""
+    held = {video_id: lease}
     with get_engine().begin() as connection:
         now = db_now(connection)
         attempts = connection.execute(
-            select(Video.attempts).where(_held_by(worker, [video_id]))
+            select(Video.attempts).where(VIDEO_LEASES.held(held))
         ).scalar_one_or_none()
         if attempts is None:
-            _close_attempts(connection, [video_id], "lost", reason, now, worker, seconds)
+            lost = AttemptOutcome.LOST
+            _close_attempts(connection, [video_id], lost, reason, now, lease.owner, seconds)
             return None
         final = permanent or attempts >= max_attempts
         status = VideoStatus.FAILED if final else VideoStatus.PENDING
         if final and not permanent:
             reason = f"gave up after {attempts} attempts; last error: {reason}"
-        connection.execute(
-            update(Video)
-            .where(_held_by(worker, [video_id]))
-            .values(
-                status=status,
-                error=reason,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=now if final else None,
-            )
-        )
-        outcome = "failed" if final else "retry"
-        _close_attempts(connection, [video_id], outcome, reason, now, worker, seconds)
+        values = {"status": status, "error": reason, "finished_at": now if final else None}
+        leases.finish(connection, VIDEO_LEASES, held, values)
+        outcome = AttemptOutcome.FAILED if final else AttemptOutcome.RETRY
+        _close_attempts(connection, [video_id], outcome, reason, now, lease.owner, seconds)
         return status
 
 
-def release(worker: str, video_ids: Iterable[int]) -> int:
+def release(held: Mapping[int, Lease]) -> int:
     """Hand unstarted or interrupted videos back (shutdown, cancellation); attempt not spent."""
-    ids = list(video_ids)
-    if not ids:
+    if not held:
         return 0
     with get_engine().begin() as connection:
         now = db_now(connection)
-        released = (
-            connection.execute(
-                update(Video)
-                .where(_held_by(worker, ids))
-                .values(
-                    status=VideoStatus.PENDING,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    attempts=func.greatest(Video.attempts - 1, 0)
-                    if connection.dialect.name == "postgresql"
-                    else func.max(Video.attempts - 1, 0),
-                )
-                .returning(Video.id)
-            )
-            .scalars()
-            .all()
+        fewer = (
+            func.greatest(Video.attempts - 1, 0)
+            if connection.dialect.name == "postgresql"
+            else func.max(Video.attempts - 1, 0)
         )
-        _close_attempts(connection, released, "released", "handed back unfinished", now, worker)
+        released = leases.finish(
+            connection,
+            VIDEO_LEASES,
+            held,
+            {"status": VideoStatus.PENDING, "attempts": fewer},
+        )
+        for owner in {lease.owner for lease in held.values()}:
+            mine = [video_id for video_id in released if held[video_id].owner == owner]
+            reason = "handed back unfinished"
+            _close_attempts(connection, mine, AttemptOutcome.RELEASED, reason, now, owner)
         return len(released)
 
 
 def _close_attempts(
     connection: Connection,
     video_ids: Iterable[int],
-    outcome: str,
+    outcome: AttemptOutcome,
     error: str | None,
     now: datetime,
     worker: str | None = None,
@@ -311,7 +262,9 @@ def _close_attempts(
     ids = list(video_ids)
     if not ids:
         return
-    open_attempts = and_(VideoAttempt.video_id.in_(ids), VideoAttempt.outcome == "running")
+    open_attempts = and_(
+        VideoAttempt.video_id.in_(ids), VideoAttempt.outcome == AttemptOutcome.RUNNING
+    )
     if worker is not None:
         open_attempts = and_(open_attempts, VideoAttempt.worker == worker)
     connection.execute(

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
-import socket
 from datetime import datetime
 from urllib.parse import quote
 
@@ -14,6 +12,7 @@ from blocks.discord import DiscordDestination, redact_text
 from bot_config import get_bot_config
 from relay_settings import get_settings
 from store import bot as requests
+from store.leases import Lease, LeaseOutcome, process_owner, renewal_interval, renewing
 from store.models import BotRequest, BotRequestStatus, DeliveryStatus
 from store.sealed import seal, signing_key, unseal
 from tasks.bot_answer import answer_folder, ask_provider
@@ -22,7 +21,7 @@ from tasks.providers import UpstreamError
 from tasks.quota import QuotaExhaustedError
 
 log = logging.getLogger("relay.bot")
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+WORKER = process_owner()
 USER_MESSAGES = {
     "unauthorized": "the AI provider refused every key Relay has; an operator has been told",
     "unavailable": "the AI provider is not answering right now; please try again later",
@@ -32,27 +31,35 @@ USER_MESSAGES = {
 
 def handle_request(request_id: str) -> str:
     """Answer the request unless another worker has it; returns its final status."""
-    request = requests.claim_request(request_id, WORKER)
-    if request is None:
+    claimed = requests.claim_request(request_id, WORKER)
+    if claimed is None:
         current = requests.get_request(request_id)
         log.info("bot request %s: not claimed (%s)", request_id, current and current.status)
-        return current.status if current else "missing"
+        return current.status if current else LeaseOutcome.MISSING
+    request, held = claimed
+    seconds = get_settings().bot_request_lease_seconds
     try:
-        answer = ask_provider(request, get_bot_config())
+        with renewing(
+            lambda: requests.renew_request(request_id, held),
+            renewal_interval(seconds),
+            f"bot request {request_id}",
+        ):
+            answer = ask_provider(request, get_bot_config())
     except QuotaExhaustedError as err:
-        lease = _finish_failed(request, str(err), retry_at=err.next_slot_at)
+        lease = _finish_failed(request, held, str(err), retry_at=err.next_slot_at)
     except UpstreamError as err:
         message = err.args[0] if err.kind == "refused" else USER_MESSAGES[err.kind]
-        lease = _finish_failed(request, message, detail=f"{err.kind}: {err}")
+        lease = _finish_failed(request, held, message, detail=f"{err.kind}: {err}")
     except Exception as err:  # a bug or a broken configuration: still answer the user
         log.exception("bot request %s failed", request_id)
         detail = redact_text(repr(err))
-        lease = _finish_failed(request, "Relay could not answer this request", detail=detail)
+        message = "Relay could not answer this request"
+        lease = _finish_failed(request, held, message, detail=detail)
     else:
         lease = requests.finish_request(
             request_id,
             status=BotRequestStatus.COMPLETED,
-            claimed_by=WORKER,
+            lease=held,
             answer_text=answer.text,
             files=answer.files,
             provider=answer.provider,
@@ -66,27 +73,28 @@ def handle_request(request_id: str) -> str:
     else:
         deliver(request_id, lease)
     final = requests.get_request(request_id)
-    return final.status if final else "missing"
+    return final.status if final else LeaseOutcome.MISSING
 
 
 def _finish_failed(
     request: BotRequest,
+    held: Lease,
     message: str,
     *,
     detail: str | None = None,
     retry_at: datetime | None = None,
-) -> datetime | None:
+) -> Lease | None:
     log.warning("bot request %s failed: %s", request.id, detail or message)
     return requests.finish_request(
         request.id,
         status=BotRequestStatus.FAILED,
-        claimed_by=WORKER,
+        lease=held,
         error=message,
         retry_at=retry_at,
     )
 
 
-def deliver(request_id: str, lease: datetime) -> DeliveryStatus | None:
+def deliver(request_id: str, lease: Lease) -> DeliveryStatus | None:
     """Post a finished request's answer (or refusal) to its destination, holding its delivery
     ``lease``; records how it went and when to try again. Never raises."""
     request = requests.get_request(request_id)

@@ -178,11 +178,13 @@ def test_a_run_from_an_older_dispatch_leaves_the_job_alone(settings):  # noqa: A
     """A job dispatched again (its worker went silent) may be run only by the new dispatch:
     the first task run, arriving late, does nothing."""
     from flows.asr_tasks import run_job
+    from store.leases import LeaseOutcome
 
     job = jobs.create_job("/x/late.wav", "late.wav", None, "asr-cpu", 10.0, "{}", "first")
-    assert run_job("asr-cpu", job.id, "/x/late.wav", {}, "older") == "superseded"
+    assert run_job("asr-cpu", job.id, "/x/late.wav", {}, "older") == LeaseOutcome.SUPERSEDED
     stored = jobs.get_job(job.id)
-    assert (stored.status, stored.heartbeat_at, stored.flow_run_id) == ("queued", None, None)
+    assert (stored.status, stored.lease_expires_at, stored.flow_run_id) == ("queued", None, None)
+    assert (stored.lease_token, stored.lease_owner) == ("first", None)
 
 
 def test_the_task_pools_pass_what_the_deployments_pass():
@@ -245,7 +247,7 @@ def test_dask_runs_every_first_chunk_then_the_shorter_jobs_first():
 
 
 def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_worker):
-    """A job whose coordinator died mid-run (it beat, then stopped) is taken up again by the
+    """A job whose coordinator died mid-run (its lease ran out) is taken up again by the
     pool's task worker with the options it was submitted with, and completes."""
     import json
     import shutil
@@ -264,11 +266,15 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
     )
     jobs.start_job(job.id, None, 20.0, f"{settings.data_dir}/jobs/{job.id}")
     jobs.add_chunks(job.id, [(0, 0.0, 20.0)])
-    with session_scope() as session:  # its worker beat two minutes ago, then died
+    with session_scope() as session:  # its worker held it, then died: the lease ran out
         session.execute(
             update(TranscriptionJob)
             .where(TranscriptionJob.id == job.id)
-            .values(heartbeat_at=utcnow() - timedelta(minutes=2))
+            .values(
+                lease_owner="gone:1",
+                lease_token="dead-run",
+                lease_expires_at=utcnow() - timedelta(minutes=1),
+            )
         )
     done = wait_final(client, job.id, limit=180)
     assert done["status"] == "completed", (done, task_worker.read_text()[-3000:])

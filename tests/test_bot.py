@@ -289,10 +289,19 @@ def test_a_request_stranded_by_a_dead_worker_is_answered_once(api, fakes):
         status=BotRequestStatus.RUNNING,
         worker="dead-host:1",
         started_at=hour_ago,
+        # Its worker's lease ran out an hour ago (it stopped renewing when it died).
+        lease_owner="dead-host:1",
+        lease_token="dead-worker",
+        lease_expires_at=hour_ago,
         **common,
     )
-    queued = requests.create_request(
-        prompt="stranded queued", user_id="9102", dispatched_at=hour_ago, **common
+    queued = requests.create_request(  # its task run's time to start ran out an hour ago
+        prompt="stranded queued",
+        user_id="9102",
+        dispatched_at=hour_ago,
+        lease_token="lost-run",
+        lease_expires_at=hour_ago,
+        **common,
     )
     maintain("bot-chat")
     for stored in (running, queued):

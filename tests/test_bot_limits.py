@@ -164,23 +164,32 @@ class TestFencing:
         from store import bot
         from store.models import BotRequestStatus
 
-        old = datetime.now(UTC) - timedelta(hours=1)
-        request = self._request(status=BotRequestStatus.RUNNING, worker="old", started_at=old)
+        request = self._request(dispatch_seconds=60)
+        assert request.id not in bot.expired()  # its dispatch lease is live
+        claimed = bot.claim_request(request.id, "old")
+        assert claimed is not None and bot.claim_request(request.id, "other") is None
+        _, old = claimed
+        _expire(request.id)  # the old worker stopped renewing: it died, or so it seems
+        assert request.id in bot.expired(pool="bot-chat", kind="chat")
         with ThreadPoolExecutor(8) as pool:
-            taken = list(pool.map(lambda _: bot.take_stranded(request.id, 60), range(8)))
-        assert sum(taken) == 1
-        assert bot.claim_request(request.id, "new") is not None
+            taken = list(pool.map(lambda _: bot.take_over(request.id, 60), range(8)))
+        assert sum(lease is not None for lease in taken) == 1
+        assert request.id not in bot.expired()
+        assert not bot.renew_request(request.id, old)  # the old worker learns it lost it
+        claimed = bot.claim_request(request.id, "new")
+        assert claimed is not None
         late = bot.finish_request(
-            request.id, status=BotRequestStatus.COMPLETED, claimed_by="old", answer_text="stale"
+            request.id, status=BotRequestStatus.COMPLETED, lease=old, answer_text="stale"
         )
         assert late is None
         lease = bot.finish_request(
-            request.id, status=BotRequestStatus.COMPLETED, claimed_by="new", answer_text="fresh"
+            request.id, status=BotRequestStatus.COMPLETED, lease=claimed[1], answer_text="fresh"
         )
         assert lease is not None and bot.get_request(request.id).answer_text == "fresh"
 
     def test_only_the_delivery_lease_holder_records_the_outcome(self):
         from store import bot
+        from store.leases import Lease
         from store.models import BotRequestStatus, DeliveryStatus
 
         request = self._request(
@@ -192,7 +201,7 @@ class TestFencing:
             leases = list(pool.map(lambda _: bot.claim_delivery(request.id), range(8)))
         held = [lease for lease in leases if lease is not None]
         assert len(held) == 1
-        stale = datetime.now(UTC) - timedelta(minutes=5)
+        stale = Lease(None, datetime.now(UTC) + timedelta(minutes=5), "an-earlier-holder")
         outcome = {"messages_sent": 1, "attempts": 1, "error": None, "give_up": False}
         assert bot.record_delivery(request.id, delivered=True, lease=stale, **outcome) is None
         assert bot.get_request(request.id).delivery_status == DeliveryStatus.PENDING
@@ -200,3 +209,33 @@ class TestFencing:
         assert recorded == DeliveryStatus.DELIVERED
         # Delivered is final: a late holder cannot turn it back into a retry.
         assert bot.record_delivery(request.id, delivered=False, lease=held[0], **outcome) is None
+
+    def test_a_failed_delivery_is_due_again_after_its_retry_wait_and_not_before(self):
+        from store import bot
+        from store.models import BotRequestStatus, DeliveryStatus
+
+        request = self._request(status=BotRequestStatus.COMPLETED, finished_at=datetime.now(UTC))
+        lease = bot.claim_delivery(request.id)
+        assert lease is not None and request.id not in bot.deliveries_due()
+        outcome = {"messages_sent": 0, "attempts": 1, "error": "503", "give_up": False}
+        status = bot.record_delivery(
+            request.id, delivered=False, lease=lease, retry_in=60, **outcome
+        )
+        assert status == DeliveryStatus.RETRYING
+        assert request.id not in bot.deliveries_due() and bot.claim_delivery(request.id) is None
+        _expire(request.id, "next_delivery_at")  # the retry wait is over
+        assert request.id in bot.deliveries_due() and bot.claim_delivery(request.id) is not None
+
+
+def _expire(request_id: str, column: str = "lease_expires_at") -> None:
+    """Move a request's lease (or retry time) a minute into the database's past."""
+    from sqlalchemy import update
+
+    from store.db import get_engine
+    from store.leases import db_now
+    from store.models import BotRequest
+
+    with get_engine().begin() as connection:
+        past = db_now(connection) - timedelta(minutes=1)
+        table = BotRequest.__table__
+        connection.execute(update(table).where(table.c.id == request_id).values({column: past}))

@@ -22,7 +22,7 @@ def test_migrations_build_the_schema_and_are_idempotent(database_url):
     migrate(engine_for(database_url))  # a second upgrade changes nothing and loses nothing
     with engine.connect() as connection:
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         )
     assert jobs.get_job(job.id).source_name == "a.wav"
 
@@ -106,7 +106,7 @@ def test_concurrent_progress_reports_add_each_second_once():
     assert jobs.get_job(job.id).audio_seconds_done == 100.0
 
 
-def test_a_job_whose_coordinator_stopped_beating_is_taken_once():
+def test_a_job_whose_coordinator_stopped_renewing_is_taken_once():
     from datetime import timedelta
 
     from sqlalchemy import update
@@ -114,28 +114,31 @@ def test_a_job_whose_coordinator_stopped_beating_is_taken_once():
     from store.db import session_scope
     from store.models import TranscriptionJob, utcnow
 
-    alive = jobs.create_job("/x/alive.wav", "alive.wav", work_pool="asr-cpu", options="{}")
-    dead = jobs.create_job("/x/dead.wav", "dead.wav", work_pool="asr-cpu", options='{"a": 1}')
-    queued = jobs.create_job("/x/queued.wav", "queued.wav", work_pool="asr-cpu")
+    alive = jobs.create_job("/x/alive.wav", "alive.wav", None, "asr-cpu", None, "{}", "t-alive")
+    dead = jobs.create_job("/x/dead.wav", "dead.wav", None, "asr-cpu", None, '{"a": 1}', "t-dead")
+    queued = jobs.create_job("/x/queued.wav", "queued.wav", None, "asr-cpu", None, "{}", "t-q")
     jobs.start_job(dead.id, None, 10.0, "/x/out")
-    jobs.beat(alive.id)
-    jobs.beat(dead.id)
+    assert jobs.start_run(alive.id, "t-alive", "host:1", 60) is not None
+    lease = jobs.start_run(dead.id, "t-dead", "host:2", 60)
+    assert lease is not None and jobs.start_run(dead.id, "older", "host:3", 60) is None
     with session_scope() as session:
         session.execute(
             update(TranscriptionJob)
             .where(TranscriptionJob.id == dead.id)
-            .values(heartbeat_at=utcnow() - timedelta(minutes=5))
+            .values(lease_expires_at=utcnow() - timedelta(minutes=5))
         )
-    found = [job.id for job in jobs.stranded("asr-cpu", 60)]
+    found = jobs.expired("asr-cpu")
     assert dead.id in found and alive.id not in found and queued.id not in found
-    assert dead.id not in [job.id for job in jobs.stranded("asr-gpu", 60)]  # another pool's
+    assert dead.id not in jobs.expired("asr-gpu")  # another pool's
     with ThreadPoolExecutor(max_workers=8) as pool:
-        taken = list(pool.map(lambda _: jobs.take_stranded(dead.id, 60), range(8)))
-    (token,) = [t for t in taken if t]  # exactly one worker runs it again, with a new token
-    assert jobs.get_job(dead.id).dispatch_token == token
-    assert dead.id not in [job.id for job in jobs.stranded("asr-cpu", 60)]
+        taken = list(pool.map(lambda n: jobs.take_over(dead.id, f"host:{n}", 60), range(8)))
+    (won,) = [t for t in taken if t]  # exactly one worker runs it again, with a new token
+    assert jobs.get_job(dead.id).lease_token == won.token != lease.token
+    assert dead.id not in jobs.expired("asr-cpu")
+    assert not jobs.renew(dead.id, lease, 60)  # the old coordinator learns it lost the job
+    assert jobs.start_run(dead.id, won.token, "host:9", 60) is not None  # the new dispatch runs
     jobs.fail_job(alive.id, "done with it")
-    jobs.beat(alive.id)  # a finished job's heartbeat no longer moves
+    assert not jobs.renew(alive.id, lease, 60)  # a finished job's lease no longer moves
     assert jobs.get_job(alive.id).status == JobStatus.FAILED
 
 

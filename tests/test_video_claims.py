@@ -77,13 +77,13 @@ def test_an_expired_lease_is_taken_over_and_the_old_owner_is_fenced_off():
     batch = batches.start_batch(2)
     [video] = videos.claim(batch.id, "slow", 1, 0.3, 3)
     assert videos.claim(batch.id, "other", 1, 60, 3) == []  # the lease is live
-    assert videos.renew("slow", [video.id], 0.3) == {video.id}
+    assert videos.renew({video.id: video.lease}, 0.3) == {video.id}
     time.sleep(0.5)
     [taken] = videos.claim(batch.id, "other", 1, 60, 3)
     assert taken.id == video.id and taken.attempts == 2
-    assert videos.renew("slow", [video.id], 60) == set()  # the slow worker learns it lost it
-    assert not videos.complete(video.id, "slow", "/late.json", "en", 5.0, 1.0)
-    assert videos.complete(video.id, "other", "/good.json", "en", 5.0, 1.0)
+    assert videos.renew({video.id: video.lease}, 60) == set()  # the slow worker learns it lost it
+    assert not videos.complete(video.id, video.lease, "/late.json", "en", 5.0, 1.0)
+    assert videos.complete(video.id, taken.lease, "/good.json", "en", 5.0, 1.0)
     stored = videos.get_video(video.id)
     assert (stored.status, stored.result_path, stored.lease_owner) == ("done", "/good.json", None)
     outcomes = [(a.worker, a.outcome) for a in _attempts(video.id)]
@@ -98,9 +98,10 @@ def test_failures_retry_until_the_attempts_run_out():
     for attempt in (1, 2):
         [video] = videos.claim(batch.id, "w", 1, 60, 3)
         assert video.attempts == attempt
-        assert videos.fail(video.id, "w", "model crashed", False, 3, 0.1) == VideoStatus.PENDING
+        retried = videos.fail(video.id, video.lease, "model crashed", False, 3, 0.1)
+        assert retried == VideoStatus.PENDING
     [video] = videos.claim(batch.id, "w", 1, 60, 3)
-    assert videos.fail(video.id, "w", "model crashed", False, 3, 0.1) == VideoStatus.FAILED
+    assert videos.fail(video.id, video.lease, "model crashed", False, 3, 0.1) == VideoStatus.FAILED
     stored = videos.get_video(video.id)
     assert stored.error == "gave up after 3 attempts; last error: model crashed"
     assert [a.outcome for a in _attempts(video.id)] == ["retry", "retry", "failed"]
@@ -111,7 +112,7 @@ def test_bad_input_fails_at_once_with_its_reason():
     _import(1)
     batch = batches.start_batch(1)
     [video] = videos.claim(batch.id, "w", 1, 60, 3)
-    assert videos.fail(video.id, "w", "v0.mp4: no audio stream", True, 3, 0.1) == "failed"
+    assert videos.fail(video.id, video.lease, "v0.mp4: no audio stream", True, 3, 0.1) == "failed"
     assert videos.get_video(video.id).error == "v0.mp4: no audio stream"
 
 
@@ -135,7 +136,7 @@ def test_released_videos_go_back_without_spending_an_attempt():
     _import(3)
     batch = batches.start_batch(1)
     claimed = videos.claim(batch.id, "w", 3, 60, 3)
-    assert videos.release("w", [v.id for v in claimed[1:]]) == 2
+    assert videos.release({v.id: v.lease for v in claimed[1:]}) == 2
     again = videos.claim(batch.id, "x", 3, 60, 3)
     assert sorted(v.id for v in again) == sorted(v.id for v in claimed[1:])
     assert all(v.attempts == 1 for v in again)
@@ -145,7 +146,7 @@ def test_force_makes_only_the_named_video_pending_again():
     _import(3)
     batch = batches.start_batch(1)
     for video in videos.claim(batch.id, "w", 3, 60, 3):
-        videos.complete(video.id, "w", f"/r{video.id}.json", "en", 5.0, 0.1)
+        videos.complete(video.id, video.lease, f"/r{video.id}.json", "en", 5.0, 0.1)
     assert batches.start_batch(1).videos_total == 0  # a re-run has nothing to do
     target = _attempts()[0].video_id
     assert videos.force([target]) == 1
@@ -159,7 +160,7 @@ def test_progress_counts_overall_and_per_worker():
     batch = batches.start_batch(2)
     for worker in ("a", "b"):
         for video in videos.claim(batch.id, worker, 2, 60, 3):
-            videos.complete(video.id, worker, "/r.json", "en", 5.0, 0.1)
+            videos.complete(video.id, video.lease, "/r.json", "en", 5.0, 0.1)
     videos.claim(batch.id, "a", 1, 60, 3)
     progress = batch_progress(batch.id)
     assert (progress.done, progress.in_flight, progress.pending) == (4, 1, 1)
