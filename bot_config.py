@@ -7,7 +7,6 @@ requests with it, the bot task workers pick providers with it.
 from __future__ import annotations
 
 import fnmatch
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -16,11 +15,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from relay_pools import Workload, pools_serving
-from relay_settings import PROJECT_ROOT
+from relay_settings import PROJECT_ROOT, get_settings
 
 Kind = Literal["chat", "image", "video"]
 KINDS: tuple[str, ...] = ("chat", "image", "video")
-CONFIG_ENV = "RELAY_BOT_CONFIG"
 
 
 def _bot_pool(pool: str) -> str:
@@ -103,7 +101,7 @@ class BotConfig(_Strict):
 
 def config_path() -> Path:
     """``RELAY_BOT_CONFIG`` or the committed ``bot.yaml``."""
-    return Path(os.environ.get(CONFIG_ENV) or PROJECT_ROOT / "bot.yaml")
+    return Path(get_settings().bot.config or PROJECT_ROOT / "bot.yaml")
 
 
 @lru_cache(maxsize=4)

@@ -12,9 +12,9 @@ from api.errors import ApiError
 def require_token(request: Request) -> None:
     """Refuse the request unless it carries ``Authorization: Bearer <RELAY_API_TOKEN>``.
 
-    With no token configured the API only listens on 127.0.0.1 (see ``api.__main__``).
+    With no token configured the API only listens on 127.0.0.1 (see ``python -m cli api``).
     """
-    expected = request.app.state.settings.api_token
+    expected = request.app.state.settings.api.token.get_secret_value()
     if not expected:
         return
     header = request.headers.get("authorization", "")

@@ -126,7 +126,7 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
         per_user_daily=limits.per_user_daily,
         global_daily=limits.global_daily,
     )
-    fields = _fields(body, route, pool, request.app.state.settings.discord_block)
+    fields = _fields(body, route, pool, request.app.state.settings.discord.block)
     if not admission.admitted:
         refused = await run_in_threadpool(
             requests.create_request,
@@ -141,7 +141,7 @@ async def submit(body: BotRequestIn, request: Request, background: BackgroundTas
         background.add_task(run_in_threadpool, _deliver, refused.id, lease)
         return _refusal(refused.id, admission)
     settings = request.app.state.settings
-    dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot_request_lease_seconds)
+    dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot.request_lease_seconds)
     stored = await run_in_threadpool(
         requests.create_request, **fields, dispatch_seconds=dispatch_seconds, dispatched_at=_now()
     )

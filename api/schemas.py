@@ -6,15 +6,11 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from tasks.asr import RequestOptions
 
-class TranscriptionOptions(BaseModel):
+
+class TranscriptionOptions(RequestOptions):
     """Per-job recognition options; anything left out uses Relay's settings."""
-
-    language: str | None = Field(default=None, max_length=8, pattern=r"^[a-z]{2,3}$")
-    beam_size: int | None = Field(default=None, ge=1, le=20)
-    vad_filter: bool | None = None
-    initial_prompt: str | None = Field(default=None, max_length=1000)
-    word_timestamps: bool | None = None
 
 
 class PathSubmission(TranscriptionOptions):

@@ -16,6 +16,7 @@ from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from prefect.states import Cancelling
 
 from api.errors import ApiError
+from tasks.asr import JobOptions
 
 
 class Dispatcher(Protocol):
@@ -84,7 +85,7 @@ async def submit_to_task_worker(
     pool: str,
     job_id: str,
     source: str,
-    options: dict[str, object],
+    options: JobOptions,
     token: str | None,
 ) -> str:
     """Create the job's background task run for ``pool``'s warm task workers; its id."""

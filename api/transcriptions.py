@@ -35,6 +35,7 @@ from api.uploads import allowed_path, save_upload
 from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus, TranscriptionJob, new_id, utcnow
+from tasks.asr import JobOptions
 from tasks.media import MediaError, probe
 
 router = APIRouter(
@@ -98,10 +99,12 @@ async def submit(request: Request) -> Accepted:
             extra = {"duration_seconds": round(err.duration, 1), "max_seconds": err.limit}
         raise ApiError(_MEDIA_STATUS.get(err.code, 422), err.code, str(err), **extra) from err
 
-    pool = settings.transcribe_deployment.split("/")[-1]
+    pool = settings.transcribe.deployment.split("/")[-1]
     ahead = await run_in_threadpool(status.waiting_audio_seconds)
     speed = await run_in_threadpool(status.throughput)
-    chosen = options.model_dump(include=set(TranscriptionOptions.model_fields), exclude_none=True)
+    chosen = JobOptions(
+        **options.model_dump(include=set(TranscriptionOptions.model_fields), exclude_none=True)
+    )
     token = new_id()  # only the task run given it may run the job
     await run_in_threadpool(
         jobs.create_job,
@@ -110,20 +113,20 @@ async def submit(request: Request) -> Accepted:
         job_id,
         pool,
         info.duration,
-        json.dumps(chosen),
+        chosen.model_dump_json(exclude_none=True),
         token,
     )
     flow_run_id = task_run_id = None
     try:
-        if settings.transcribe_via == "task-worker":
+        if settings.transcribe.via == "task-worker":
             task_run_id = await submit_to_task_worker(
                 request, pool, job_id, str(source), chosen, token
             )
         else:
             queue = "short" if info.duration <= settings.short_audio_seconds else "long"
             flow_run_id = await submit_transcription(
-                settings.transcribe_deployment,
-                {"source": str(source), "job_id": job_id, **chosen},
+                settings.transcribe.deployment,
+                {"source": str(source), "job_id": job_id, **chosen.given()},
                 queue,
             )
     except ApiError as err:

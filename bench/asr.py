@@ -60,17 +60,17 @@ def whole_file(audio: np.ndarray, reference: str, settings: RelaySettings, batch
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     model = WhisperModel(
-        resolve_model(settings.asr_model),
+        resolve_model(settings.asr.model),
         device="cpu",
-        compute_type=settings.asr_compute_type,
+        compute_type=settings.asr.compute_type,
         cpu_threads=CORES,
     )
     started = time.perf_counter()
     if batched:
         pipeline = BatchedInferencePipeline(model)
-        segments, _ = pipeline.transcribe(audio, beam_size=settings.asr_beam_size, batch_size=8)
+        segments, _ = pipeline.transcribe(audio, beam_size=settings.asr.beam_size, batch_size=8)
     else:
-        segments, _ = model.transcribe(audio, beam_size=settings.asr_beam_size)
+        segments, _ = model.transcribe(audio, beam_size=settings.asr.beam_size)
     text = " ".join(s.text.strip() for s in segments)
     wall = time.perf_counter() - started
     seconds = len(audio) / 16000
@@ -115,7 +115,7 @@ def plain_pool(
         CORES,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_pool_start,
-        initargs=(resolve_model(settings.asr_model), settings.asr_compute_type),
+        initargs=(resolve_model(settings.asr.model), settings.asr.compute_type),
     ) as pool:
         list(pool.map(abs, range(CORES * 4)))  # every process started and its model loaded
         started = time.perf_counter()

@@ -146,15 +146,15 @@ def sequential_whole_file(files: list[Path]) -> list[float]:
 
     settings = get_settings()
     model = WhisperModel(
-        resolve_model(settings.asr_model),
+        resolve_model(settings.asr.model),
         device="cpu",
-        compute_type=settings.asr_compute_type,
+        compute_type=settings.asr.compute_type,
         cpu_threads=os.cpu_count() or 1,
     )
     started, finished = time.time(), []
     for path in files:
         audio = decode(probe(path)).astype("float32") / 32768.0
-        segments, _ = model.transcribe(audio, beam_size=settings.asr_beam_size)
+        segments, _ = model.transcribe(audio, beam_size=settings.asr.beam_size)
         _ = [s.text for s in segments]
         finished.append(round(time.time() - started, 1))
     return finished

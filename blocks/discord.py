@@ -25,7 +25,7 @@ _WEBHOOK_PATH_ANYWHERE = re.compile(r"(/api(?:/v\d+)?/webhooks/[^/\s]+/)[^/?#\s'
 def allowed_hosts(settings: RelaySettings | None = None) -> tuple[str, ...]:
     """Extra webhook hosts (``host`` or ``host:port``): the setting ``webhook_allowed_hosts``
     (``RELAY_WEBHOOK_ALLOWED_HOSTS``) of ``settings``, else of the process."""
-    raw = (settings or get_settings()).webhook_allowed_hosts
+    raw = (settings or get_settings()).webhook.allowed_hosts
     return tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
 
 

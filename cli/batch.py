@@ -70,7 +70,7 @@ def run(
     embedded = not os.environ.get("PREFECT_API_URL")
     with prefect_api(), ExitStack() as stack:
         if embedded:  # workers need a process to run in: serve the deployments locally
-            stack.enter_context(served_flows(get_settings().batch_worker_deployment))
+            stack.enter_context(served_flows(get_settings().batch.worker_deployment))
         state = reprocess_videos(workers=workers, force_ids=force or [], return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, BatchOutcome):

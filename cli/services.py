@@ -59,33 +59,33 @@ def api() -> None:
 
     _logging()
     settings = get_settings()
-    if not settings.api_token and settings.api_host not in LOOPBACK:
+    if not settings.api.token.get_secret_value() and settings.api.host not in LOOPBACK:
         print(
             f"error: RELAY_API_TOKEN is not set, so the API may only bind to 127.0.0.1, "
-            f"not {settings.api_host}",
+            f"not {settings.api.host}",
             file=sys.stderr,
         )
         raise typer.Exit(2)
-    if not settings.api_token:
+    if not settings.api.token.get_secret_value():
         log.warning(
             "RELAY_API_TOKEN is not set: the API accepts anyone on this machine and "
             "listens on %s only",
-            settings.api_host,
+            settings.api.host,
         )
     embedded = not os.environ.get("PREFECT_API_URL")
     with prefect_api() as api_url, ExitStack() as stack:
         if embedded:
             log.info("embedded mode: Prefect at %s, serving the flows locally", api_url)
-            stack.enter_context(served_flows(settings.transcribe_deployment))
+            stack.enter_context(served_flows(settings.transcribe.deployment))
             pools = list(pools_serving(Workload.BOT))
-            if settings.transcribe_via == "task-worker":  # submissions need the pool's worker
-                pools.append(settings.transcribe_deployment.split("/")[-1])
+            if settings.transcribe.via == "task-worker":  # submissions need the pool's worker
+                pools.append(settings.transcribe.deployment.split("/")[-1])
             stack.enter_context(served_task_workers(tuple(pools)))
         uvicorn.run(
             create_app(settings, dispatchers()),
-            host=settings.api_host,
-            port=settings.api_port,
-            access_log=settings.api_access_log,
+            host=settings.api.host,
+            port=settings.api.port,
+            access_log=settings.api.access_log,
         )
 
 

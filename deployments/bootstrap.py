@@ -190,12 +190,12 @@ def bootstrap() -> list[tuple[str, str, str]]:
         report.append(("block type", slug, "registered"))
     webhook = os.environ.get("RELAY_DISCORD_WEBHOOK_URL")
     if webhook:
-        outcome = save_discord_destination(webhook, settings.discord_block)
-        where = f"{settings.discord_block} ({redact_webhook_url(webhook)})"
+        outcome = save_discord_destination(webhook, settings.discord.block)
+        where = f"{settings.discord.block} ({redact_webhook_url(webhook)})"
         report.append(("block", where, outcome))
     with get_client(sync_client=True) as client:
         report.extend(ensure_key_pools(client, dict(os.environ)))
-    destination = load_destination(settings.discord_block)
+    destination = load_destination(settings.discord.block)
     if destination is not None:
         report.extend(ensure_failure_alert(destination))
     return report

@@ -11,7 +11,6 @@ Jobs run side by side; Dask's priorities decide which chunks go first (see flows
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from functools import partial
@@ -25,6 +24,7 @@ from relay_pools import get_pool
 from relay_settings import get_settings, reload_settings
 from store import jobs
 from store.leases import LeaseOutcome, process_owner, renewal_interval, renewing
+from tasks.asr import JobOptions
 
 log = logging.getLogger("relay.asr")
 
@@ -32,7 +32,11 @@ MAINTENANCE_SECONDS = 15.0
 
 
 def run_job(
-    pool: str, job_id: str, source: str, options: dict[str, object], token: str | None = None
+    pool: str,
+    job_id: str,
+    source: str,
+    options: JobOptions | dict[str, object],
+    token: str | None = None,
 ) -> str:
     """Run the ``transcribe`` flow for an accepted job on ``pool``'s task worker (the pool's
     background task, ``transcribe-on-<pool>``); returns the job's final status.
@@ -40,11 +44,13 @@ def run_job(
     While it runs, this process holds the job's lease (renewed in the store); if it dies,
     another task worker of the pool runs the job again (``recover_stranded``) under a new
     lease, whose token a late run with an older one does not hold: it does nothing.
+    ``options`` are the job's own (a dict from a release before they were typed); the
+    pool's (``pools.yaml``) fill in the rest.
     """
     from flows.runtime import without_prefect_heartbeat
     from flows.transcribe import transcribe
 
-    seconds = get_settings().job_lease_seconds
+    seconds = get_settings().job.lease_seconds
     lease = jobs.start_run(job_id, token, process_owner(), seconds)
     if lease is None:
         job = jobs.get_job(job_id)
@@ -65,18 +71,22 @@ def run_job(
         tags(f"relay-job:{job_id}", f"relay-task-run:{task_run_id}"),
         without_prefect_heartbeat(),
     ):
-        state = transcribe(
-            source, job_id=job_id, **{**get_pool(pool).options, **options}, return_state=True
-        )
+        chosen = JobOptions.model_validate(options).over(pool_options(pool))
+        state = transcribe(source, job_id=job_id, **chosen.given(), return_state=True)
     job = jobs.get_job(job_id)
     log.info("job %s ended %s: %s", job_id, job.status if job else "?", state.message or "")
     return str(job.status) if job else state.type.value.lower()
 
 
+def pool_options(pool: str) -> JobOptions:
+    """What the pool's flows pass by default (``options`` in ``pools.yaml``)."""
+    return JobOptions.model_validate(get_pool(pool).options)
+
+
 def recover_stranded(pool: str) -> list[str]:
     """Run again the pool's jobs whose task worker died (their lease ran out). Several
     workers may look at once; each job is taken by one. Returns the jobs taken."""
-    seconds = get_settings().job_lease_seconds
+    seconds = get_settings().job.lease_seconds
     taken = []
     for job_id in jobs.expired(pool):
         lease = jobs.take_over(job_id, process_owner(), seconds)
@@ -86,7 +96,7 @@ def recover_stranded(pool: str) -> list[str]:
             pool_task(pool).dispatch(
                 job_id=job_id,
                 source=job.source_path,
-                options=json.loads(job.options or "{}"),
+                options=JobOptions.model_validate_json(job.options or "{}"),
                 token=lease.token,
             )
             taken.append(job_id)
@@ -118,7 +128,7 @@ def serve_pool(served: PoolTask, limit: int) -> None:
     pool = served.pool
     os.environ.setdefault("RELAY_WORK_POOL", pool)
     cluster = None
-    if not get_settings().dask_address:
+    if not get_settings().dask.address:
         from flows.runtime import local_worker_count
 
         cluster = warm_local_cluster(local_worker_count(64))

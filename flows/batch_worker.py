@@ -117,9 +117,9 @@ def process_video(video: videos.ClaimedVideo, max_attempts: int) -> str:
             video.source,
             folder,
             AsrOptions.from_settings(settings),
-            SplitOptions(settings.chunk_target_seconds, settings.chunk_search_seconds),
+            SplitOptions(settings.chunk.target_seconds, settings.chunk.search_seconds),
             settings.max_audio_seconds,
-            settings.chunk_timeout_seconds,
+            settings.chunk.timeout_seconds,
         )
     except MediaError as err:  # the input itself is bad: no attempt can succeed
         status = videos.fail(
@@ -157,9 +157,9 @@ def reprocess_worker(
 ) -> WorkerSummary:
     """Drain the batch with the others: claim, process, repeat; stop when nothing is left."""
     settings = get_settings()
-    claim_size = claim_size or settings.batch_claim_size
-    lease_seconds = lease_seconds or settings.batch_lease_seconds
-    max_attempts = max_attempts or settings.batch_max_attempts
+    claim_size = claim_size or settings.batch.claim_size
+    lease_seconds = lease_seconds or settings.batch.lease_seconds
+    max_attempts = max_attempts or settings.batch.max_attempts
     worker = worker_name(label)
     logger = get_run_logger()
     logger.info("worker %s joins batch %s", worker, batch_id)

@@ -44,7 +44,7 @@ def maintain(pool: str) -> None:
         lease = requests.claim_delivery(request_id)
         if lease is not None:
             deliver(request_id, lease)
-    config, lease_seconds = get_bot_config(), get_settings().bot_request_lease_seconds
+    config, lease_seconds = get_bot_config(), get_settings().bot.request_lease_seconds
     for kind in config.providers:
         for request_id in requests.expired(pool, kind):
             if requests.take_over(request_id, config.dispatch_seconds(kind, lease_seconds)):

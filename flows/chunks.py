@@ -54,8 +54,8 @@ def transcribe_chunks(
     Every chunk ends done or failed with its reason, in the store as it finishes.
     """
     settings = get_settings()
-    task = transcribe_chunk.with_options(retries=settings.chunk_retries)
-    limit = settings.chunk_timeout_seconds
+    task = transcribe_chunk.with_options(retries=settings.chunk.retries)
+    limit = settings.chunk.timeout_seconds
     duration = split.info.duration if split else (chunks[-1].end if chunks else 0.0)
     started = time.perf_counter()
     futures: dict = {}

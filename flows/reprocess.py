@@ -55,7 +55,7 @@ def reprocess_videos(
 ) -> BatchOutcome | State:
     """Process every waiting video with ``workers`` workers; returns when none are left."""
     settings = get_settings()
-    workers = workers or settings.batch_workers
+    workers = workers or settings.batch.workers
     logger = get_run_logger()
     if force_ids:
         logger.info("forcing %d video(s) back to pending", videos.force(force_ids))
@@ -77,7 +77,7 @@ def reprocess_videos(
     if runs is None:
         logger.warning(
             "deployment %s not found: running one worker in this flow run instead of %d",
-            settings.batch_worker_deployment,
+            settings.batch.worker_deployment,
             workers,
         )
         reprocess_worker(**parameters)
@@ -109,7 +109,7 @@ def _start_workers(batch_id: str, count: int, parameters: dict) -> list[UUID] | 
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    name = get_settings().batch_worker_deployment
+    name = get_settings().batch.worker_deployment
     with get_client(sync_client=True) as client:
         try:
             client.read_deployment_by_name(name)
@@ -206,7 +206,7 @@ def _announce(progress: BatchProgress) -> None:
         f"by {len(progress.workers)} worker(s), {progress.rate_per_minute:.1f} videos/min"
     )
     notify_job(
-        get_settings().discord_block,
+        get_settings().discord.block,
         JobEvent(
             "completed" if completed else "failed",
             progress.batch_id,

@@ -112,9 +112,9 @@ def cluster_threads() -> int:
     """Threads that will decode this job's chunks: the LocalCluster's workers, or the
     configured cluster's threads (asked of its scheduler, at most once every 30 s)."""
     settings = get_settings()
-    if not settings.dask_address:
-        return settings.dask_workers or os.cpu_count() or 1
-    return _scheduler_threads(settings.dask_address, int(time.monotonic() // 30))
+    if not settings.dask.address:
+        return settings.dask.workers or os.cpu_count() or 1
+    return _scheduler_threads(settings.dask.address, int(time.monotonic() // 30))
 
 
 @lru_cache(maxsize=4)
@@ -131,15 +131,15 @@ def _scheduler_threads(address: str, period: int) -> int:  # noqa: ARG001 (the c
 
 def local_worker_count(chunks: int) -> int:
     """Workers of a LocalCluster: as configured (default one per core), never more than chunks."""
-    wanted = get_settings().dask_workers or os.cpu_count() or 1
+    wanted = get_settings().dask.workers or os.cpu_count() or 1
     return max(1, min(wanted, chunks))
 
 
 def chunk_task_runner(chunks: int) -> DaskTaskRunner:
     """Dask for the chunk map: the configured cluster, else a LocalCluster for this run."""
     settings = get_settings()
-    if settings.dask_address:
-        return DaskTaskRunner(address=settings.dask_address)
+    if settings.dask.address:
+        return DaskTaskRunner(address=settings.dask.address)
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs=local_cluster_kwargs(local_worker_count(chunks)),
@@ -149,7 +149,7 @@ def chunk_task_runner(chunks: int) -> DaskTaskRunner:
 def local_cluster_kwargs(workers: int) -> dict[str, object]:
     """How Relay starts a LocalCluster: single-threaded worker processes (the model's own
     threads as configured) that report to this process's Prefect API."""
-    threads = get_settings().asr_cpu_threads or 1
+    threads = get_settings().asr.cpu_threads or 1
     return {
         "n_workers": workers,
         "threads_per_worker": 1,

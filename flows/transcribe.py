@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import fsspec
 from prefect import flow, runtime
@@ -15,7 +16,7 @@ from flows.chunks import transcribe_chunks
 from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_heartbeat
 from relay_settings import get_settings
 from store import jobs
-from tasks.asr import AsrOptions
+from tasks.asr import AsrOptions, JobOptions
 from tasks.discord_webhook import DeliveryOutcome
 from tasks.formats import store_transcript
 from tasks.media import probe_media
@@ -61,7 +62,7 @@ def transcribe(
     job_id: str | None = None,
     language: str | None = None,
     model: str | None = None,
-    device: str | None = None,
+    device: Literal["cpu", "cuda", "auto"] | None = None,
     compute_type: str | None = None,
     beam_size: int | None = None,
     vad_filter: bool | None = None,
@@ -71,8 +72,7 @@ def transcribe(
     """Transcribe one audio or video file; the job ends completed, or failed with a reason."""
     settings = get_settings()
     started = time.perf_counter()
-    options = AsrOptions.from_settings(
-        settings,
+    given = JobOptions(
         language=language,
         model=model,
         device=device,
@@ -82,6 +82,7 @@ def transcribe(
         initial_prompt=initial_prompt,
         word_timestamps=word_timestamps,
     )
+    options = AsrOptions.from_settings(settings, given)
     job = jobs.create_job(source, Path(source).name, job_id, settings.work_pool or None)
 
     name = Path(source).name
@@ -94,9 +95,9 @@ def transcribe(
     jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder)
     _notify(JobEvent("started", job.id, name, duration_seconds=info.duration))
     split_options = SplitOptions(
-        settings.chunk_target_seconds,
-        settings.chunk_search_seconds,
-        settings.chunk_first_seconds,
+        settings.chunk.target_seconds,
+        settings.chunk.search_seconds,
+        settings.chunk.first_seconds,
         workers=cluster_threads(),
     )
     plan = SplitPlan(info, f"{folder}/chunks", split_options)
@@ -167,7 +168,7 @@ def _notify(event: JobEvent) -> None:
     if settings.public_url:
         base = settings.public_url.rstrip("/")
         event = replace(event, status_url=f"{base}/api/transcriptions/{event.job_id}")
-    result = notify_job(settings.discord_block, event)
+    result = notify_job(settings.discord.block, event)
     # Delivered or skipped by configuration (event not enabled, no destination): nothing to say.
     if result.outcome in (DeliveryOutcome.REJECTED, DeliveryOutcome.GAVE_UP):
         jobs.record_notification_error(event.job_id, f"{event.event}: {result.reason}")

@@ -63,7 +63,7 @@ def create_request(
             lease = leases.grant(connection, process_owner(), dispatch_seconds)
             fields |= REQUEST_LEASES.values(lease)
         if deliver:
-            seconds = get_settings().bot_delivery_lease_seconds
+            seconds = get_settings().bot.delivery_lease_seconds
             fields |= DELIVERY_LEASES.values(leases.grant(connection, None, seconds))
         request = BotRequest(**fields)
         connection.execute(_REQUEST.insert().values(**request.model_dump()))
@@ -91,7 +91,7 @@ def claim_request(request_id: str, worker: str) -> tuple[BotRequest, Lease] | No
     """Move a queued request to running under ``worker``'s lease (whichever run of it starts
     first); None when another worker has it or it is finished (each request is answered
     exactly once). The worker renews the lease while it works (``renew_request``)."""
-    seconds = get_settings().bot_request_lease_seconds
+    seconds = get_settings().bot.request_lease_seconds
     started = {"status": BotRequestStatus.RUNNING, "worker": worker, "started_at": utcnow()}
     with get_engine().begin() as connection:
         queued = (_REQUEST.c.id == request_id) & (_REQUEST.c.status == BotRequestStatus.QUEUED)
@@ -102,7 +102,7 @@ def claim_request(request_id: str, worker: str) -> tuple[BotRequest, Lease] | No
 
 def renew_request(request_id: str, lease: Lease) -> bool:
     """The worker answering the request lives on; False once the request was taken from it."""
-    seconds = get_settings().bot_request_lease_seconds
+    seconds = get_settings().bot.request_lease_seconds
     with get_engine().begin() as connection:
         return request_id in leases.renew(connection, REQUEST_LEASES, {request_id: lease}, seconds)
 
@@ -133,7 +133,7 @@ def finish_request(
         **usage,
     }
     with get_engine().begin() as connection:
-        delivery = leases.grant(connection, None, get_settings().bot_delivery_lease_seconds)
+        delivery = leases.grant(connection, None, get_settings().bot.delivery_lease_seconds)
         outcome |= DELIVERY_LEASES.values(delivery)
         written = leases.finish(connection, REQUEST_LEASES, {request_id: lease}, outcome)
     return delivery if written else None
@@ -142,7 +142,7 @@ def finish_request(
 def claim_delivery(request_id: str) -> Lease | None:
     """Take a due delivery for this process; returns its lease (None: not due, or taken).
     Only the lease's holder can record the outcome."""
-    seconds = get_settings().bot_delivery_lease_seconds
+    seconds = get_settings().bot.delivery_lease_seconds
     with get_engine().begin() as connection:
         taken = leases.claim(
             connection, DELIVERY_LEASES, _REQUEST.c.id == request_id, process_owner(), seconds

@@ -33,13 +33,15 @@ def _fernet(secret: str) -> Fernet:
 
 def seal(value: str) -> str:
     """``value`` encrypted and authenticated with the store's secret key."""
-    return _fernet(get_settings().secret_key).encrypt(value.encode()).decode()
+    return _fernet(get_settings().secret_key.get_secret_value()).encrypt(value.encode()).decode()
 
 
 def unseal(token: str) -> str:
     """The sealed value; ``ValueError`` if it was sealed with another key or altered."""
     try:
-        return _fernet(get_settings().secret_key).decrypt(token.encode()).decode()
+        return (
+            _fernet(get_settings().secret_key.get_secret_value()).decrypt(token.encode()).decode()
+        )
     except InvalidToken:
         raise ValueError(
             "cannot unseal a stored webhook URL: RELAY_SECRET_KEY differs from the one "
@@ -49,7 +51,7 @@ def unseal(token: str) -> str:
 
 def signing_key() -> bytes:
     """Key for signed links, derived from the same secret (never the sealing key itself)."""
-    secret = get_settings().secret_key
+    secret = get_settings().secret_key.get_secret_value()
     if not secret:
         _fernet(secret)  # makes the key file on first use
         secret = KEY_FILE.read_bytes().decode().strip()

@@ -9,14 +9,46 @@ import threading
 import time
 import wave
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Literal
 
 import fsspec
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from relay_settings import BUNDLED_MODEL, RelaySettings
 from tasks.split import Chunk
+
+
+class RequestOptions(BaseModel):
+    """The recognition options a client of the API may choose for its job."""
+
+    language: str | None = Field(default=None, max_length=8, pattern=r"^[a-z]{2,3}$")
+    beam_size: int | None = Field(default=None, ge=1, le=20)
+    vad_filter: bool | None = None
+    initial_prompt: str | None = Field(default=None, max_length=1000)
+    word_timestamps: bool | None = None
+
+
+class JobOptions(RequestOptions):
+    """One job's recognition options as a caller gives them (the API, a pool's defaults,
+    ``prefect deployment run --param``): what is left out (None) comes from the settings.
+    They travel typed from the API to the task worker and become ``AsrOptions``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = None
+    device: Literal["cpu", "cuda", "auto"] | None = None
+    compute_type: str | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The options set, by name (what the ``transcribe`` flow's parameters receive)."""
+        return self.model_dump(exclude_none=True)
+
+    def over(self, defaults: JobOptions) -> JobOptions:
+        """These options, falling back to ``defaults`` where not given."""
+        return defaults.model_copy(update=self.given())
 
 
 @dataclass(frozen=True)
@@ -35,19 +67,18 @@ class AsrOptions:
     condition_on_previous_text: bool = False
 
     @classmethod
-    def from_settings(cls, settings: RelaySettings, **overrides: object) -> AsrOptions:
-        """Options from Relay's settings, with per-job overrides (None means 'not given')."""
+    def from_settings(cls, settings: RelaySettings, job: JobOptions | None = None) -> AsrOptions:
+        """Options from Relay's settings, with one job's own where it gave them."""
         base = cls(
-            model=settings.asr_model,
-            device=settings.asr_device,
-            compute_type=settings.asr_compute_type,
-            cpu_threads=settings.asr_cpu_threads,
-            beam_size=settings.asr_beam_size,
-            vad_filter=settings.asr_vad_filter,
-            condition_on_previous_text=settings.asr_condition_on_previous_text,
+            model=settings.asr.model,
+            device=settings.asr.device,
+            compute_type=settings.asr.compute_type,
+            cpu_threads=settings.asr.cpu_threads,
+            beam_size=settings.asr.beam_size,
+            vad_filter=settings.asr.vad_filter,
+            condition_on_previous_text=settings.asr.condition_on_previous_text,
         )
-        given = {key: value for key, value in overrides.items() if value is not None}
-        return cls(**{**base.__dict__, **given})
+        return replace(base, **(job.given() if job else {}))
 
     def decode_kwargs(self) -> dict[str, object]:
         """What ``WhisperModel.transcribe`` is given for these options (benchmarks use it too,

@@ -37,7 +37,7 @@ def handle_request(request_id: str) -> str:
         log.info("bot request %s: not claimed (%s)", request_id, current and current.status)
         return current.status if current else LeaseOutcome.MISSING
     request, held = claimed
-    seconds = get_settings().bot_request_lease_seconds
+    seconds = get_settings().bot.request_lease_seconds
     try:
         with renewing(
             lambda: requests.renew_request(request_id, held),
@@ -117,11 +117,11 @@ def deliver(request_id: str, lease: Lease) -> DeliveryStatus | None:
     result = deliver_reply(
         url,
         _reply(request),
-        attachment_limit=settings.bot_attachment_limit_bytes,
+        attachment_limit=settings.bot.attachment_limit_bytes,
         skip_messages=request.delivery_messages_sent,
     )
     attempts = request.delivery_attempts + result.attempts
-    give_up = not result.delivered and attempts >= settings.bot_delivery_attempts
+    give_up = not result.delivered and attempts >= settings.bot.delivery_attempts
     status = requests.record_delivery(
         request_id,
         delivered=result.delivered,
@@ -130,7 +130,7 @@ def deliver(request_id: str, lease: Lease) -> DeliveryStatus | None:
         error=result.reason,
         give_up=give_up,
         lease=lease,
-        retry_in=min(settings.bot_delivery_retry_seconds * 2 ** (attempts // 4), 600.0),
+        retry_in=min(settings.bot.delivery_retry_seconds * 2 ** (attempts // 4), 600.0),
     )
     if status == DeliveryStatus.FAILED:
         log.error("bot request %s: delivery given up: %s", request_id, result.reason)

@@ -6,17 +6,18 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from relay_settings import reload_settings
+from relay_settings import RelaySettings, reload_settings
 
 
 @contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set ``values`` in ``os.environ`` (and Relay's settings) for the block, then restore."""
+def environment(values: dict[str, str]) -> Iterator[RelaySettings]:
+    """Set ``values`` in ``os.environ`` (and Relay's settings, given to the block) for the
+    block, then restore."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
-    reload_settings()
+    settings = reload_settings()
     try:
-        yield
+        yield settings
     finally:
         for key, value in saved.items():
             if value is None:

@@ -63,7 +63,7 @@ def serve_process(settings, tmp_path_factory):
     with get_client(sync_client=True) as prefect:
         while True:
             try:
-                prefect.read_deployment_by_name(settings.transcribe_deployment)
+                prefect.read_deployment_by_name(settings.transcribe.deployment)
                 break
             except ObjectNotFound:
                 assert process.poll() is None, "the serve process exited"
@@ -310,7 +310,8 @@ def test_openapi_document_lists_every_endpoint(client):
 
 
 def test_missing_deployment_is_503_and_the_job_is_not_left_queued(settings):
-    elsewhere = settings.model_copy(update={"transcribe_deployment": "transcribe/no-such-pool"})
+    no_pool = settings.transcribe.model_copy(update={"deployment": "transcribe/no-such-pool"})
+    elsewhere = settings.model_copy(update={"transcribe": no_pool})
     with TestClient(create_app(elsewhere, dispatchers())) as other:
         response = upload(other, SAMPLE)
         assert response.status_code == 503

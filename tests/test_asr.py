@@ -85,3 +85,28 @@ def test_windows_are_decoded_without_the_previous_text_unless_asked(relay_env, t
     result = recognise(as_chunk(sample, tmp_path), asked)
     text = " ".join(segment.text for segment in result.segments)
     assert word_error_rate(sample.with_suffix(".txt").read_text(), text) <= 0.15, text
+
+
+def test_a_jobs_options_fall_back_to_the_pools_then_to_the_settings(relay_env):
+    from tasks.asr import JobOptions
+
+    pool = JobOptions(device="cuda", compute_type="float16")
+    job = JobOptions(language="en", beam_size=2)
+    chosen = job.over(pool)
+    assert chosen.given() == {
+        "language": "en",
+        "beam_size": 2,
+        "device": "cuda",
+        "compute_type": "float16",
+    }
+    options = AsrOptions.from_settings(relay_env(ASR_MODEL="base.en"), chosen)
+    assert (options.model, options.device, options.beam_size, options.language) == (
+        "base.en",
+        "cuda",
+        2,
+        "en",
+    )
+    # A task run from a release before options were typed carries a dict: still accepted.
+    assert JobOptions.model_validate({"language": "en"}) == JobOptions(language="en")
+    with pytest.raises(ValueError, match="beam"):
+        JobOptions.model_validate({"beams": 3})

@@ -18,7 +18,7 @@ from relay_settings import BUNDLED_MODEL, PROJECT_ROOT, RelaySettings
 
 INFRA = PROJECT_ROOT / "infra"
 POOLS = set(load_pools())
-SETTINGS = {f"RELAY_{name.upper()}" for name in RelaySettings.model_fields}
+SETTINGS = RelaySettings.environment_names()
 # RELAY_* variables that are not settings fields, with the file that reads each directly.
 READ_DIRECTLY = {
     "RELAY_DISCORD_WEBHOOK_URL": "deployments/bootstrap.py",

@@ -1,0 +1,70 @@
+"""The settings object: typed groups inside, the same RELAY_* names outside."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from relay_settings import RelaySettings
+from tests.environ import environment
+
+# Every variable a deployment of the previous release may set, with a value and where it
+# must land. A name that stops working fails here.
+EARLIER_NAMES = {
+    "RELAY_DATABASE_URL": ("sqlite:////tmp/x.db", lambda s: s.database_url),
+    "RELAY_DATA_DIR": ("/tmp/data", lambda s: s.data_dir),
+    "RELAY_MAX_AUDIO_SECONDS": ("60.5", lambda s: s.max_audio_seconds),
+    "RELAY_ASR_MODEL": ("small.en", lambda s: s.asr.model),
+    "RELAY_ASR_DEVICE": ("cuda", lambda s: s.asr.device),
+    "RELAY_ASR_COMPUTE_TYPE": ("float16", lambda s: s.asr.compute_type),
+    "RELAY_ASR_CPU_THREADS": ("2", lambda s: s.asr.cpu_threads),
+    "RELAY_ASR_BEAM_SIZE": ("3", lambda s: s.asr.beam_size),
+    "RELAY_ASR_CONDITION_ON_PREVIOUS_TEXT": ("true", lambda s: s.asr.condition_on_previous_text),
+    "RELAY_CHUNK_TARGET_SECONDS": ("90.5", lambda s: s.chunk.target_seconds),
+    "RELAY_CHUNK_FIRST_SECONDS": ("20.5", lambda s: s.chunk.first_seconds),
+    "RELAY_KEEP_CHUNKS": ("true", lambda s: s.keep_chunks),
+    "RELAY_DASK_ADDRESS": ("tcp://10.0.0.1:8786", lambda s: s.dask.address),
+    "RELAY_DASK_WORKERS": ("3", lambda s: s.dask.workers),
+    "RELAY_API_HOST": ("0.0.0.0", lambda s: s.api.host),
+    "RELAY_API_PORT": ("9000", lambda s: s.api.port),
+    "RELAY_TRANSCRIBE_VIA": ("task-worker", lambda s: s.transcribe.via),
+    "RELAY_TRANSCRIBE_DEPLOYMENT": ("transcribe/asr-gpu", lambda s: s.transcribe.deployment),
+    "RELAY_BATCH_WORKERS": ("4", lambda s: s.batch.workers),
+    "RELAY_BATCH_WORKER_DEPLOYMENT": ("w/b", lambda s: s.batch.worker_deployment),
+    "RELAY_BATCH_LEASE_SECONDS": ("30.5", lambda s: s.batch.lease_seconds),
+    "RELAY_BOT_DELIVERY_ATTEMPTS": ("5", lambda s: s.bot.delivery_attempts),
+    "RELAY_WEBHOOK_ALLOWED_HOSTS": ("127.0.0.1:1", lambda s: s.webhook.allowed_hosts),
+    "RELAY_DISCORD_BLOCK": ("elsewhere", lambda s: s.discord.block),
+    "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EARLIER_NAMES))
+def test_every_earlier_variable_keeps_its_name(name):
+    value, read = EARLIER_NAMES[name]
+    with environment({name: value}) as settings:
+        assert str(read(settings)).lower() == value.lower()
+    assert name in RelaySettings.environment_names()
+
+
+def test_secrets_are_secret_strings_that_never_print():
+    with environment({"RELAY_API_TOKEN": "tok-123", "RELAY_SECRET_KEY": "key-456"}) as settings:
+        assert isinstance(settings.api.token, SecretStr)
+        assert settings.api.token.get_secret_value() == "tok-123"
+        assert settings.secret_key.get_secret_value() == "key-456"
+        shown = repr(settings) + str(settings) + settings.model_dump_json()
+    assert "tok-123" not in shown and "key-456" not in shown
+
+
+def test_a_choice_outside_its_literal_is_refused_by_name():
+    with pytest.raises(ValidationError, match=r"asr\.device"):
+        RelaySettings(asr_device="tpu")
+    with pytest.raises(ValidationError, match=r"transcribe\.via"):
+        RelaySettings(transcribe_via="carrier-pigeon")
+
+
+def test_flat_and_grouped_names_build_the_same_settings():
+    flat = RelaySettings(asr_model="small.en", api_port=9001, batch_workers=5)
+    grouped = RelaySettings(asr={"model": "small.en"}, api={"port": 9001}, batch={"workers": 5})
+    assert flat == grouped
+    assert flat.asr.beam_size == 5  # the rest of a group keeps its defaults
