@@ -10,6 +10,7 @@ died, so no request is lost.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 
 from bot_config import get_bot_config
@@ -36,20 +37,33 @@ def dispatch(request_id: str, pool: str) -> str:
     return pool_task(pool).dispatch(request_id=request_id)
 
 
-def maintain(pool: str) -> None:
+@dataclass(frozen=True)
+class MaintenancePass:
+    """What one maintenance pass did: the deliveries it retried, the requests it
+    dispatched again."""
+
+    delivered: tuple[str, ...] = ()
+    redispatched: tuple[str, ...] = ()
+
+
+def maintain(pool: str) -> MaintenancePass:
     """One pass: retry due deliveries, and dispatch again the requests whose lease ran out
     (their task run never started, or their worker died). Several workers may run it at
     once: each delivery and each re-dispatch is taken by one."""
+    delivered, redispatched = [], []
     for request_id in requests.deliveries_due(pool=pool):
         lease = requests.claim_delivery(request_id)
         if lease is not None:
             deliver(request_id, lease)
+            delivered.append(request_id)
     config, lease_seconds = get_bot_config(), get_settings().bot.request_lease_seconds
     for kind in config.providers:
         for request_id in requests.expired(pool, kind):
             if requests.take_over(request_id, config.dispatch_seconds(kind, lease_seconds)):
                 log.warning("bot request %s was stranded; dispatching it again", request_id)
                 dispatch(request_id, pool)
+                redispatched.append(request_id)
+    return MaintenancePass(tuple(delivered), tuple(redispatched))
 
 
 def serve_pool(served: PoolTask, limit: int) -> None:

@@ -183,8 +183,12 @@ def api(bot_env):  # noqa: ARG001 (the workers must run)
 @pytest.fixture
 def use_config(bot_env):
     def write(**kwargs) -> None:
-        bot_env["config"].write_text(yaml.safe_dump(_config(**kwargs)))
-        time.sleep(0.05)  # a new mtime, so every process re-reads it
+        path = bot_env["config"]
+        before = path.stat().st_mtime_ns
+        path.write_text(yaml.safe_dump(_config(**kwargs)))
+        # A new mtime even within the clock's granularity: every process re-reads it.
+        later = max(path.stat().st_mtime_ns, before + 1_000_000)
+        os.utime(path, ns=(later, later))
 
     yield write
     write()

@@ -237,10 +237,13 @@ def test_run_for_a_pool_without_worker_waits_then_runs(env, tmp_path):
         device="cpu",
         compute_type="int8",
     )
-    time.sleep(8)
     with get_client(sync_client=True) as client:
         waiting = client.read_flow_run(uuid.UUID(run_id))
-    assert waiting.state.type.value == "SCHEDULED", waiting.state
+        pool = client.read_work_pool("asr-gpu")
+    # No worker has ever polled the pool, so nothing can have taken the run: it waits in
+    # the asr-gpu pool (not another pool's, which does have workers in this module).
+    assert pool.status is not None and pool.status.value == "NOT_READY", pool.status
+    assert (waiting.state.type.value, waiting.work_pool_name) == ("SCHEDULED", "asr-gpu")
     assert jobs.get_job(job_id) is None  # nothing ran
 
     with worker_on(env, "asr-gpu", tmp_path / "worker.log"):
