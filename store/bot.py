@@ -24,13 +24,8 @@ from store.models import BotRequest, BotRequestStatus, DeliveryStatus, utcnow
 FINISHED = (BotRequestStatus.COMPLETED, BotRequestStatus.FAILED, BotRequestStatus.REFUSED)
 UNDELIVERED = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 _REQUEST = BotRequest.__table__
-REQUEST_LEASES = LeasedRows(
-    table=_REQUEST,
-    key=_REQUEST.c.id,
-    owner=_REQUEST.c.lease_owner,
-    expires_at=_REQUEST.c.lease_expires_at,
-    token=_REQUEST.c.lease_token,
-    unfinished=_REQUEST.c.status.in_([BotRequestStatus.QUEUED, BotRequestStatus.RUNNING]),
+REQUEST_LEASES = LeasedRows.on(
+    _REQUEST, _REQUEST.c.status.in_([BotRequestStatus.QUEUED, BotRequestStatus.RUNNING])
 )
 DELIVERY_LEASES = LeasedRows(
     table=_REQUEST,

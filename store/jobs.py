@@ -22,14 +22,7 @@ FINAL_STATES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 _JOB = TranscriptionJob.__table__
 # A job's lease: its token goes with each dispatch to a task worker (only that task run may
 # run it); the run that starts it holds it, renewed while it coordinates the job.
-JOB_LEASES = LeasedRows(
-    table=_JOB,
-    key=_JOB.c.id,
-    owner=_JOB.c.lease_owner,
-    expires_at=_JOB.c.lease_expires_at,
-    token=_JOB.c.lease_token,
-    unfinished=_JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
-)
+JOB_LEASES = LeasedRows.on(_JOB, _JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
 
 
 def create_job(

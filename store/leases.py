@@ -66,6 +66,20 @@ class LeasedRows:
     token: Any
     unfinished: ColumnElement[bool]
 
+    @classmethod
+    def on(cls, table: Table, unfinished: ColumnElement[bool]) -> LeasedRows:
+        """A table with the usual columns: ``id``, ``lease_owner``, ``lease_expires_at`` and
+        ``lease_token`` (what every workload's table has)."""
+        columns = table.c
+        return cls(
+            table=table,
+            key=columns.id,
+            owner=columns.lease_owner,
+            expires_at=columns.lease_expires_at,
+            token=columns.lease_token,
+            unfinished=unfinished,
+        )
+
     def free(self, now: datetime) -> ColumnElement[bool]:
         """Unfinished and held by nobody: never leased, or its lease has expired."""
         return and_(self.unfinished, or_(self.expires_at.is_(None), self.expires_at < now))

@@ -33,13 +33,8 @@ from store.models import (
     utcnow,
 )
 
-VIDEO_LEASES = LeasedRows(
-    table=Video.__table__,
-    key=Video.__table__.c.id,
-    owner=Video.__table__.c.lease_owner,
-    expires_at=Video.__table__.c.lease_expires_at,
-    token=Video.__table__.c.lease_token,
-    unfinished=Video.__table__.c.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED]),
+VIDEO_LEASES = LeasedRows.on(
+    Video.__table__, Video.__table__.c.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED])
 )
 
 

@@ -18,9 +18,12 @@ import email.parser
 import email.policy
 import itertools
 import json
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -239,3 +242,22 @@ def _message(
         ],
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
     }
+
+
+@contextmanager
+def allowed_fake_discord(relay_env: Callable[..., Any], **options: Any) -> Iterator[FakeDiscord]:
+    """A fake Discord that Relay's webhook allow-list (``RELAY_WEBHOOK_ALLOWED_HOSTS``) lets
+    through, for the block."""
+    with FakeDiscord(**options) as fake:
+        relay_env(WEBHOOK_ALLOWED_HOSTS=fake.host)
+        yield fake
+
+
+@contextmanager
+def nothing_logged_holds(caplog: Any, secret: str) -> Iterator[None]:
+    """No log record at any level (urllib3's DEBUG included) written in the block holds
+    ``secret``."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    leaked = [r.getMessage() for r in caplog.records if secret in r.getMessage()]
+    assert leaked == [] and secret not in caplog.text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 import string
@@ -12,7 +11,7 @@ import pytest
 from tasks.bot_reply import BotReply, ReplyFile, deliver_reply
 from tasks.discord_limits import split_message
 from tasks.discord_webhook import DeliveryOutcome, DeliveryResult
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, allowed_fake_discord, nothing_logged_holds
 
 TOKEN = "reply-secret-token"
 USER = "123456789012345678"
@@ -22,16 +21,15 @@ MENTION = f"<@{USER}>"
 @pytest.fixture
 def discord(relay_env):
     """A fake Discord, allow-listed for this test only."""
-    with FakeDiscord(retry_after=0.1, hang_seconds=1.0) as fake:
-        relay_env(WEBHOOK_ALLOWED_HOSTS=fake.host)
+    with allowed_fake_discord(relay_env, retry_after=0.1, hang_seconds=1.0) as fake:
         yield fake
 
 
 @pytest.fixture(autouse=True)
 def token_never_logged(caplog):
-    caplog.set_level(logging.DEBUG)
-    yield
-    assert TOKEN not in caplog.text
+    """Every scenario: no log record at any level holds the token."""
+    with nothing_logged_holds(caplog, TOKEN):
+        yield
 
 
 def webhook(fake: FakeDiscord) -> str:

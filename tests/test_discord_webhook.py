@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import pytest
@@ -16,7 +15,7 @@ from tasks.discord_webhook import (
     WebhookMessage,
     post_messages,
 )
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, allowed_fake_discord, nothing_logged_holds
 
 TOKEN = "client-secret-token"
 USER = "123456789012345678"
@@ -24,19 +23,16 @@ USER = "123456789012345678"
 
 @pytest.fixture
 def discord(relay_env):
-    """A fake Discord, allow-listed (``RELAY_WEBHOOK_ALLOWED_HOSTS``) for this test only."""
-    with FakeDiscord(retry_after=0.3, hang_seconds=1.0) as fake:
-        relay_env(WEBHOOK_ALLOWED_HOSTS=fake.host)
+    """A fake Discord, allow-listed for this test only."""
+    with allowed_fake_discord(relay_env, retry_after=0.3, hang_seconds=1.0) as fake:
         yield fake
 
 
 @pytest.fixture(autouse=True)
 def token_never_logged(caplog):
-    """Every scenario: no log record at any level (urllib3's DEBUG included) holds the token."""
-    caplog.set_level(logging.DEBUG)
-    yield
-    leaked = [r.getMessage() for r in caplog.records if TOKEN in r.getMessage()]
-    assert leaked == []
+    """Every scenario: no log record at any level holds the token."""
+    with nothing_logged_holds(caplog, TOKEN):
+        yield
 
 
 def webhook(fake: FakeDiscord) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import pytest
@@ -12,7 +11,7 @@ from pydantic import SecretStr, ValidationError
 from blocks.discord import DiscordDestination, redact_webhook_url, validate_webhook_url
 from tasks.discord_webhook import DeliveryOutcome
 from tasks.notify import JobEvent, deliver, notify_job
-from tests.fake_discord import FakeDiscord
+from tests.fake_discord import FakeDiscord, allowed_fake_discord, nothing_logged_holds
 
 TOKEN = "secret-token"
 GREEN, RED = 0x2ECC71, 0xE74C3C
@@ -21,17 +20,15 @@ GREEN, RED = 0x2ECC71, 0xE74C3C
 @pytest.fixture
 def discord(relay_env):
     """A fake Discord, allow-listed for this test only."""
-    with FakeDiscord(retry_after=0.3, hang_seconds=2.0) as fake:
-        relay_env(WEBHOOK_ALLOWED_HOSTS=fake.host)
+    with allowed_fake_discord(relay_env, retry_after=0.3, hang_seconds=2.0) as fake:
         yield fake
 
 
 @pytest.fixture(autouse=True)
 def token_never_logged(caplog):
-    """Every scenario: nothing logged at any level (urllib3's DEBUG included) shows the token."""
-    caplog.set_level(logging.DEBUG)
-    yield
-    assert TOKEN not in caplog.text
+    """Every scenario: no log record at any level holds the token."""
+    with nothing_logged_holds(caplog, TOKEN):
+        yield
 
 
 def destination(fake: FakeDiscord, **fields: object) -> DiscordDestination:
