@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator
+
+from relay_settings import RelaySettings, get_settings
 
 EVENTS = ("started", "completed", "failed")
 DISCORD_HOSTS = frozenset(
@@ -21,9 +22,10 @@ _WEBHOOK_PATH = re.compile(r"^/api(?:/v\d+)?/webhooks/(?P<id>\d+)/(?P<token>[A-Z
 _WEBHOOK_PATH_ANYWHERE = re.compile(r"(/api(?:/v\d+)?/webhooks/[^/\s]+/)[^/?#\s'\"]+")
 
 
-def allowed_hosts() -> tuple[str, ...]:
-    """Extra webhook hosts (``host`` or ``host:port``) from ``RELAY_WEBHOOK_ALLOWED_HOSTS``."""
-    raw = os.environ.get(ALLOWED_HOSTS_ENV, "")
+def allowed_hosts(settings: RelaySettings | None = None) -> tuple[str, ...]:
+    """Extra webhook hosts (``host`` or ``host:port``): the setting ``webhook_allowed_hosts``
+    (``RELAY_WEBHOOK_ALLOWED_HOSTS``) of ``settings``, else of the process."""
+    raw = (settings or get_settings()).webhook_allowed_hosts
     return tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
 
 

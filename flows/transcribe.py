@@ -16,6 +16,7 @@ from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_he
 from relay_settings import get_settings
 from store import jobs
 from tasks.asr import AsrOptions
+from tasks.discord_webhook import DeliveryOutcome
 from tasks.formats import store_transcript
 from tasks.media import probe_media
 from tasks.merge import merge
@@ -160,10 +161,6 @@ def _fail(job_id: str, name: str, reason: str | None, folder: str | None) -> Sta
     return Failed(message=reason)
 
 
-# Outcomes that are a choice of configuration, not a delivery problem worth recording.
-_NOT_WANTED = ("event not enabled", "no Discord destination")
-
-
 def _notify(event: JobEvent) -> None:
     """Post the event to the configured Discord destination; a failure is only recorded."""
     settings = get_settings()
@@ -171,8 +168,9 @@ def _notify(event: JobEvent) -> None:
         base = settings.public_url.rstrip("/")
         event = replace(event, status_url=f"{base}/api/transcriptions/{event.job_id}")
     result = notify_job(settings.discord_block, event)
-    if not result.delivered and result.error and not result.error.startswith(_NOT_WANTED):
-        jobs.record_notification_error(event.job_id, f"{event.event}: {result.error}")
+    # Delivered or skipped by configuration (event not enabled, no destination): nothing to say.
+    if result.outcome in (DeliveryOutcome.REJECTED, DeliveryOutcome.GAVE_UP):
+        jobs.record_notification_error(event.job_id, f"{event.event}: {result.reason}")
 
 
 def _remove(folder: str) -> None:

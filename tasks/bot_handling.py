@@ -117,15 +117,15 @@ def deliver(request_id: str, lease: datetime) -> DeliveryStatus | None:
     status = requests.record_delivery(
         request_id,
         delivered=result.delivered,
-        messages_sent=result.messages_sent,
+        messages_sent=result.parts_sent,
         attempts=result.attempts,
-        error=result.error,
+        error=result.reason,
         give_up=give_up,
         lease=lease,
         retry_in=min(settings.bot_delivery_retry_seconds * 2 ** (attempts // 4), 600.0),
     )
     if status == DeliveryStatus.FAILED:
-        log.error("bot request %s: delivery given up: %s", request_id, result.error)
+        log.error("bot request %s: delivery given up: %s", request_id, result.reason)
     elif status is None:
         log.warning("bot request %s: delivery lease lost; the new holder records it", request_id)
     return status

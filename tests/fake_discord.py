@@ -3,8 +3,11 @@
 Behaviours, consumed one per request (``ok`` once the script runs out):
 
 - ``"ok"``: 204, or 200 with a message object when the query has ``wait=true``;
+- ``"ok-bucket-empty"``: ``ok``, saying the rate-limit bucket is empty for ``retry_after``;
 - ``"429"``: Discord's rate-limit answer, ``retry_after`` in the JSON body and the headers;
 - ``"429-header"``: a 429 whose wait is only in the ``Retry-After`` header;
+- ``"429-reset-after"``: a 429 whose wait is only in ``X-RateLimit-Reset-After``;
+- ``"redirect <url>"``: a 307 to ``url``;
 - ``"hang"``: answer ``ok`` only after ``hang_seconds`` (longer than the client's timeout);
 - any other status code (``"500"``, ``404``, ...): that status with a Discord error body.
 """
@@ -145,26 +148,36 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
                 if fake._stopping.wait(fake.hang_seconds):
                     return
                 behaviour = "ok"
-            if behaviour == "ok":
+            if behaviour in ("ok", "ok-bucket-empty"):
+                headers = {}
+                if behaviour == "ok-bucket-empty":
+                    headers = {
+                        "X-RateLimit-Remaining": "0",
+                        "X-RateLimit-Reset-After": f"{fake.retry_after:g}",
+                    }
                 if query.get("wait", "").lower() != "true":
-                    self._send(204, b"", {})
+                    self._send(204, b"", headers)
                     return
-                self._json(200, _message(next(fake._ids), webhook_id, payload, files))
-            elif behaviour in ("429", "429-header"):
+                message = _message(next(fake._ids), webhook_id, payload, files)
+                self._json(200, message, headers)
+            elif behaviour in ("429", "429-header", "429-reset-after"):
                 wait = fake.retry_after
                 body = {"message": "You are being rate limited.", "global": False}
+                headers = {
+                    "X-RateLimit-Limit": "5",
+                    "X-RateLimit-Remaining": "0",
+                    "X-RateLimit-Scope": "user",
+                }
                 if behaviour == "429":
                     body["retry_after"] = wait
-                self._json(
-                    429,
-                    body,
-                    {
-                        "Retry-After": f"{wait:g}",
-                        "X-RateLimit-Limit": "5",
-                        "X-RateLimit-Remaining": "0",
-                        "X-RateLimit-Scope": "user",
-                    },
-                )
+                if behaviour == "429-reset-after":
+                    headers["X-RateLimit-Reset-After"] = f"{wait:g}"
+                else:
+                    headers["Retry-After"] = f"{wait:g}"
+                self._json(429, body, headers)
+            elif behaviour.startswith("redirect "):
+                location = behaviour.removeprefix("redirect ")
+                self._json(307, {"message": "moved"}, {"Location": location})
             else:
                 status = int(behaviour)
                 code, message = _ERRORS.get(status, (0, f"{status}: error"))

@@ -9,7 +9,9 @@ import string
 
 import pytest
 
-from tasks.bot_reply import BotReply, ReplyDelivery, ReplyFile, deliver_reply, split_message
+from tasks.bot_reply import BotReply, ReplyFile, deliver_reply
+from tasks.discord_limits import split_message
+from tasks.discord_webhook import DeliveryOutcome, DeliveryResult
 from tests.fake_discord import FakeDiscord
 
 TOKEN = "reply-secret-token"
@@ -18,10 +20,10 @@ MENTION = f"<@{USER}>"
 
 
 @pytest.fixture
-def discord(monkeypatch):
+def discord(relay_env):
     """A fake Discord, allow-listed for this test only."""
     with FakeDiscord(retry_after=0.1, hang_seconds=1.0) as fake:
-        monkeypatch.setenv("RELAY_WEBHOOK_ALLOWED_HOSTS", fake.host)
+        relay_env(WEBHOOK_ALLOWED_HOSTS=fake.host)
         yield fake
 
 
@@ -38,6 +40,11 @@ def webhook(fake: FakeDiscord) -> str:
 
 def reply(**fields: object) -> BotReply:
     return BotReply(**{"request_id": "req-1", "user_id": USER, "kind": "chat", **fields})
+
+
+def delivered(parts: int, attempts: int) -> DeliveryResult:
+    """The result of a delivery whose ``parts`` were all accepted (HTTP 200, ``?wait=true``)."""
+    return DeliveryResult(DeliveryOutcome.DELIVERED, attempts, parts, parts, status_code=200)
 
 
 def squash(text: str) -> str:
@@ -132,7 +139,7 @@ def test_long_chat_answer_arrives_in_order_mentioning_only_the_user(discord):
 
     result = deliver_reply(webhook(discord), reply(text=text))
 
-    assert result == ReplyDelivery(True, 3, 3, 3)
+    assert result == delivered(3, 3)
     contents = [r.payload["content"] for r in discord.requests]
     assert contents[0].startswith(f"{MENTION}\n@everyone")
     assert all(MENTION not in c for c in contents[1:])
@@ -151,7 +158,7 @@ def test_image_under_the_limit_is_attached_intact(discord, tmp_path):
 
     result = deliver_reply(webhook(discord), reply(kind="image", text="A cat", files=(image,)))
 
-    assert result == ReplyDelivery(True, 1, 1, 1)
+    assert result == delivered(1, 1)
     [request] = discord.requests
     assert request.files == {"cat.png": data}
     assert request.payload["content"] == f"{MENTION}\nA cat"
@@ -167,7 +174,7 @@ def test_file_over_the_limit_becomes_a_line(discord, tmp_path, url):
         webhook(discord), reply(kind="video", files=(video,)), attachment_limit=10_000
     )
 
-    assert result.delivered and result.messages_total == 1
+    assert result.delivered and result.parts_total == 1
     [request] = discord.requests
     assert request.files == {}
     content = request.payload["content"]
@@ -188,7 +195,7 @@ def test_files_are_grouped_ten_per_message_within_the_limit(discord, tmp_path):
         webhook(discord), reply(kind="image", files=tuple(files)), attachment_limit=1500
     )
 
-    assert result == ReplyDelivery(True, 3, 3, 3)
+    assert result == delivered(3, 3)
     first, second, third = discord.requests
     assert list(first.files) == [f"img{i}.png" for i in range(10)]
     assert first.payload["content"] == MENTION
@@ -203,7 +210,7 @@ def test_rate_limit_waits_retry_after_then_delivers(discord, behaviour):
 
     result = deliver_reply(webhook(discord), reply(text="hello"), timeout=2)
 
-    assert result == ReplyDelivery(True, 1, 1, 2)
+    assert result == delivered(1, 2)
     first, second = discord.requests
     assert discord.retry_after <= second.received_at - first.received_at < 1.0
 
@@ -214,14 +221,18 @@ def test_5xx_gives_up_then_resumes_without_reposting(discord):
 
     failed = deliver_reply(webhook(discord), answer, timeout=2, max_attempts=2)
 
-    assert (failed.delivered, failed.messages_sent, failed.messages_total) == (False, 1, 3)
+    assert (failed.outcome, failed.parts_sent, failed.parts_total) == (
+        DeliveryOutcome.GAVE_UP,
+        1,
+        3,
+    )
     assert failed.attempts == 3
-    assert "message 2 of 3" in failed.error and "gave up after 2 attempts" in failed.error
-    assert "HTTP 500" in failed.error and TOKEN not in failed.error
+    assert "message 2 of 3" in failed.reason and "gave up after 2 attempts" in failed.reason
+    assert "HTTP 500" in failed.reason and TOKEN not in failed.reason
 
     resumed = deliver_reply(webhook(discord), answer, timeout=2, skip_messages=1)
 
-    assert resumed == ReplyDelivery(True, 3, 3, 2)
+    assert resumed == delivered(3, 2)
     posted = [r.payload["content"] for r in discord.requests if r.behaviour == "ok"]
     assert len(posted) == 3 and len(discord.requests) == 5
     assert posted[0].startswith(MENTION) and len(set(posted)) == 3
@@ -239,7 +250,7 @@ def test_failure_is_one_short_message(discord, tmp_path):
 
     result = deliver_reply(webhook(discord), refused)
 
-    assert result == ReplyDelivery(True, 1, 1, 1)
+    assert result == delivered(1, 1)
     [request] = discord.requests
     assert request.payload["content"] == (
         f"{MENTION} ⚠️ The prompt was refused by the safety filter."
@@ -250,9 +261,13 @@ def test_failure_is_one_short_message(discord, tmp_path):
 def test_invalid_url_is_refused_without_any_request(discord):
     result = deliver_reply(f"https://evil.example/api/webhooks/1/{TOKEN}", reply(text="hi"))
 
-    assert (result.delivered, result.messages_sent, result.attempts) == (False, 0, 0)
-    assert "'evil.example' is not a Discord webhook host" in result.error
-    assert TOKEN not in result.error
+    assert (result.outcome, result.parts_sent, result.attempts) == (
+        DeliveryOutcome.REJECTED,
+        0,
+        0,
+    )
+    assert "'evil.example' is not a Discord webhook host" in result.reason
+    assert TOKEN not in result.reason
     assert discord.requests == []
 
 
@@ -263,4 +278,4 @@ def test_unreachable_server_is_reported_not_raised(discord):
     result = deliver_reply(url, reply(text="hi"), max_attempts=2)
 
     assert (result.delivered, result.attempts) == (False, 2)
-    assert "connection failed" in result.error and TOKEN not in result.error
+    assert "connection failed" in result.reason and TOKEN not in result.reason

@@ -10,6 +10,7 @@ from prefect import flow
 from pydantic import SecretStr, ValidationError
 
 from blocks.discord import DiscordDestination, redact_webhook_url, validate_webhook_url
+from tasks.discord_webhook import DeliveryOutcome
 from tasks.notify import JobEvent, deliver, notify_job
 from tests.fake_discord import FakeDiscord
 
@@ -18,10 +19,10 @@ GREEN, RED = 0x2ECC71, 0xE74C3C
 
 
 @pytest.fixture
-def discord(monkeypatch):
+def discord(relay_env):
     """A fake Discord, allow-listed for this test only."""
     with FakeDiscord(retry_after=0.3, hang_seconds=2.0) as fake:
-        monkeypatch.setenv("RELAY_WEBHOOK_ALLOWED_HOSTS", fake.host)
+        relay_env(WEBHOOK_ALLOWED_HOSTS=fake.host)
         yield fake
 
 
@@ -54,8 +55,8 @@ def completed(**fields: object) -> JobEvent:
 def test_completed_event_posts_embed_and_transcript(discord, caplog):
     result = deliver(destination(discord), completed())
 
-    assert (result.delivered, result.attempts, result.status_code, result.error) == (
-        True,
+    assert (result.outcome, result.attempts, result.status_code, result.reason) == (
+        DeliveryOutcome.DELIVERED,
         1,
         200,
         None,
@@ -145,7 +146,8 @@ def test_repeated_5xx_gives_up_after_max_attempts_with_backoff(discord):
     result = deliver(destination(discord), completed(), timeout=2, max_attempts=3)
 
     assert (result.delivered, result.attempts, result.status_code) == (False, 3, 500)
-    assert "gave up after 3 attempts" in result.error and "HTTP 500" in result.error
+    assert result.outcome == DeliveryOutcome.GAVE_UP
+    assert "gave up after 3 attempts" in result.reason and "HTTP 500" in result.reason
     times = [r.received_at for r in discord.requests]
     assert len(times) == 3
     assert times[1] - times[0] >= 0.5 and times[2] - times[1] >= 1.0
@@ -168,7 +170,7 @@ def test_hanging_server_gives_up_in_bounded_time(discord):
     result = deliver(destination(discord), completed(), timeout=0.3, max_attempts=2)
 
     assert (result.delivered, result.attempts, result.status_code) == (False, 2, None)
-    assert "no response within 0.3 s" in result.error
+    assert "no response within 0.3 s" in result.reason
     assert time.monotonic() - started < 2 * 0.3 + 0.5 + 0.7
 
 
@@ -179,7 +181,7 @@ def test_unreachable_server_gives_up_without_raising(discord):
     result = deliver(DiscordDestination(webhook_url=url), completed(), max_attempts=2)
 
     assert (result.delivered, result.attempts) == (False, 2)
-    assert "connection failed" in result.error and TOKEN not in result.error
+    assert "connection failed" in result.reason and TOKEN not in result.reason
 
 
 def test_404_gives_up_after_one_attempt(discord):
@@ -188,7 +190,8 @@ def test_404_gives_up_after_one_attempt(discord):
     result = deliver(destination(discord), completed(), timeout=2)
 
     assert (result.delivered, result.attempts, result.status_code) == (False, 1, 404)
-    assert "Unknown Webhook" in result.error
+    assert result.outcome == DeliveryOutcome.REJECTED
+    assert "Unknown Webhook" in result.reason
     assert len(discord.requests) == 1
 
 
@@ -198,7 +201,11 @@ def test_404_gives_up_after_one_attempt(discord):
 def test_events_not_enabled_are_skipped(discord, events, event):
     result = deliver(destination(discord, events=events), completed(event=event))
 
-    assert (result.delivered, result.attempts, result.error) == (False, 0, "event not enabled")
+    assert (result.outcome, result.attempts, result.reason) == (
+        DeliveryOutcome.SKIPPED,
+        0,
+        "event not enabled",
+    )
     assert discord.requests == []
 
 
@@ -285,7 +292,7 @@ def test_deliver_never_raises_on_a_broken_destination(webhook_url):
     result = deliver(broken, completed())
 
     assert (result.delivered, result.attempts) == (False, 0)
-    assert result.error and TOKEN not in result.error
+    assert result.reason and TOKEN not in result.reason
 
 
 @flow
@@ -297,12 +304,12 @@ def notify_flow(block_name: str, event: JobEvent):
 def test_notify_job_without_a_saved_destination_does_not_raise():
     result = notify_flow("no-such-destination", completed())  # a real flow and task run
 
-    assert not result.delivered
-    assert result.error == "no Discord destination 'no-such-destination' configured"
+    assert result.outcome == DeliveryOutcome.SKIPPED
+    assert result.reason == "no Discord destination 'no-such-destination' configured"
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_notify_job_posts_through_a_saved_destination(discord, monkeypatch):
+def test_notify_job_posts_through_a_saved_destination(discord, relay_env):
     destination(discord, thread_id="42").save("test-dest", overwrite=True)
 
     result = notify_job.fn("test-dest", completed())
@@ -313,9 +320,9 @@ def test_notify_job_posts_through_a_saved_destination(discord, monkeypatch):
     assert request.payload["content"] == "Welcome to the weekly planning meeting."
 
     # The same block, loaded where its host is not allowed: refused, reported, not raised.
-    monkeypatch.delenv("RELAY_WEBHOOK_ALLOWED_HOSTS")
+    relay_env(WEBHOOK_ALLOWED_HOSTS="")
     refused = notify_flow("test-dest", completed())
-    assert not refused.delivered
-    assert "could not load Discord destination 'test-dest'" in refused.error
-    assert "is not a Discord webhook host" in refused.error
+    assert not refused.delivered and refused.outcome == DeliveryOutcome.REJECTED
+    assert "could not load Discord destination 'test-dest'" in refused.reason
+    assert "is not a Discord webhook host" in refused.reason
     assert len(discord.requests) == 1
