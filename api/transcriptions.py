@@ -35,7 +35,7 @@ from api.uploads import allowed_path, save_upload
 from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus, TranscriptionJob, new_id, utcnow
-from tasks.media import MediaError, probe
+from tasks.media import AudioTooLongError, MediaError, probe
 
 router = APIRouter(
     prefix="/api/transcriptions", tags=["transcriptions"], dependencies=[Depends(require_token)]
@@ -54,7 +54,8 @@ _CONTENT_TYPES = {
 
 
 def _settings(request: Request) -> RelaySettings:
-    return request.app.state.settings
+    settings: RelaySettings = request.app.state.settings  # set by create_app
+    return settings
 
 
 @router.post(
@@ -94,7 +95,7 @@ async def submit(request: Request) -> Accepted:
         if uploaded:
             shutil.rmtree(source.parent, ignore_errors=True)
         extra = {}
-        if err.code == "too_long":
+        if isinstance(err, AudioTooLongError):
             extra = {"duration_seconds": round(err.duration, 1), "max_seconds": err.limit}
         raise ApiError(_MEDIA_STATUS.get(err.code, 422), err.code, str(err), **extra) from err
 
@@ -264,6 +265,10 @@ def read_transcript(
             "not_finished",
             f"job {job_id} is {job.status}; the transcript exists once it is completed",
             status=job.status,
+        )
+    if job.output_dir is None:  # a completed job has one; gone means nothing to read
+        raise ApiError(
+            410, "transcript_missing", f"the transcript files of job {job_id} are no longer stored"
         )
     path = f"{job.output_dir.rstrip('/')}/transcript.{format}"
     try:

@@ -11,12 +11,16 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
 
 from relay_settings import BUNDLED_MODEL, RelaySettings
 from tasks.split import Chunk
+
+if TYPE_CHECKING:  # imported where it is used: loading it is slow
+    from faster_whisper import WhisperModel
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class ChunkResult:
     model_loads_in_process: int = 0
 
 
-_models: dict[tuple[str, str, str, int], object] = {}
+_models: dict[tuple[str, str, str, int], WhisperModel] = {}
 _models_lock = threading.Lock()
 _load_count = 0
 
@@ -115,7 +119,7 @@ def resolve_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
 
 
-def load_model(options: AsrOptions):  # -> faster_whisper.WhisperModel
+def load_model(options: AsrOptions) -> WhisperModel:
     """The process's model for these options, loaded on first use and kept."""
     global _load_count
     key = (options.model, options.device, options.compute_type, options.cpu_threads)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from bot_config import BotConfig
 from relay_settings import get_settings
@@ -48,12 +50,26 @@ def ask_provider(request: BotRequest, config: BotConfig) -> Answer:
     return Answer("", [stored], pool.provider, choice.model, spent, elapsed)
 
 
-def _caller(pool: KeyPool, request: BotRequest, model: str, deadline: float):
+class _CallArguments(TypedDict):
+    """What every provider call takes besides its key and model."""
+
+    base_url: str
+    timeout: float
+    prompt: str
+
+
+def _caller(
+    pool: KeyPool, request: BotRequest, model: str, deadline: float
+) -> Callable[[str], ChatAnswer | MediaAnswer]:
     """``secret -> answer`` for the request's kind on the pool's provider."""
     from tasks.providers import minimax, openai_api, stability
 
     block, prompt = pool.block, request.prompt
-    common = {"base_url": block.base_url, "timeout": block.timeout_seconds, "prompt": prompt}
+    common: _CallArguments = {
+        "base_url": block.base_url,
+        "timeout": block.timeout_seconds,
+        "prompt": prompt,
+    }
     if request.kind == "chat":
         if block.provider != "openai":
             raise ValueError(f"chat needs an openai key pool, not {block.provider}")

@@ -91,7 +91,8 @@ def frame_levels(samples: np.ndarray) -> np.ndarray:
         return np.full(1, -120.0)
     frames = samples[: count * size].astype(np.float32).reshape(count, size) / 32768.0
     rms = np.sqrt(np.mean(frames * frames, axis=1))
-    return 20.0 * np.log10(np.maximum(rms, 1e-6))
+    levels: np.ndarray = 20.0 * np.log10(np.maximum(rms, 1e-6))
+    return levels
 
 
 def silence_threshold(levels: np.ndarray) -> float:
