@@ -10,7 +10,7 @@ import fnmatch
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeGuard
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -20,6 +20,13 @@ from relay_settings import PROJECT_ROOT
 
 Kind = Literal["chat", "image", "video"]
 KINDS: tuple[str, ...] = ("chat", "image", "video")
+
+
+def is_kind(value: str) -> TypeGuard[Kind]:
+    """Whether ``value`` names a kind of request the bot handles."""
+    return value in KINDS
+
+
 CONFIG_ENV = "RELAY_BOT_CONFIG"
 
 
@@ -92,7 +99,9 @@ class BotConfig(_Strict):
         for route in self.routes:
             if route.matches(kind, channel):
                 return route.name, route.pool
-        return f"fallback-{kind}", self.fallback[kind]  # type: ignore[index]
+        if not is_kind(kind):
+            raise KeyError(kind)  # as the lookup would
+        return f"fallback-{kind}", self.fallback[kind]
 
 
 def config_path() -> Path:

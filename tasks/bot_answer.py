@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from bot_config import BotConfig
+from bot_config import BotConfig, is_kind
 from relay_settings import get_settings
 from store.bot import StoredFile
 from store.models import BotRequest
@@ -37,7 +37,9 @@ def answer_folder(request_id: str) -> Path:
 def ask_provider(request: BotRequest, config: BotConfig) -> Answer:
     """Call the kind's provider with a key of its pool; raises ``UpstreamError`` (refused or
     every key failing) or ``QuotaExhaustedError`` (no key free before the deadline)."""
-    choice = config.providers[request.kind]  # type: ignore[index]
+    if not is_kind(request.kind):
+        raise KeyError(request.kind)  # as the lookup would: the API takes no other kind
+    choice = config.providers[request.kind]
     pool = key_pool(choice.key_pool)
     deadline = time.monotonic() + choice.deadline_seconds
     call = _caller(pool, request, choice.model, deadline)

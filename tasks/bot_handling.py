@@ -11,7 +11,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from blocks.discord import DiscordDestination, redact_text
-from blocks.loading import load_block
+from blocks.prefect_sync import load_block
 from bot_config import get_bot_config
 from relay_settings import get_settings
 from store import bot as requests

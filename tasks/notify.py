@@ -13,7 +13,7 @@ from prefect.concurrency.sync import rate_limit
 from pydantic import ValidationError
 
 from blocks.discord import EVENTS, DiscordDestination, redact_text, redact_webhook_url
-from blocks.loading import load_block
+from blocks.prefect_sync import load_block
 from tasks.discord_limits import (
     CONTENT_LIMIT,
     DESCRIPTION_LIMIT,

@@ -31,7 +31,7 @@ from blocks.keys import (
     rate_limit_name,
     rate_limit_shape,
 )
-from blocks.loading import load_block
+from blocks.prefect_sync import load_block
 from store import usage
 from tasks.providers.errors import UpstreamError
 

@@ -252,6 +252,7 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
     from datetime import timedelta
 
     from sqlalchemy import update
+    from sqlmodel import col
 
     from store.db import session_scope
     from store.models import TranscriptionJob, utcnow
@@ -267,7 +268,7 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
     with session_scope() as session:  # its worker beat two minutes ago, then died
         session.execute(
             update(TranscriptionJob)
-            .where(TranscriptionJob.id == job.id)
+            .where(col(TranscriptionJob.id) == job.id)
             .values(heartbeat_at=utcnow() - timedelta(minutes=2))
         )
     done = wait_final(client, job.id, limit=180)
