@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= samples/meeting.ogg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint bench bench-api bench-batch bench-bot bench-stack api bootstrap stack stack-down ui clean system-deps
+.PHONY: setup run test lint typecheck bench bench-api bench-batch bench-bot bench-stack api bootstrap stack stack-down ui clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -29,10 +29,14 @@ system-deps: ## Debian packages the tests use to make speech (espeak-ng)
 run: setup ## transcribe the bundled sample on the embedded default (temporary Prefect, SQLite, local Dask)
 	$(PY) -m cli transcribe $(SAMPLE) --out out/
 
-test: setup system-deps ## lint, then the whole test suite
+test: setup system-deps ## lint, type check, then the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest
+
+typecheck: setup ## mypy over the whole project, strict on store/, tasks/ and api/ (pyproject.toml)
+	$(VENV)/bin/mypy
 
 lint: setup
 	$(VENV)/bin/ruff check --fix .

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeGuard
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -19,6 +19,11 @@ from relay_settings import PROJECT_ROOT, get_settings
 
 Kind = Literal["chat", "image", "video"]
 KINDS: tuple[str, ...] = ("chat", "image", "video")
+
+
+def is_kind(value: str) -> TypeGuard[Kind]:
+    """Whether ``value`` names a kind of request the bot handles."""
+    return value in KINDS
 
 
 def _bot_pool(pool: str) -> str:
@@ -90,7 +95,9 @@ class BotConfig(_Strict):
         for route in self.routes:
             if route.matches(kind, channel):
                 return route.name, route.pool
-        return f"fallback-{kind}", self.fallback[kind]  # type: ignore[index]
+        if not is_kind(kind):
+            raise KeyError(kind)  # as the lookup would
+        return f"fallback-{kind}", self.fallback[kind]
 
     def dispatch_seconds(self, kind: str, lease_seconds: float) -> float:
         """How long a queued request of ``kind`` may wait for its task run to start before

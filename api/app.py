@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> Fast
     settings = settings or get_settings()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(get_engine)  # migrations run before the first request
         yield
 

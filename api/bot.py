@@ -108,7 +108,9 @@ class BotRequestView(BaseModel):
     summary="Queue a chat, image or video request from the Discord bot",
     responses={429: {"description": "over a cooldown or daily limit; says when to retry"}},
 )
-async def submit(body: BotRequestIn, request: Request, background: BackgroundTasks):
+async def submit(
+    body: BotRequestIn, request: Request, background: BackgroundTasks
+) -> BotAccepted | JSONResponse:
     config = get_bot_config()
     if len(body.prompt) > config.max_prompt_chars:
         raise ApiError(

@@ -1,5 +1,5 @@
 """Handing accepted jobs to Prefect, never inline: a flow run of the pool's deployment
-(``run_deployment(..., timeout=0)``) or a background task run for its warm task worker,
+(``arun_deployment(..., timeout=0)``) or a background task run for its warm task worker,
 created through the pool's dispatcher (the registry's, given to ``create_app``)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from uuid import UUID
 
 from fastapi import Request
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.deployments import run_deployment
+from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from prefect.states import Cancelling
@@ -49,7 +49,7 @@ async def submit_transcription(
     """Create the flow run on the transcription deployment (in ``work_queue`` of its pool
     when that queue exists, so short files overtake long ones); returns its id at once."""
     try:
-        flow_run = await run_deployment(
+        flow_run = await arun_deployment(
             name=deployment,
             parameters=parameters,
             timeout=0,

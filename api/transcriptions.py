@@ -36,7 +36,7 @@ from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus, TranscriptionJob, new_id, utcnow
 from tasks.asr import JobOptions
-from tasks.media import MediaError, probe
+from tasks.media import AudioTooLongError, MediaError, probe
 
 router = APIRouter(
     prefix="/api/transcriptions", tags=["transcriptions"], dependencies=[Depends(require_token)]
@@ -55,7 +55,8 @@ _CONTENT_TYPES = {
 
 
 def _settings(request: Request) -> RelaySettings:
-    return request.app.state.settings
+    settings: RelaySettings = request.app.state.settings  # set by create_app
+    return settings
 
 
 @router.post(
@@ -95,7 +96,7 @@ async def submit(request: Request) -> Accepted:
         if uploaded:
             shutil.rmtree(source.parent, ignore_errors=True)
         extra = {}
-        if err.code == "too_long":
+        if isinstance(err, AudioTooLongError):
             extra = {"duration_seconds": round(err.duration, 1), "max_seconds": err.limit}
         raise ApiError(_MEDIA_STATUS.get(err.code, 422), err.code, str(err), **extra) from err
 
@@ -267,6 +268,10 @@ def read_transcript(
             "not_finished",
             f"job {job_id} is {job.status}; the transcript exists once it is completed",
             status=job.status,
+        )
+    if job.output_dir is None:  # a completed job has one; gone means nothing to read
+        raise ApiError(
+            410, "transcript_missing", f"the transcript files of job {job_id} are no longer stored"
         )
     path = f"{job.output_dir.rstrip('/')}/transcript.{format}"
     try:

@@ -52,6 +52,8 @@ def fill(url: str, count: int) -> list[str]:
     from relay_settings import reload_settings
 
     reload_settings()
+    from sqlalchemy import insert
+
     from store.db import get_engine
     from store.models import JobStatus, TranscriptionJob, utcnow
 
@@ -80,7 +82,7 @@ def fill(url: str, count: int) -> list[str]:
             ).model_dump()
         )
     with engine.begin() as connection:
-        connection.execute(TranscriptionJob.__table__.insert(), rows)
+        connection.execute(insert(TranscriptionJob), rows)
     engine.dispose()
     return [row["id"] for row in rows]
 
@@ -180,7 +182,7 @@ def status_reads(jobs: int, seconds: float, connections: int) -> None:
             target="≥1000 req/s, p99 < 50 ms, one API process",
         )
     finally:
-        if api:
+        if api is not None:
             api.terminate()
             api.wait(timeout=30)
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:

@@ -32,6 +32,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ def whole_file(audio: np.ndarray, reference: str, settings: RelaySettings, batch
     return rtf
 
 
-_pool_model = None
+_pool_model: Any = None  # a faster_whisper.WhisperModel once _pool_start ran
 
 
 def _pool_start(model: str, compute_type: str) -> None:
@@ -178,6 +179,8 @@ def _report_run(outcome, reference, wall, started, tasks, anchors) -> None:
     chunks = jobs.get_chunks(outcome.job_id)
     model_by_worker: dict[int, float] = {}
     for chunk in chunks:
+        if chunk.worker_pid is None:  # never transcribed: no model time to count
+            continue
         model_by_worker[chunk.worker_pid] = model_by_worker.get(chunk.worker_pid, 0.0) + (
             chunk.asr_seconds or 0.0
         )
@@ -268,7 +271,15 @@ def _peak_rss_mb() -> float:
     """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over fork and exec,
     so a worker spawned by a process holding 1 GB reported 1 GB before it had done anything."""
     status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+    return int(_find(r"VmHWM:\s+(\d+) kB", status)) / 1024
+
+
+def _find(pattern: str, text: str) -> str:
+    """The first group of ``pattern`` in ``text``, which must match."""
+    found = re.search(pattern, text)
+    if found is None:
+        raise ValueError(f"{pattern!r} not found in: {text[:200]!r}")
+    return found.group(1)
 
 
 def embedded_cold(path: Path, reference: str) -> None:
@@ -287,7 +298,7 @@ def embedded_cold(path: Path, reference: str) -> None:
         )
         wall = time.perf_counter() - started
         text = Path(home, f"{path.stem}.txt").read_text()
-    seconds = float(re.search(r"([\d.]+) s of audio", done.stdout).group(1))
+    seconds = float(_find(r"([\d.]+) s of audio", done.stdout))
     emit(
         figure="relay_embedded_cold",
         clip_seconds=round(seconds),

@@ -77,9 +77,8 @@ def _run_batch(workers: int, sample_memory: bool = False) -> dict:
     with session_scope() as session:
         attempts = list(session.exec(select(VideoAttempt).where(VideoAttempt.batch_id == batch.id)))
     finished = [a for a in attempts if a.outcome in ("done", "failed")]
-    span = (
-        max(a.finished_at for a in finished) - min(a.started_at for a in attempts)
-    ).total_seconds()
+    ends = [a.finished_at for a in finished if a.finished_at]  # every finished one has its end
+    span = (max(ends) - min(a.started_at for a in attempts)).total_seconds()
     return {
         "videos": len(finished),
         "wall_seconds": round(wall, 1),

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -52,7 +53,8 @@ class Stack:
         # None: the embedded server's, read from a job's flow run link once there is one.
         self.prefect = prefect.rstrip("/") if prefect else None
 
-    def submit(self, path: Path) -> tuple[str, str, float]:
+    def submit(self, path: Path) -> tuple[str, str | None, float]:
+        """Job id, flow run id (none yet for a task-worker submission), time accepted."""
         with path.open("rb") as handle:
             response = self.api.post("/api/transcriptions", files={"file": handle})
         accepted = time.time()
@@ -60,7 +62,7 @@ class Stack:
         body = response.json()
         return body["job_id"], body["flow_run_id"], accepted
 
-    def status(self, job_id: str) -> dict:
+    def status(self, job_id: str) -> dict[str, Any]:
         return self.api.get(f"/api/transcriptions/{job_id}").json()
 
     def first_chunk_started(self, flow_run_id: str | None) -> float | None:
@@ -114,7 +116,7 @@ def submission_latency(stack: Stack, runs: int, label: str) -> None:
 def run_together(stack: Stack, files: list[Path]) -> dict[str, dict]:
     """Submit every file at once, in order; per file: completion and first-progress times."""
     started = time.time()
-    jobs = {}
+    jobs: dict[str, dict[str, Any]] = {}
     for path in files:
         job_id, _, _ = stack.submit(path)
         jobs[job_id] = {"file": path.name, "submitted": time.time() - started}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import fsspec
 import typer
@@ -51,7 +51,8 @@ def transcribe(
     if not state.is_completed():
         print(f"error: {state.message}", file=sys.stderr)
         raise typer.Exit(1)
-    outcome: TranscriptionOutcome = state.result()
+    # The flow returns a State only to fail or cancel; a completed run holds the outcome.
+    outcome = cast(TranscriptionOutcome, state.result())
     files = copy_out(outcome.files, out, Path(source).stem) if out else outcome.files
     print("\n" + (outcome.text or "(no speech found)") + "\n")
     print(

@@ -8,6 +8,7 @@ process died before Relay's own notifier could say anything.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import cast
 from urllib.parse import urlsplit
 
 from prefect.automations import Automation
@@ -17,6 +18,7 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 from pydantic import SecretStr
 
 from blocks.discord import DISCORD_HOSTS, DiscordDestination
+from blocks.prefect_sync import load_block
 
 ALERT_NAME = "relay: Discord post when a flow run fails"
 WEBHOOK_BLOCK = "relay-discord-alerts"
@@ -46,7 +48,7 @@ def ensure_failure_alert(destination: DiscordDestination) -> list[tuple[str, str
     """Keep the webhook block and the automation in step with the Discord destination."""
     url = destination.webhook_url.get_secret_value()
     report = [("block", WEBHOOK_BLOCK, _ensure_webhook_block(url))]
-    block_id = Webhook.load(WEBHOOK_BLOCK)._block_document_id
+    block_id = load_block(Webhook, WEBHOOK_BLOCK)._block_document_id
     report.append(("automation", ALERT_NAME, _ensure_automation(block_id)))
     return report
 
@@ -61,7 +63,7 @@ def _ensure_webhook_block(url: str) -> str:
         allow_private_urls=host not in DISCORD_HOSTS,
     )
     try:
-        current = Webhook.load(WEBHOOK_BLOCK)
+        current = load_block(Webhook, WEBHOOK_BLOCK)
     except ValueError:
         current = None
     if current is not None and (
@@ -83,7 +85,8 @@ def _ensure_automation(block_id) -> str:
         actions=[CallWebhook(block_document_id=block_id, payload=PAYLOAD)],
     )
     try:
-        current = Automation.read(name=ALERT_NAME)
+        # Prefect declares read's overloads async; from sync code it reads synchronously.
+        current = cast(Automation | None, Automation.read(name=ALERT_NAME))
     except ValueError:
         current = None
     if current is None:

@@ -30,6 +30,7 @@ from pydantic import SecretStr
 
 from blocks.discord import DiscordDestination, redact_webhook_url
 from blocks.keys import ApiKeyPool, limits_for
+from blocks.prefect_sync import load_block
 from deployments.alerts import ensure_failure_alert
 from relay_pools import Pool, Queue, load_pools
 from relay_settings import PROJECT_ROOT, get_settings
@@ -118,7 +119,7 @@ def save_discord_destination(webhook_url: str, name: str) -> str:
 def load_destination(name: str) -> DiscordDestination | None:
     """The saved Discord destination, or None when there is none."""
     try:
-        return DiscordDestination.load(name)
+        return load_block(DiscordDestination, name)
     except ValueError:
         return None
 
@@ -143,7 +144,7 @@ def key_pool_from_spec(spec: dict[str, Any], env: dict[str, str]) -> ApiKeyPool 
 def save_key_pool(name: str, wanted: ApiKeyPool) -> str:
     """Save the pool block; unchanged when the saved one says the same (secrets included)."""
     try:
-        current = ApiKeyPool.load(name)
+        current = load_block(ApiKeyPool, name)
     except ValueError:
         current = None
     if current is not None and _pool_data(current) == _pool_data(wanted):
@@ -167,7 +168,9 @@ def ensure_key_pools(client: SyncPrefectClient, env: dict[str, str]) -> list[tup
         outcome = save_key_pool(name, wanted) if wanted else "skipped (no key set)"
         report.append(("key pool", name, outcome))
     for document in client.read_block_documents_by_type(ApiKeyPool.get_block_type_slug()):
-        pool = ApiKeyPool.load(document.name)
+        if document.name is None:  # an anonymous block: no pool of Relay's
+            continue
+        pool = load_block(ApiKeyPool, document.name)
         for limit in limits_for(pool):
             report.append(("limit", str(limit["name"]), ensure_limit(client, limit)))
     return report

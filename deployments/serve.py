@@ -23,14 +23,15 @@ def serve_deployments() -> None:
     """Serve every Relay deployment until interrupted."""
     from prefect import serve
 
+    from blocks.prefect_sync import settled
     from flows.batch_worker import reprocess_worker
     from flows.reprocess import reprocess_videos
     from flows.transcribe import transcribe
 
     serve(
-        transcribe.to_deployment(name="asr-cpu", description="Embedded-mode transcription"),
-        reprocess_videos.to_deployment(name="batch-video", description="Embedded-mode batch"),
-        reprocess_worker.to_deployment(name="batch-video", description="Embedded batch worker"),
+        settled(transcribe.to_deployment(name="asr-cpu", description="Embedded transcription")),
+        settled(reprocess_videos.to_deployment(name="batch-video", description="Embedded batch")),
+        settled(reprocess_worker.to_deployment(name="batch-video", description="Embedded worker")),
     )
 
 

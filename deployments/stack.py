@@ -216,7 +216,9 @@ def up() -> int:
             env,
             pids,
         )
-    for pool in (p for p in pools_here() if p.task):
+    for pool in pools_here():
+        if pool.task is None:
+            continue
         # bot-media answers wait on slow providers: 8 at once per host is plenty here.
         limit = TASK_LIMITS.get(pool.name, pool.task.limit)
         start(f"tasks-{pool.name}", task_worker_command(pool.name, limit), env, pids)

@@ -11,6 +11,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
+from blocks.prefect_sync import settled
 from relay_settings import get_settings
 from store import jobs
 from tasks.asr import AsrOptions, ChunkResult, transcribe_chunk
@@ -84,7 +85,9 @@ def transcribe_chunks(
 
 def _collect(job_id: str, futures: dict) -> tuple[list[ChunkResult], list[str]]:
     """Each chunk's result or failure, recorded in the store as it lands."""
-    progress = create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
+    progress = settled(
+        create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
+    )
     results: list[ChunkResult] = []
     failures: list[str] = []
     for finished, future in enumerate(as_completed(list(futures)), start=1):

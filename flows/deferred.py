@@ -18,7 +18,7 @@ from prefect import Task
 from prefect.client.orchestration import PrefectClient
 from prefect.context import SyncClientContext
 from prefect.results import ResultStore, get_or_create_default_task_scheduling_storage
-from prefect.states import Scheduled
+from prefect.states import Scheduled, State
 from prefect.task_worker import store_parameters
 
 log = logging.getLogger("relay.tasks")
@@ -37,7 +37,7 @@ async def adefer(client: PrefectClient, task: Task, parameters: dict[str, object
     parameters_id = uuid4()
     store = await _parameter_store(task)
     await store_parameters(store, parameters_id, {"parameters": parameters, "context": {}})
-    state = Scheduled()
+    state: State[None] = Scheduled()
     state.state_details.deferred = True
     state.state_details.task_parameters_id = parameters_id
     task_run = await client.create_task_run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TypedDict
 from uuid import UUID
 
 from prefect import flow, get_run_logger, runtime
@@ -20,8 +21,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.objects import StateType
 from prefect.states import Failed, State
 
+from blocks.prefect_sync import settled
 from flows.batch_worker import reprocess_worker
 from relay_settings import get_settings
 from store import batches, videos
@@ -44,6 +47,15 @@ class BatchOutcome:
     left: int
 
 
+class WorkerParameters(TypedDict):
+    """What each worker flow run of a batch is given (None: the worker's default)."""
+
+    batch_id: str
+    claim_size: int | None
+    lease_seconds: float | None
+    max_attempts: int | None
+
+
 @flow(name="reprocess-videos", log_prints=True, persist_result=False)
 def reprocess_videos(
     workers: int | None = None,
@@ -64,10 +76,10 @@ def reprocess_videos(
     logger.info("batch %s: %d video(s), %d worker(s)", batch.id, batch.videos_total, workers)
     if batch.videos_total == 0:
         batches.finish_batch(batch.id, BatchStatus.COMPLETED)
-        _final_artifacts(batch_progress(batch.id))
+        _final_artifacts(_progress(batch.id))
         return BatchOutcome(batch.id, BatchStatus.COMPLETED, 0, 0, 0, 0)
 
-    parameters = {
+    parameters: WorkerParameters = {
         "batch_id": batch.id,
         "claim_size": claim_size,
         "lease_seconds": lease_seconds,
@@ -84,7 +96,7 @@ def reprocess_videos(
         runs = []
     status = _follow(batch.id, runs, poll_seconds)
     batches.finish_batch(batch.id, status)
-    progress = batch_progress(batch.id)
+    progress = _progress(batch.id)
     _final_artifacts(progress)
     _announce(progress)
     outcome = BatchOutcome(
@@ -103,7 +115,15 @@ def reprocess_videos(
     return outcome
 
 
-def _start_workers(batch_id: str, count: int, parameters: dict) -> list[UUID] | None:
+def _progress(batch_id: str) -> BatchProgress:
+    """The progress of a batch this flow run opened (its row is never deleted)."""
+    progress = batch_progress(batch_id)
+    if progress is None:
+        raise LookupError(f"batch {batch_id} is no longer in the store")
+    return progress
+
+
+def _start_workers(batch_id: str, count: int, parameters: WorkerParameters) -> list[UUID] | None:
     """Submit ``count`` worker flow runs to the worker deployment; None if it does not exist."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -116,12 +136,14 @@ def _start_workers(batch_id: str, count: int, parameters: dict) -> list[UUID] | 
         except ObjectNotFound:
             return None
     return [
-        run_deployment(
-            name,
-            parameters={key: value for key, value in parameters.items() if value is not None},
-            flow_run_name=f"batch-{batch_id[:8]}-worker-{number}",
-            timeout=0,
-            tags=["relay", "batch-video"],
+        settled(
+            run_deployment(
+                name,
+                parameters={key: value for key, value in parameters.items() if value is not None},
+                flow_run_name=f"batch-{batch_id[:8]}-worker-{number}",
+                timeout=0,
+                tags=["relay", "batch-video"],
+            )
         ).id
         for number in range(1, count + 1)
     ]
@@ -129,11 +151,13 @@ def _start_workers(batch_id: str, count: int, parameters: dict) -> list[UUID] | 
 
 def _follow(batch_id: str, runs: list[UUID], poll_seconds: float) -> BatchStatus:
     """Keep the progress artifact current until the batch is drained or its workers are gone."""
-    artifact = create_progress_artifact(0.0, description=f"Videos finished, batch {batch_id}")
+    artifact = settled(
+        create_progress_artifact(0.0, description=f"Videos finished, batch {batch_id}")
+    )
     logger = get_run_logger()
     last = None
     while True:
-        progress = batch_progress(batch_id)
+        progress = _progress(batch_id)
         update_progress_artifact(artifact, progress.percent)
         if (progress.done, progress.failed) != last:
             last = (progress.done, progress.failed)
@@ -156,7 +180,11 @@ def _all_final(runs: list[UUID]) -> bool:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        return all(client.read_flow_run(run).state_type.value in FINAL_RUN_STATES for run in runs)
+        return all(_is_final(client.read_flow_run(run).state_type) for run in runs)
+
+
+def _is_final(state: StateType | None) -> bool:
+    return state is not None and state.value in FINAL_RUN_STATES
 
 
 def _final_artifacts(progress: BatchProgress) -> None:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
 # Before distributed is imported: its per-worker INFO lines drown the flow's own log.
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
@@ -20,6 +21,7 @@ from prefect.settings import (
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
     temporary_settings,
 )
+from prefect.task_runners import TaskRunner
 from prefect_dask import DaskTaskRunner
 
 from relay_settings import PROJECT_ROOT, get_settings
@@ -135,8 +137,10 @@ def local_worker_count(chunks: int) -> int:
     return max(1, min(wanted, chunks))
 
 
-def chunk_task_runner(chunks: int) -> DaskTaskRunner:
+def chunk_task_runner(chunks: int) -> TaskRunner[Any]:
     """Dask for the chunk map: the configured cluster, else a LocalCluster for this run."""
+    # Typed as the base: prefect-dask declares DaskTaskRunner over the default future type,
+    # which a flow's ``task_runner`` option (invariant in it) does not accept.
     settings = get_settings()
     if settings.dask.address:
         return DaskTaskRunner(address=settings.dask.address)

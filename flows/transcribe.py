@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import fsspec
 from prefect import flow, runtime
@@ -19,7 +19,7 @@ from store import jobs
 from tasks.asr import AsrOptions, JobOptions
 from tasks.discord_webhook import DeliveryOutcome
 from tasks.formats import store_transcript
-from tasks.media import probe_media
+from tasks.media import MediaInfo, probe_media
 from tasks.merge import merge
 from tasks.notify import JobEvent, notify_job
 from tasks.split import SplitOptions, SplitPlan, planned_count
@@ -89,7 +89,8 @@ def transcribe(
     probed = probe_media(source, settings.max_audio_seconds, return_state=True)
     if probed.is_failed():
         return _fail(job.id, name, probed.message, folder=None)
-    info = probed.result()
+    # A State the task returned became its own; a completed one holds the MediaInfo.
+    info = cast(MediaInfo, probed.result())
 
     folder = f"{settings.data_dir.rstrip('/')}/jobs/{job.id}"
     jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ColumnElement, case, func, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlmodel import col
 
 from store.db import get_engine, session_scope
 from store.leases import db_now
@@ -26,12 +29,12 @@ def start_batch(workers: int, note: str | None = None) -> VideoBatch:
     batch = VideoBatch(workers_requested=workers, note=note)
     with get_engine().begin() as connection:
         now = db_now(connection)
-        connection.execute(VideoBatch.__table__.insert().values(**batch.model_dump()))
+        connection.execute(insert(VideoBatch).values(**batch.model_dump()))
         adopted = connection.execute(
             update(Video).where(VIDEO_LEASES.free(now)).values(batch_id=batch.id)
         ).rowcount
         connection.execute(
-            update(VideoBatch).where(VideoBatch.id == batch.id).values(videos_total=adopted)
+            update(VideoBatch).where(col(VideoBatch.id) == batch.id).values(videos_total=adopted)
         )
     batch.videos_total = adopted
     return batch
@@ -41,7 +44,7 @@ def set_batch_flow_run(batch_id: str, flow_run_id: str) -> None:
     """Remember which Prefect flow run drives the batch."""
     with get_engine().begin() as connection:
         connection.execute(
-            update(VideoBatch).where(VideoBatch.id == batch_id).values(flow_run_id=flow_run_id)
+            update(VideoBatch).where(col(VideoBatch.id) == batch_id).values(flow_run_id=flow_run_id)
         )
 
 
@@ -52,8 +55,8 @@ def remaining(batch_id: str) -> int:
             select(func.count())
             .select_from(Video)
             .where(
-                Video.batch_id == batch_id,
-                Video.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED]),
+                col(Video.batch_id) == batch_id,
+                col(Video.status).in_([VideoStatus.PENDING, VideoStatus.CLAIMED]),
             )
         ).scalar_one()
 
@@ -62,7 +65,7 @@ def batch_is_running(batch_id: str) -> bool:
     """Whether workers should keep claiming for the batch (not finished or cancelled)."""
     with get_engine().connect() as connection:
         status = connection.execute(
-            select(VideoBatch.status).where(VideoBatch.id == batch_id)
+            select(col(VideoBatch.status)).where(col(VideoBatch.id) == batch_id)
         ).scalar_one_or_none()
     return status == BatchStatus.RUNNING
 
@@ -73,7 +76,10 @@ def finish_batch(batch_id: str, status: BatchStatus) -> bool:
         return bool(
             connection.execute(
                 update(VideoBatch)
-                .where(VideoBatch.id == batch_id, VideoBatch.status == BatchStatus.RUNNING)
+                .where(
+                    col(VideoBatch.id) == batch_id,
+                    col(VideoBatch.status) == BatchStatus.RUNNING,
+                )
                 .values(status=status, finished_at=db_now(connection))
             ).rowcount
         )
@@ -89,7 +95,7 @@ def newest_batch_id() -> str | None:
     """The most recently started batch, if any."""
     with get_engine().connect() as connection:
         return connection.execute(
-            select(VideoBatch.id).order_by(VideoBatch.created_at.desc()).limit(1)
+            select(col(VideoBatch.id)).order_by(col(VideoBatch.created_at).desc()).limit(1)
         ).scalar_one_or_none()
 
 
@@ -128,7 +134,7 @@ class BatchProgress:
     finished_at: datetime | None
     workers: list[WorkerProgress] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -136,19 +142,20 @@ def batch_progress(batch_id: str) -> BatchProgress | None:
     """The batch's progress from the catalogue and the processing log; None if unknown."""
     with get_engine().connect() as connection:
         batch = (
-            connection.execute(select(VideoBatch).where(VideoBatch.id == batch_id))
+            connection.execute(select(VideoBatch).where(col(VideoBatch.id) == batch_id))
             .mappings()
             .one_or_none()
         )
         if batch is None:
             return None
-        counts = dict(
-            connection.execute(
-                select(Video.status, func.count())
-                .where(Video.batch_id == batch_id)
-                .group_by(Video.status)
+        counts: dict[str, int] = {
+            status: count
+            for status, count in connection.execute(
+                select(col(Video.status), func.count())
+                .where(col(Video.batch_id) == batch_id)
+                .group_by(col(Video.status))
             ).all()
-        )
+        }
         workers = _workers(connection, batch_id)
     now = utcnow()
     done, failed = counts.get(VideoStatus.DONE, 0), counts.get(VideoStatus.FAILED, 0)
@@ -182,27 +189,29 @@ def _eta(left: int, rate_per_minute: float) -> float | None:
     return round(60.0 * left / rate_per_minute, 1) if rate_per_minute > 0 else None
 
 
-def _workers(connection, batch_id: str) -> list[WorkerProgress]:
-    def count(outcome: AttemptOutcome):
-        return func.sum(case((VideoAttempt.outcome == outcome, 1), else_=0))
+def _workers(connection: Connection, batch_id: str) -> list[WorkerProgress]:
+    def count(outcome: AttemptOutcome) -> ColumnElement[int]:
+        return func.sum(case((col(VideoAttempt.outcome) == outcome, 1), else_=0))
 
     rows = connection.execute(
         select(
-            VideoAttempt.worker,
+            col(VideoAttempt.worker),
             count(AttemptOutcome.DONE),
             count(AttemptOutcome.FAILED),
             count(AttemptOutcome.RETRY),
             count(AttemptOutcome.LOST),
             count(AttemptOutcome.RUNNING),
-            func.min(VideoAttempt.started_at),
-            func.max(VideoAttempt.finished_at),
+            func.min(col(VideoAttempt.started_at)),
+            func.max(col(VideoAttempt.finished_at)),
         )
-        .where(VideoAttempt.batch_id == batch_id)
-        .group_by(VideoAttempt.worker)
-        .order_by(VideoAttempt.worker)
+        .where(col(VideoAttempt.batch_id) == batch_id)
+        .group_by(col(VideoAttempt.worker))
+        .order_by(col(VideoAttempt.worker))
     ).all()
     workers = []
     for worker, done, failed, retried, lost, running, first, last in rows:
+        # Every worker in the log started at least once; it may not have finished yet.
+        started, finished = _aware(first), _aware(last) if last else None
         progress = WorkerProgress(
             worker,
             done or 0,
@@ -210,11 +219,11 @@ def _workers(connection, batch_id: str) -> list[WorkerProgress]:
             retried or 0,
             lost or 0,
             running or 0,
-            _aware(first) if first else None,
-            _aware(last) if last else None,
+            started,
+            finished,
         )
-        if first and last and last > first:
-            minutes = (progress.last_finished_at - progress.first_started_at).total_seconds() / 60
+        if finished and finished > started:
+            minutes = (finished - started).total_seconds() / 60
             progress.rate_per_minute = round((progress.done + progress.failed) / minutes, 2)
         workers.append(progress)
     return workers
@@ -238,8 +247,8 @@ def failed_videos(batch_id: str, limit: int) -> list[Video]:
         return list(
             session.scalars(
                 select(Video)
-                .where(Video.batch_id == batch_id, Video.status == VideoStatus.FAILED)
-                .order_by(Video.id)
+                .where(col(Video.batch_id) == batch_id, col(Video.status) == VideoStatus.FAILED)
+                .order_by(col(Video.id))
                 .limit(limit)
             )
         )

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, date, datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Index, String, UniqueConstraint
+from sqlalchemy import DateTime, Index, String, Table, UniqueConstraint, inspect
 from sqlmodel import Field, SQLModel
 
 
@@ -16,6 +16,15 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table behind a model, for statements SQLModel cannot say (upserts, bulk
+    inserts on a connection)."""
+    table = inspect(model).local_table
+    if not isinstance(table, Table):
+        raise TypeError(f"{model.__name__} is not mapped to one table")
+    return table
 
 
 class JobStatus(StrEnum):

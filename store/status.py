@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, func, or_
-from sqlmodel import select
+from sqlmodel import col, select
 
 from store.db import session_scope
 from store.models import JobStatus, TranscriptionJob
@@ -35,25 +35,32 @@ def throughput(recent: int = 20) -> Throughput:
     with session_scope() as session:
         rows = session.exec(
             select(
-                TranscriptionJob.duration_seconds,
-                TranscriptionJob.created_at,
-                TranscriptionJob.started_at,
-                TranscriptionJob.finished_at,
+                col(TranscriptionJob.duration_seconds),
+                col(TranscriptionJob.created_at),
+                col(TranscriptionJob.started_at),
+                col(TranscriptionJob.finished_at),
             )
             .where(
-                TranscriptionJob.status == JobStatus.COMPLETED,
-                TranscriptionJob.started_at.is_not(None),
-                TranscriptionJob.duration_seconds > 0,
+                col(TranscriptionJob.status) == JobStatus.COMPLETED,
+                col(TranscriptionJob.started_at).is_not(None),
+                col(TranscriptionJob.finished_at).is_not(None),
+                col(TranscriptionJob.duration_seconds) > 0,
             )
-            .order_by(TranscriptionJob.finished_at.desc())
+            .order_by(col(TranscriptionJob.finished_at).desc())
             .limit(recent)
         ).all()
-    if not rows:
+    # The query leaves out rows without these values; the comprehension says so to the types.
+    jobs = [
+        (audio, _aware(created), _aware(started), _aware(finished))
+        for audio, created, started, finished in rows
+        if audio is not None and started is not None and finished is not None
+    ]
+    if not jobs:
         return Throughput(DEFAULT_REALTIME_FACTOR, DEFAULT_STARTUP_SECONDS, 0)
-    audio = sum(r[0] for r in rows)
-    working = sum(max((_aware(r[3]) - _aware(r[2])).total_seconds(), 0.001) for r in rows)
-    waiting = sum(max((_aware(r[2]) - _aware(r[1])).total_seconds(), 0.0) for r in rows)
-    return Throughput(audio / working, waiting / len(rows), len(rows))
+    audio = sum(job[0] for job in jobs)
+    working = sum(max((job[3] - job[2]).total_seconds(), 0.001) for job in jobs)
+    waiting = sum(max((job[2] - job[1]).total_seconds(), 0.0) for job in jobs)
+    return Throughput(audio / working, waiting / len(jobs), len(jobs))
 
 
 _recent: tuple[float, Throughput] | None = None
@@ -94,16 +101,19 @@ def list_jobs(
     """Newest first, ``limit`` at a time; returns the page and the cursor of the next one."""
     query = select(TranscriptionJob)
     if status:
-        query = query.where(TranscriptionJob.status == status)
+        query = query.where(col(TranscriptionJob.status) == status)
     if cursor:
         created, job_id = decode_cursor(cursor)
         query = query.where(
             or_(
-                TranscriptionJob.created_at < created,
-                and_(TranscriptionJob.created_at == created, TranscriptionJob.id < job_id),
+                col(TranscriptionJob.created_at) < created,
+                and_(
+                    col(TranscriptionJob.created_at) == created,
+                    col(TranscriptionJob.id) < job_id,
+                ),
             )
         )
-    query = query.order_by(TranscriptionJob.created_at.desc(), TranscriptionJob.id.desc())
+    query = query.order_by(col(TranscriptionJob.created_at).desc(), col(TranscriptionJob.id).desc())
     with session_scope() as session:
         page = list(session.exec(query.limit(limit + 1)))
     more = len(page) > limit
@@ -115,9 +125,9 @@ def queue_counts() -> dict[str, dict[str, int]]:
     """Jobs waiting and running, per work pool."""
     with session_scope() as session:
         rows = session.exec(
-            select(TranscriptionJob.work_pool, TranscriptionJob.status, func.count())
-            .where(TranscriptionJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-            .group_by(TranscriptionJob.work_pool, TranscriptionJob.status)
+            select(col(TranscriptionJob.work_pool), col(TranscriptionJob.status), func.count())
+            .where(col(TranscriptionJob.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+            .group_by(col(TranscriptionJob.work_pool), col(TranscriptionJob.status))
         ).all()
     pools: dict[str, dict[str, int]] = {}
     for pool, status, count in rows:
@@ -133,10 +143,11 @@ def waiting_audio_seconds() -> float:
             select(
                 func.coalesce(
                     func.sum(
-                        TranscriptionJob.duration_seconds - TranscriptionJob.audio_seconds_done
+                        col(TranscriptionJob.duration_seconds)
+                        - col(TranscriptionJob.audio_seconds_done)
                     ),
                     0.0,
                 )
-            ).where(TranscriptionJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+            ).where(col(TranscriptionJob.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))
         ).one()
     return float(total or 0.0)

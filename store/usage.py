@@ -10,12 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from store.db import get_engine, reader
-from store.models import ApiKeyState, UsageCounter, UserCooldown
+from store.models import ApiKeyState, UsageCounter, UserCooldown, table_of
+
+_USAGE = table_of(UsageCounter)
+_COOLDOWN = table_of(UserCooldown)
+_KEY_STATE = table_of(ApiKeyState)
 
 
 @dataclass(frozen=True)
@@ -33,18 +37,20 @@ def next_midnight(now: datetime) -> datetime:
     return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time(), tzinfo=UTC)
 
 
-def _insert(connection: Connection, table):
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
+def _insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can say ON CONFLICT, in the connection's dialect (both spell it alike)."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def _spend(connection: Connection, scope: str, day: date, limit: int) -> bool:
     """Add one to ``scope``'s count for ``day`` unless it already reached ``limit``."""
     if limit <= 0:
         return False
-    table = UsageCounter.__table__
-    statement = _insert(connection, table).values(scope=scope, day=day, used=1)
-    statement = statement.on_conflict_do_update(
+    table = _USAGE
+    insert = _insert(connection, table).values(scope=scope, day=day, used=1)
+    statement = insert.on_conflict_do_update(
         index_elements=["scope", "day"],
         set_={"used": table.c.used + 1},
         where=table.c.used < limit,
@@ -57,9 +63,9 @@ def _start_cooldown(
 ) -> datetime | None:
     """Record ``now`` as the user's latest request; returns when the cooldown ends if the
     previous one was too recent (and records nothing)."""
-    table = UserCooldown.__table__
-    statement = _insert(connection, table).values(user_id=user_id, kind=kind, last_at=now)
-    statement = statement.on_conflict_do_update(
+    table = _COOLDOWN
+    insert = _insert(connection, table).values(user_id=user_id, kind=kind, last_at=now)
+    statement = insert.on_conflict_do_update(
         index_elements=["user_id", "kind"],
         set_={"last_at": now},
         where=table.c.last_at <= now - timedelta(seconds=seconds),
@@ -126,7 +132,7 @@ def spend_key_day(provider: str, key: str, limit: int, now: datetime | None = No
 def used_today(scope: str, now: datetime | None = None) -> int:
     """How many ``scope`` spent today (``user:chat:<id>``, ``global:image``, ``key:openai:a``)."""
     day = (now or datetime.now(UTC)).astimezone(UTC).date()
-    table = UsageCounter.__table__
+    table = _USAGE
     with reader().connect() as connection:
         value = connection.execute(
             select(table.c.used).where(table.c.scope == scope, table.c.day == day)
@@ -136,7 +142,7 @@ def used_today(scope: str, now: datetime | None = None) -> int:
 
 def cool_key(provider: str, key: str, until: datetime, reason: str) -> None:
     """Rest a key until ``until`` (a later rest already recorded wins)."""
-    table = ApiKeyState.__table__
+    table = _KEY_STATE
     now = datetime.now(UTC)
     with get_engine().begin() as connection:
         statement = _insert(connection, table).values(
@@ -153,7 +159,7 @@ def cool_key(provider: str, key: str, until: datetime, reason: str) -> None:
 def key_rests(provider: str, now: datetime | None = None) -> dict[str, tuple[datetime, str]]:
     """Keys of ``provider`` resting now: name -> (until, reason)."""
     now = now or datetime.now(UTC)
-    table = ApiKeyState.__table__
+    table = _KEY_STATE
     with reader().connect() as connection:
         rows = connection.execute(
             select(table.c.key_name, table.c.cooled_until, table.c.reason).where(
@@ -165,7 +171,7 @@ def key_rests(provider: str, now: datetime | None = None) -> dict[str, tuple[dat
 
 def clear_key(provider: str, key: str) -> bool:
     """End a key's rest (an operator fixed it); True if it was resting."""
-    table = ApiKeyState.__table__
+    table = _KEY_STATE
     with get_engine().begin() as connection:
         result = connection.execute(
             table.delete().where(table.c.provider == provider, table.c.key_name == key)

@@ -11,7 +11,7 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import numpy as np
@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay_settings import BUNDLED_MODEL, RelaySettings
 from tasks.split import Chunk
+
+if TYPE_CHECKING:  # imported where it is used: loading it is slow
+    from faster_whisper import WhisperModel
 
 
 class RequestOptions(BaseModel):
@@ -132,7 +135,7 @@ class ChunkResult:
     model_loads_in_process: int = 0
 
 
-_models: dict[tuple[str, str, str, int], object] = {}
+_models: dict[tuple[str, str, str, int], WhisperModel] = {}
 _models_lock = threading.Lock()
 _load_count = 0
 
@@ -146,7 +149,7 @@ def resolve_model(name: str) -> str:
     return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
 
 
-def load_model(options: AsrOptions):  # -> faster_whisper.WhisperModel
+def load_model(options: AsrOptions) -> WhisperModel:
     """The process's model for these options, loaded on first use and kept."""
     global _load_count
     key = (options.model, options.device, options.compute_type, options.cpu_threads)

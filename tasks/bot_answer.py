@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
-from bot_config import BotConfig
+from bot_config import BotConfig, is_kind
 from relay_settings import get_settings
 from store.bot import StoredFile
 from store.models import BotRequest
@@ -35,7 +37,9 @@ def answer_folder(request_id: str) -> Path:
 def ask_provider(request: BotRequest, config: BotConfig) -> Answer:
     """Call the kind's provider with a key of its pool; raises ``UpstreamError`` (refused or
     every key failing) or ``QuotaExhaustedError`` (no key free before the deadline)."""
-    choice = config.providers[request.kind]  # type: ignore[index]
+    if not is_kind(request.kind):
+        raise KeyError(request.kind)  # as the lookup would: the API takes no other kind
+    choice = config.providers[request.kind]
     pool = key_pool(choice.key_pool)
     deadline = time.monotonic() + choice.deadline_seconds
     call = _caller(pool, request, choice.model, deadline)
@@ -48,12 +52,26 @@ def ask_provider(request: BotRequest, config: BotConfig) -> Answer:
     return Answer("", [stored], pool.provider, choice.model, spent, elapsed)
 
 
-def _caller(pool: KeyPool, request: BotRequest, model: str, deadline: float):
+class _CallArguments(TypedDict):
+    """What every provider call takes besides its key and model."""
+
+    base_url: str
+    timeout: float
+    prompt: str
+
+
+def _caller(
+    pool: KeyPool, request: BotRequest, model: str, deadline: float
+) -> Callable[[str], ChatAnswer | MediaAnswer]:
     """``secret -> answer`` for the request's kind on the pool's provider."""
     from tasks.providers import minimax, openai_api, stability
 
     block, prompt = pool.block, request.prompt
-    common = {"base_url": block.base_url, "timeout": block.timeout_seconds, "prompt": prompt}
+    common: _CallArguments = {
+        "base_url": block.base_url,
+        "timeout": block.timeout_seconds,
+        "prompt": prompt,
+    }
     if request.kind == "chat":
         if block.provider != "openai":
             raise ValueError(f"chat needs an openai key pool, not {block.provider}")

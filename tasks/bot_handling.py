@@ -9,6 +9,7 @@ from datetime import datetime
 from urllib.parse import quote
 
 from blocks.discord import DiscordDestination, redact_text
+from blocks.prefect_sync import load_block
 from bot_config import get_bot_config
 from relay_settings import get_settings
 from store import bot as requests
@@ -144,7 +145,7 @@ def destination_url(request: BotRequest) -> str:
     if request.destination_sealed:
         return unseal(request.destination_sealed)
     if request.destination_block:
-        block = DiscordDestination.load(request.destination_block, _sync=True)
+        block = load_block(DiscordDestination, request.destination_block)
         return block.webhook_url.get_secret_value()
     raise ValueError("the request names no destination")
 

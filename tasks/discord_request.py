@@ -135,7 +135,7 @@ def _payload(message: WebhookMessage, sender: Sender) -> dict[str, Any]:
 
 
 def _backoff(attempt: int) -> float:
-    return min(BACKOFF_SECONDS * 2 ** (attempt - 1), MAX_WAIT_SECONDS)
+    return min(BACKOFF_SECONDS * 2.0 ** (attempt - 1), MAX_WAIT_SECONDS)
 
 
 def _retry_after(response: requests.Response) -> float | None:

@@ -13,6 +13,7 @@ from prefect.concurrency.sync import rate_limit
 from pydantic import ValidationError
 
 from blocks.discord import EVENTS, DiscordDestination, redact_text, redact_webhook_url
+from blocks.prefect_sync import load_block
 from tasks.discord_limits import (
     CONTENT_LIMIT,
     DESCRIPTION_LIMIT,
@@ -124,7 +125,7 @@ def job_message(event: JobEvent) -> WebhookMessage:
 def notify_job(block_name: str, event: JobEvent) -> DeliveryResult:
     """Post ``event`` to the ``DiscordDestination`` block ``block_name``; never raises."""
     try:
-        destination = DiscordDestination.load(block_name, _sync=True)
+        destination = load_block(DiscordDestination, block_name)
     except ValueError:
         reason = f"no Discord destination '{block_name}' configured"
         logger.info("job %s: %s; not notifying", event.job_id, reason)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
+from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import PrefectHTTPStatusError
@@ -30,6 +31,7 @@ from blocks.keys import (
     rate_limit_name,
     rate_limit_shape,
 )
+from blocks.prefect_sync import load_block
 from store import usage
 from tasks.providers.errors import UpstreamError
 
@@ -114,13 +116,13 @@ class KeyPool:
 
     # -- picking a key -------------------------------------------------------------------
 
-    def _acquire(self, deadline: float) -> tuple[ApiKey, str | None]:
+    def _acquire(self, deadline: float) -> tuple[ApiKey, UUID | None]:
         """A key with a rate slot taken (and a concurrency lease, for keys that cap calls in
         flight: taken first, so a slot is never held while waiting for one)."""
         while True:
             for key in self._candidates():
-                lease_id = self._take_concurrency(key, deadline)
-                if lease_id is False:
+                free, lease_id = self._take_concurrency(key, deadline)
+                if not free:
                     continue
                 try:
                     taken = self._take_slot(key)
@@ -237,11 +239,12 @@ class KeyPool:
 
     # -- concurrency ---------------------------------------------------------------------
 
-    def _take_concurrency(self, key: ApiKey, deadline: float) -> str | bool | None:
-        """A lease on one of the key's concurrency slots; None when the key has no cap,
-        False when every slot is taken (the key counts as busy for a moment)."""
+    def _take_concurrency(self, key: ApiKey, deadline: float) -> tuple[bool, UUID | None]:
+        """Whether the key may take a call now, and the lease on the concurrency slot it took
+        (None when the key has no cap). Not free when every slot is taken (the key then counts
+        as busy for a moment)."""
         if not key.max_concurrent:
-            return None
+            return True, None
         name = concurrency_limit_name(self.provider, key.name)
         try:
             response = self._prefect().increment_concurrency_slots_with_lease(
@@ -260,18 +263,18 @@ class KeyPool:
             wait = _float(err.response.headers.get("Retry-After"), 0.5)
             with self._lock:
                 self._blocked[key.name] = time.monotonic() + min(max(wait, 0.05), 1.0)
-            return False
+            return False, None
         body = response.json()
-        lease_id = body.get("lease_id")
+        lease_id = UUID(body["lease_id"]) if body.get("lease_id") else None
         if not body.get("limits"):  # Prefect grants a lease on a limit that does not exist
             if lease_id:
                 self._prefect().release_concurrency_slots_with_lease(lease_id)
             raise QuotaMisconfiguredError(
                 f"Prefect has no concurrency limit {name!r}: run `make bootstrap` for this pool"
             )
-        return str(lease_id)
+        return True, lease_id
 
-    def _release(self, key: ApiKey, lease_id: str | None) -> None:
+    def _release(self, key: ApiKey, lease_id: UUID | None) -> None:
         if not lease_id:
             return
         try:
@@ -313,7 +316,7 @@ def key_pool(block_name: str) -> KeyPool:
         cached = _pools.get(block_name)
         if cached and time.monotonic() - cached[0] < POOL_RELOAD_SECONDS:
             return cached[1]
-    block = ApiKeyPool.load(block_name, _sync=True)
+    block = load_block(ApiKeyPool, block_name)
     with _pools_lock:
         cached = _pools.get(block_name)
         if cached and cached[1].block == block:

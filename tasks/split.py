@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import wave
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 
 import fsspec
@@ -91,7 +91,8 @@ def frame_levels(samples: np.ndarray) -> np.ndarray:
         return np.full(1, -120.0)
     frames = samples[: count * size].astype(np.float32).reshape(count, size) / 32768.0
     rms = np.sqrt(np.mean(frames * frames, axis=1))
-    return 20.0 * np.log10(np.maximum(rms, 1e-6))
+    levels: np.ndarray = 20.0 * np.log10(np.maximum(rms, 1e-6))
+    return levels
 
 
 def silence_threshold(levels: np.ndarray) -> float:
@@ -117,7 +118,7 @@ def cut_points(samples: np.ndarray, options: SplitOptions) -> list[float]:
 
 def stream_chunks(
     blocks: Iterable[np.ndarray], declared: float, folder: str, options: SplitOptions
-) -> Iterator[Chunk]:
+) -> Generator[Chunk, None, None]:
     """Split audio while it is still being decoded: each chunk is written under ``folder``
     and yielded as soon as the audio around its end has arrived, so that the first chunks
     are transcribed while the rest of the file is decoded.
@@ -307,7 +308,7 @@ class SplitPlan:
     options: SplitOptions
 
 
-def split_while_decoding(plan: SplitPlan) -> Iterator[Chunk]:
+def split_while_decoding(plan: SplitPlan) -> Generator[Chunk, None, None]:
     """Decode ``plan.info`` with ffmpeg and yield its chunks as they are cut; MediaError
     (truncated, corrupt, no sound) once the decoded stream proves it."""
     return stream_chunks(decode_blocks(plan.info), plan.info.duration, plan.folder, plan.options)

@@ -75,6 +75,7 @@ class FakeDiscord:
     def host(self) -> str:
         """``127.0.0.1:PORT``, the entry for ``RELAY_WEBHOOK_ALLOWED_HOSTS``."""
         host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"{host}:{port}"
 
     def url_for(self, webhook_id: str = "1", token: str = "secret-token") -> str:
@@ -183,8 +184,8 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
                 self._json(307, {"message": "moved"}, {"Location": location})
             else:
                 status = int(behaviour)
-                code, message = _ERRORS.get(status, (0, f"{status}: error"))
-                self._json(status, {"message": message, "code": code})
+                code, text = _ERRORS.get(status, (0, f"{status}: error"))
+                self._json(status, {"message": text, "code": code})
 
         def _json(self, status: int, body: dict[str, Any], headers: dict | None = None) -> None:
             data = json.dumps(body).encode()
@@ -217,9 +218,11 @@ def _parse_body(content_type: str, body: bytes) -> tuple[dict[str, Any], dict[st
     files: dict[str, bytes] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        content = part.get_payload(decode=True) or b""
-        if part.get_filename():
-            files[part.get_filename()] = content
+        decoded = part.get_payload(decode=True)  # bytes for a leaf part
+        content = decoded if isinstance(decoded, bytes) else b""
+        filename = part.get_filename()
+        if filename:
+            files[filename] = content
         elif name == "payload_json":
             payload = json.loads(content)
     return payload, files

@@ -15,7 +15,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -110,6 +110,7 @@ class FakeProvider:
     def origin(self) -> str:
         """``http://127.0.0.1:PORT``."""
         host, port = self._server.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}"
 
     @property
@@ -117,7 +118,7 @@ class FakeProvider:
         """The base URL a client is configured with."""
         return self.origin
 
-    def start(self) -> FakeProvider:
+    def start(self) -> Self:
         """Serve in a daemon thread."""
         self._thread.start()
         return self
@@ -135,7 +136,7 @@ class FakeProvider:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> FakeProvider:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -80,7 +80,7 @@ class FakeOpenAI(FakeProvider):
         return content if isinstance(content, str) else None
 
     @staticmethod
-    def _error(status: int, message: str, kind: str, code: str | None, **kw: Any) -> Reply:
+    def _error(status: int, message: str, kind: str, code: str | int | None, **kw: Any) -> Reply:
         body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
         outcome = {401: "unauthorized", 429: "rate_limited"}.get(status, "failed")
         return Reply.json(status, body, outcome=outcome, **kw)
@@ -192,8 +192,9 @@ class FakeStability(FakeProvider):
         fields: dict[str, Any] = {"accept": headers.get("Accept", "image/*")}
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
-            if name and not part.get_filename():
-                fields[name] = (part.get_payload(decode=True) or b"").decode()
+            payload = part.get_payload(decode=True)  # bytes for a leaf part
+            if isinstance(name, str) and name and not part.get_filename():
+                fields[name] = (payload if isinstance(payload, bytes) else b"").decode()
         return fields
 
     @staticmethod

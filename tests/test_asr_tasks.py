@@ -254,6 +254,7 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
     from datetime import timedelta
 
     from sqlalchemy import update
+    from sqlmodel import col
 
     from store.db import session_scope
     from store.models import TranscriptionJob, utcnow
@@ -269,7 +270,7 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
     with session_scope() as session:  # its worker held it, then died: the lease ran out
         session.execute(
             update(TranscriptionJob)
-            .where(TranscriptionJob.id == job.id)
+            .where(col(TranscriptionJob.id) == job.id)
             .values(
                 lease_owner="gone:1",
                 lease_token="dead-run",

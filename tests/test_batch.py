@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.settings import PREFECT_API_URL
-from sqlmodel import select
+from sqlmodel import col, select
 
 from api.app import create_app
 from blocks.discord import DiscordDestination
@@ -90,7 +90,7 @@ def _videos() -> dict[str, Video]:
 
 def _attempts() -> list[VideoAttempt]:
     with session_scope() as session:
-        return list(session.exec(select(VideoAttempt).order_by(VideoAttempt.id)))
+        return list(session.exec(select(VideoAttempt).order_by(col(VideoAttempt.id))))
 
 
 class Killer(threading.Thread):
@@ -143,6 +143,7 @@ def test_three_workers_drain_the_catalogue_though_one_is_killed(catalogue, disco
 
     assert state.is_completed(), state.message
     outcome = state.result()
+    assert isinstance(outcome, reprocess.BatchOutcome)
     assert (outcome.videos_total, outcome.failed, outcome.left) == (VIDEOS, CORRUPT, 0)
     assert killer.victim and killer.held, "no worker was killed mid-batch"
 
@@ -203,11 +204,13 @@ def test_three_workers_drain_the_catalogue_though_one_is_killed(catalogue, disco
 def test_a_rerun_does_nothing_and_force_redoes_only_that_video(catalogue):
     before = len(_attempts())
     rerun = reprocess.reprocess_videos(workers=2, poll_seconds=1)
+    assert isinstance(rerun, reprocess.BatchOutcome)
     assert (rerun.videos_total, rerun.done) == (0, 0)
     assert len(_attempts()) == before
 
     target = _videos()[catalogue[0].path.name]
     forced = reprocess.reprocess_videos(workers=1, force_ids=[target.id], poll_seconds=1)
+    assert isinstance(forced, reprocess.BatchOutcome)
     assert (forced.videos_total, forced.done) == (1, 1)
     new = _attempts()[before:]
     assert [(a.video_id, a.outcome) for a in new] == [(target.id, "done")]
@@ -226,10 +229,12 @@ def test_one_worker_on_sqlite_in_the_flow_run_itself(catalogue, relay_env, tmp_p
     assert relay_cli(["batch", "import", str(listing)]) == 0
 
     outcome = reprocess.reprocess_videos(workers=1, poll_seconds=0.5)
+    assert isinstance(outcome, reprocess.BatchOutcome)
 
     broken = sum(1 for m in chosen if m.corrupt)
     assert broken >= 1
     assert (outcome.videos_total, outcome.done, outcome.failed) == (12, 12 - broken, broken)
     assert Counter(a.outcome for a in _attempts()) == {"done": 12 - broken, "failed": broken}
     again = reprocess.reprocess_videos(workers=1, poll_seconds=0.5)
+    assert isinstance(again, reprocess.BatchOutcome)
     assert again.videos_total == 0 and len(_attempts()) == 12

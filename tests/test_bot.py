@@ -206,7 +206,7 @@ def test_a_key_answering_429_or_401_rests_and_the_others_carry_the_load(api, fak
     tried = sorted(r.received_at for r in openai.requests_for(key="sk-rest-429"))
     assert len(tried) <= 2 + (tried[-1] - tried[0]) / 0.9
     with get_engine().connect() as connection:
-        rests = dict(
+        rests: dict[str, str] = dict(
             connection.execute(
                 text("SELECT key_name, reason FROM api_key_state WHERE provider = 'openai'")
             ).all()

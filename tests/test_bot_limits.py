@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import yaml
@@ -202,7 +203,12 @@ class TestFencing:
         held = [lease for lease in leases if lease is not None]
         assert len(held) == 1
         stale = Lease(None, datetime.now(UTC) + timedelta(minutes=5), "an-earlier-holder")
-        outcome = {"messages_sent": 1, "attempts": 1, "error": None, "give_up": False}
+        outcome: dict[str, Any] = {
+            "messages_sent": 1,
+            "attempts": 1,
+            "error": None,
+            "give_up": False,
+        }
         assert bot.record_delivery(request.id, delivered=True, lease=stale, **outcome) is None
         assert bot.get_request(request.id).delivery_status == DeliveryStatus.PENDING
         recorded = bot.record_delivery(request.id, delivered=True, lease=held[0], **outcome)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import string
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def webhook(fake: FakeDiscord) -> str:
     return fake.url_for(webhook_id="42", token=TOKEN)
 
 
-def reply(**fields: object) -> BotReply:
+def reply(**fields: Any) -> BotReply:
     return BotReply(**{"request_id": "req-1", "user_id": USER, "kind": "chat", **fields})
 
 

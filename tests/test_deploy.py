@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.settings import PREFECT_API_URL
 
 from blocks.keys import ApiKeyPool, rate_limit_shape
+from blocks.prefect_sync import load_block
 from deployments import bootstrap
 from deployments.alerts import ALERT_NAME
 from relay_pools import load_pools
@@ -40,13 +42,13 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
-def discord():
+def discord() -> Iterator[FakeDiscord]:
     with FakeDiscord(retry_after=0.2) as fake:
         yield fake
 
 
 @pytest.fixture(scope="module")
-def env(discord) -> dict[str, str]:
+def env(discord: FakeDiscord) -> Iterator[dict[str, str]]:
     """What a worker host has: the server's URL, the job store, a Discord destination."""
     values = {
         "PREFECT_API_URL": PREFECT_API_URL.value(),
@@ -158,7 +160,7 @@ def test_bootstrap_saves_the_key_pools_set_in_the_environment_with_a_limit_per_k
         "minimax": "created",
     }
     assert "sk-deploy" not in json.dumps(first)
-    openai = ApiKeyPool.load("openai")
+    openai = load_block(ApiKeyPool, "openai")
     assert openai.base_url == "http://127.0.0.1:9/v1"  # RELAY_OPENAI_BASE_URL wins
     assert [k.name for k in openai.keys] == ["primary", "secondary"]
     assert openai.secret("secondary") == "sk-deploy-openai-2"
@@ -188,6 +190,7 @@ def test_prefect_yaml_deploys_every_flow_to_its_pool():
     assert batch.work_pool_name == worker.work_pool_name == "batch-video"
     assert batch.global_concurrency_limit.limit == 1
     [nightly] = batch.schedules
+    assert isinstance(nightly.schedule, CronSchedule)
     assert (nightly.slug, nightly.schedule.cron, nightly.active) == ("nightly", "0 2 * * *", True)
 
 

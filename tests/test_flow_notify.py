@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from blocks.discord import DiscordDestination
-from flows.transcribe import transcribe
+from flows.transcribe import TranscriptionOutcome, transcribe
 from store import jobs
 from store.models import JobStatus
 from tasks.wer import word_error_rate
@@ -33,6 +33,7 @@ def test_started_and_completed_are_posted_with_the_transcript(discord):
 
     assert state.is_completed(), state.message
     outcome = state.result()
+    assert isinstance(outcome, TranscriptionOutcome)
     started, finished = discord.requests
     assert started.payload["embeds"][0]["title"] == "Transcription started: weather.mp3"
     embed = finished.payload["embeds"][0]
@@ -64,7 +65,9 @@ def test_undeliverable_notification_is_recorded_and_the_job_completes(discord):
     state = transcribe(str(DATA / "weather.mp3"), return_state=True)
 
     assert state.is_completed(), state.message
-    job = jobs.get_job(state.result().job_id)
+    outcome = state.result()
+    assert isinstance(outcome, TranscriptionOutcome)
+    job = jobs.get_job(outcome.job_id)
     assert job.status == JobStatus.COMPLETED
     assert job.notification_error.startswith("completed: gave up after 4 attempts: HTTP 500")
     assert TOKEN not in job.notification_error

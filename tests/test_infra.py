@@ -250,11 +250,11 @@ def test_job_folders_are_shared():
     assert "ReadWriteMany" in claim["spec"]["accessModes"], "relay-data must be ReadWriteMany"
     for name, pod in [*pods().items(), ("dask workers", dask_values()["worker"]["mounts"])]:
         claims = {v["name"]: v.get("persistentVolumeClaim", {}) for v in pod["volumes"]}
-        mounts = [m for c in pod.get("containers", [pod]) for m in c["volumeMounts"]]
+        pod_mounts = [m for c in pod.get("containers", [pod]) for m in c["volumeMounts"]]
         assert any(
             claims.get(m["name"], {}).get("claimName") == "relay-data"
             and m["mountPath"] == config("RELAY_DATA_DIR")
-            for m in mounts
+            for m in pod_mounts
         ), f"{name} does not mount the relay-data claim at RELAY_DATA_DIR"
 
 

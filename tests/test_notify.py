@@ -9,7 +9,7 @@ from prefect import flow
 from pydantic import SecretStr, ValidationError
 
 from blocks.discord import DiscordDestination, redact_webhook_url, validate_webhook_url
-from tasks.discord_webhook import DeliveryOutcome
+from tasks.discord_webhook import DeliveryOutcome, DeliveryResult
 from tasks.notify import JobEvent, deliver, notify_job
 from tests.fake_discord import FakeDiscord, allowed_fake_discord, nothing_logged_holds
 
@@ -293,7 +293,7 @@ def test_deliver_never_raises_on_a_broken_destination(webhook_url):
 
 
 @flow
-def notify_flow(block_name: str, event: JobEvent):
+def notify_flow(block_name: str, event: JobEvent) -> DeliveryResult:
     return notify_job(block_name, event)
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
@@ -113,7 +114,7 @@ def chat_worker(prefect_server, tmp_path):  # noqa: ARG001 (the server must be u
 
 def _state(task_run_id: str) -> str:
     with get_client(sync_client=True) as client:
-        return client.read_task_run(task_run_id).state_type.value
+        return client.read_task_run(UUID(task_run_id)).state_type.value
 
 
 def _wait_completed(task_run_ids: list[str], limit: float = 60.0) -> None:
@@ -136,4 +137,4 @@ def test_a_chat_worker_takes_chat_runs_old_and_new_and_never_a_media_run(chat_wo
     assert _state(media) == "SCHEDULED", "the bot-chat worker took a bot-media run"
     assert "registry-media-1" not in chat_worker.read_text()
     with get_client(sync_client=True) as client:
-        client.delete_task_run(media)  # no later bot-media worker of this session sees it
+        client.delete_task_run(UUID(media))  # no later bot-media worker of this session sees it

@@ -111,7 +111,7 @@ def simulate(lengths: list[float], workers: int) -> list[float]:
 @pytest.mark.parametrize("workers", [2, 3, 4])
 @pytest.mark.parametrize("minutes", [5, 10, 17, 30])
 def test_the_last_chunks_are_sized_for_the_workers_to_finish_together(minutes, workers):
-    pieces = []
+    pieces: list[np.ndarray] = []
     while sum(len(p) for p in pieces) < minutes * 60 * SAMPLE_RATE:  # a pause every 6 s
         pieces += [noise(5.5), quiet(0.5)]
     audio = np.concatenate(pieces)

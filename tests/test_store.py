@@ -110,6 +110,7 @@ def test_a_job_whose_coordinator_stopped_renewing_is_taken_once():
     from datetime import timedelta
 
     from sqlalchemy import update
+    from sqlmodel import col
 
     from store.db import session_scope
     from store.models import TranscriptionJob, utcnow
@@ -124,7 +125,7 @@ def test_a_job_whose_coordinator_stopped_renewing_is_taken_once():
     with session_scope() as session:
         session.execute(
             update(TranscriptionJob)
-            .where(TranscriptionJob.id == dead.id)
+            .where(col(TranscriptionJob.id) == dead.id)
             .values(lease_expires_at=utcnow() - timedelta(minutes=5))
         )
     found = jobs.expired("asr-cpu")

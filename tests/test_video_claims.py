@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, select, update
+from sqlmodel import col
 
 from flows.catalogue import CatalogueError, read_sources
 from store import batches, videos
@@ -45,17 +46,17 @@ def _import(count: int, prefix: str = "/videos/v") -> None:
 
 def _attempts(video_id: int | None = None) -> list[VideoAttempt]:
     with session_scope() as session:
-        query = select(VideoAttempt).order_by(VideoAttempt.id)
+        query = select(VideoAttempt).order_by(col(VideoAttempt.id))
         if video_id is not None:
-            query = query.where(VideoAttempt.video_id == video_id)
-        return list(session.exec(query).scalars())
+            query = query.where(col(VideoAttempt.video_id) == video_id)
+        return list(session.scalars(query))
 
 
 def test_import_is_idempotent():
     assert videos.import_videos([("/a.mp4", "a.mp4", 3.0), ("/b.mp4", "b.mp4", None)]) == (2, 0)
     assert videos.import_videos([("/a.mp4", "a.mp4", 3.0), ("/c.mp4", "c.mp4", 1.0)]) == (1, 1)
     with session_scope() as session:
-        assert len(session.exec(select(Video)).all()) == 3
+        assert len(session.scalars(select(Video)).all()) == 3
 
 
 def test_concurrent_claims_never_hand_out_a_video_twice():
@@ -141,7 +142,7 @@ def test_a_video_whose_worker_dies_every_time_is_given_up():
 
 def _only_id() -> int:
     with session_scope() as session:
-        return session.exec(select(Video.id)).scalars().one()
+        return session.scalars(select(col(Video.id))).one()
 
 
 def test_released_videos_go_back_without_spending_an_attempt():

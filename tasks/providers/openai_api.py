@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from tasks.providers import ChatAnswer, MediaAnswer
 from tasks.providers.errors import UpstreamError, clean_message, parse_retry_after
@@ -34,7 +35,7 @@ def chat(
     max_tokens: int | None = None,
 ) -> ChatAnswer:
     """One chat completion for `prompt`; raises `UpstreamError` when no answer came."""
-    messages: list[dict[str, str]] = []
+    messages: list[ChatCompletionMessageParam] = []
     if system_prompt:
         messages.append({"role": "system", "content": system_prompt})
     messages.append({"role": "user", "content": prompt})

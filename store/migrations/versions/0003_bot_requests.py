@@ -4,8 +4,10 @@ Revision ID: 0003
 Revises: 0002
 """
 
+from datetime import datetime
+
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision = "0003"
@@ -16,7 +18,7 @@ depends_on = None
 AutoString = sqlmodel.sql.sqltypes.AutoString
 
 
-def _when(name: str, nullable: bool = True) -> sa.Column:
+def _when(name: str, nullable: bool = True) -> sa.Column[datetime]:
     return sa.Column(name, sa.DateTime(timezone=True), nullable=nullable)
 
 
