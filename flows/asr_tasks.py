@@ -72,7 +72,9 @@ def run_job(
         without_prefect_heartbeat(),
     ):
         chosen = JobOptions.model_validate(options).over(pool_options(pool))
-        state = transcribe(source, job_id=job_id, **chosen.given(), return_state=True)
+        state = transcribe(
+            source, job_id=job_id, lease_token=lease.token, **chosen.given(), return_state=True
+        )
     job = jobs.get_job(job_id)
     log.info("job %s ended %s: %s", job_id, job.status if job else "?", state.message or "")
     return str(job.status) if job else state.type.value.lower()

@@ -68,8 +68,13 @@ def transcribe(
     vad_filter: bool | None = None,
     initial_prompt: str | None = None,
     word_timestamps: bool | None = None,
+    lease_token: str | None = None,
 ) -> TranscriptionOutcome | State:
-    """Transcribe one audio or video file; the job ends completed, or failed with a reason."""
+    """Transcribe one audio or video file; the job ends completed, or failed with a reason.
+
+    ``lease_token`` (set by a task worker, which holds the job's lease) fences the job's
+    final write: once another worker has taken the job over, this run records nothing and
+    announces nothing."""
     settings = get_settings()
     started = time.perf_counter()
     given = JobOptions(
@@ -88,7 +93,7 @@ def transcribe(
     name = Path(source).name
     probed = probe_media(source, settings.max_audio_seconds, return_state=True)
     if probed.is_failed():
-        return _fail(job.id, name, probed.message, folder=None)
+        return _fail(job.id, name, probed.message, folder=None, token=lease_token)
     # A State the task returned became its own; a completed one holds the MediaInfo.
     info = cast(MediaInfo, probed.result())
 
@@ -109,7 +114,7 @@ def transcribe(
     with without_prefect_heartbeat():  # this flow's own heartbeat covers its subflow
         mapped = transcribe_chunks.with_options(task_runner=runner)(job.id, [], options, plan)
     if mapped.split_error:
-        return _fail(job.id, name, mapped.split_error, folder)
+        return _fail(job.id, name, mapped.split_error, folder, token=lease_token)
     if jobs.is_cancelled(job.id):
         _remove(folder)
         return Cancelled(message="cancelled by a user")
@@ -120,6 +125,7 @@ def transcribe(
             name,
             f"{len(mapped.failures)} of {len(chunks)} chunks failed: " + "; ".join(mapped.failures),
             folder,
+            token=lease_token,
         )
     asr_done = time.perf_counter()
     duration = chunks[-1].end  # what was decoded; a container may declare more
@@ -133,7 +139,8 @@ def transcribe(
     }
     files = store_transcript(replace(transcript, timings=timings), folder)
     timings["total_seconds"] = round(time.perf_counter() - started, 3)
-    jobs.complete_job(job.id, transcript.language, options.model)
+    if not jobs.complete_job(job.id, transcript.language, options.model, token=lease_token):
+        return _superseded(job.id)
     if not settings.keep_chunks:
         _remove(f"{folder}/chunks")
     _summary_artifact(job.id, name, transcript, timings, len(chunks))
@@ -153,14 +160,24 @@ def transcribe(
     )
 
 
-def _fail(job_id: str, name: str, reason: str | None, folder: str | None) -> State:
+def _fail(
+    job_id: str, name: str, reason: str | None, folder: str | None, token: str | None = None
+) -> State:
     """Record the reason on the job, leave no partial output behind, end the run Failed."""
     reason = reason or "unknown error"
-    jobs.fail_job(job_id, reason)
+    if not jobs.fail_job(job_id, reason, token=token):
+        return _superseded(job_id)
     if folder:
         _remove(folder)
     _notify(JobEvent("failed", job_id, name, error=reason))
     return Failed(message=reason)
+
+
+def _superseded(job_id: str) -> State:
+    """Another worker took the job over (this run's lease ran out): its run speaks for it."""
+    message = f"job {job_id} was taken over by another worker; this run recorded nothing"
+    print(message)
+    return Cancelled(message=message)
 
 
 def _notify(event: JobEvent) -> None:

@@ -235,10 +235,12 @@ def take_over(job_id: str, owner: str, seconds: float) -> Lease | None:
         return leases.take_over(connection, JOB_LEASES, job_id, owner, seconds)
 
 
-def complete_job(job_id: str, language: str | None, model: str) -> None:
-    """The transcript is stored: the job is completed."""
-    _update(
+def complete_job(job_id: str, language: str | None, model: str, token: str | None = None) -> bool:
+    """The transcript is stored: the job is completed. With the ``token`` of the run's lease
+    only while that lease holds it (fenced): False when another run has taken it over."""
+    return _update(
         job_id,
+        token=token,
         status=JobStatus.COMPLETED,
         language=language,
         model=model,
@@ -248,10 +250,12 @@ def complete_job(job_id: str, language: str | None, model: str) -> None:
     )
 
 
-def fail_job(job_id: str, reason: str) -> None:
-    """The job failed; the reason is what a person will read."""
-    _update(
+def fail_job(job_id: str, reason: str, token: str | None = None) -> bool:
+    """The job failed; the reason is what a person will read. Fenced by ``token`` like
+    ``complete_job``; False when nothing was written."""
+    return _update(
         job_id,
+        token=token,
         status=JobStatus.FAILED,
         error=reason,
         finished_at=utcnow(),
@@ -308,12 +312,18 @@ def delete_job(job_id: str) -> bool:
         return True
 
 
-def _update(job_id: str, allow_final: bool = False, **values: object) -> None:
-    """Update a job; a cancelled job keeps its state unless ``allow_final``."""
+def _update(
+    job_id: str, allow_final: bool = False, token: str | None = None, **values: object
+) -> bool:
+    """Update a job; a cancelled job keeps its state unless ``allow_final``; with ``token``,
+    only while the job's lease has that token. True when the row was written."""
     query = update(TranscriptionJob).where(TranscriptionJob.id == job_id)
     if not allow_final:
         query = query.where(TranscriptionJob.status != JobStatus.CANCELLED)
+    if token is not None:
+        query = query.where(JOB_LEASES.held({job_id: Lease(None, None, token)}))
     with session_scope() as session:
         result = session.execute(query.values(**values))
         if result.rowcount == 0 and session.get(TranscriptionJob, job_id) is None:
             raise LookupError(f"no transcription job {job_id}")
+        return bool(result.rowcount)

@@ -138,6 +138,13 @@ def test_a_job_whose_coordinator_stopped_renewing_is_taken_once():
     assert dead.id not in jobs.expired("asr-cpu")
     assert not jobs.renew(dead.id, lease, 60)  # the old coordinator learns it lost the job
     assert jobs.start_run(dead.id, won.token, "host:9", 60) is not None  # the new dispatch runs
+    # The old coordinator's final writes change nothing; the new one's do.
+    assert not jobs.complete_job(dead.id, "en", "tiny.en", token=lease.token)
+    assert not jobs.fail_job(dead.id, "late failure", token=lease.token)
+    stale_view = jobs.get_job(dead.id)
+    assert (stale_view.status, stale_view.error) == (JobStatus.RUNNING, None)
+    assert jobs.complete_job(dead.id, "en", "tiny.en", token=won.token)
+    assert jobs.get_job(dead.id).status == JobStatus.COMPLETED
     jobs.fail_job(alive.id, "done with it")
     assert not jobs.renew(alive.id, lease, 60)  # a finished job's lease no longer moves
     assert jobs.get_job(alive.id).status == JobStatus.FAILED
