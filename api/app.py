@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from api import batches, bot, errors, system, transcriptions
-from api.submit import Dispatchers
+from api.submit import Dispatchers, close_app_prefect_client
 from api.uploads import UploadLimit
 from relay_settings import RelaySettings, get_settings
 from store.db import get_engine
@@ -24,6 +24,7 @@ def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> Fast
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(get_engine)  # migrations run before the first request
         yield
+        await close_app_prefect_client(app.state)
 
     app = FastAPI(
         title="Relay",

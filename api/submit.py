@@ -5,6 +5,7 @@ created through the pool's dispatcher (the registry's, given to ``create_app``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from typing import Protocol
 from uuid import UUID
 
@@ -14,6 +15,7 @@ from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from prefect.states import Cancelling
+from starlette.datastructures import State
 
 from api.errors import ApiError
 from tasks.asr import JobOptions
@@ -71,13 +73,27 @@ async def submit_transcription(
 
 
 async def app_prefect_client(request: Request) -> PrefectClient:
-    """The API process's long-lived Prefect client (opened on first use, closed with it)."""
-    client = getattr(request.app.state, "prefect_client", None)
+    """The API process's long-lived Prefect client: opened on first use, closed by
+    ``close_app_prefect_client`` when the app shuts down."""
+    state = request.app.state
+    client: PrefectClient | None = getattr(state, "prefect_client", None)
     if client is None:
-        client = get_client()
-        await client.__aenter__()
-        request.app.state.prefect_client = client
+        stack = AsyncExitStack()
+        opened = await stack.enter_async_context(get_client())
+        if getattr(state, "prefect_client", None) is None:
+            state.prefect_client, state.prefect_client_stack = opened, stack
+        else:  # another request opened one while this one awaited
+            await stack.aclose()
+        client = state.prefect_client
     return client
+
+
+async def close_app_prefect_client(state: State) -> None:
+    """Close the client ``app_prefect_client`` opened, if it did (the app's shutdown)."""
+    stack: AsyncExitStack | None = getattr(state, "prefect_client_stack", None)
+    state.prefect_client = state.prefect_client_stack = None
+    if stack is not None:
+        await stack.aclose()
 
 
 async def submit_to_task_worker(

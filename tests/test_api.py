@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from fastapi.testclient import TestClient
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
@@ -307,6 +308,33 @@ def test_openapi_document_lists_every_endpoint(client):
     assert {"get", "post"} <= set(paths["/api/transcriptions"])
     assert {"get", "delete"} <= set(paths["/api/transcriptions/{job_id}"])
     assert "413" in paths["/api/transcriptions"]["post"]["responses"]
+
+
+class RecordingDispatcher:
+    """A pool's dispatcher that keeps the Prefect client each run was created on."""
+
+    def __init__(self) -> None:
+        self.clients: list[PrefectClient] = []
+        self.jobs: list[object] = []
+
+    async def adispatch(self, client: PrefectClient, **parameters: object) -> str:
+        self.clients.append(client)
+        self.jobs.append(parameters["job_id"])
+        return str(uuid4())
+
+
+def test_the_apps_prefect_client_is_shared_and_closed_when_the_app_shuts_down(settings):
+    via_task_worker = settings.model_copy(update={"transcribe_via": "task-worker"})
+    pool = RecordingDispatcher()
+    with TestClient(create_app(via_task_worker, {"asr-cpu": pool})) as api:
+        accepted = [upload(api, SAMPLE).json()["job_id"] for _ in range(2)]
+        for job in accepted:  # cancelled, so no other test sees them queued
+            assert api.delete(f"/api/transcriptions/{job}", headers=AUTH).status_code == 200
+        assert pool.jobs == accepted
+        first, second = pool.clients
+        assert first is second  # one long-lived client for every request
+        assert not first._client.is_closed
+    assert first._client.is_closed  # closed by the app's shutdown, not left to the GC
 
 
 def test_missing_deployment_is_503_and_the_job_is_not_left_queued(settings):
