@@ -19,6 +19,7 @@ from flows.pool_tasks import PoolTask, pool_task
 from relay_settings import get_settings
 from store import bot as requests
 from tasks.bot_handling import deliver, handle_request
+from tasks.prefect_limits import limits
 
 log = logging.getLogger("relay.bot")
 MAINTENANCE_SECONDS = 5.0
@@ -73,4 +74,7 @@ def serve_pool(served: PoolTask, limit: int) -> None:
     import tasks.providers.openai_api
     import tasks.providers.stability  # noqa: F401 (imported once now, not by the first requests)
 
-    serve_warm(served.served, limit, partial(maintain, served.pool), MAINTENANCE_SECONDS)
+    try:
+        serve_warm(served.served, limit, partial(maintain, served.pool), MAINTENANCE_SECONDS)
+    finally:
+        limits.close()  # the key quota's Prefect client

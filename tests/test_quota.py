@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
@@ -158,7 +158,7 @@ class FakeLimits(PrefectLimits):
 
 
 @pytest.fixture
-def names() -> Callable[[str], str]:
+def names() -> Iterator[Callable[[str], str]]:
     """Key names of this test only: the store's rests and daily counts outlive a test."""
     prefix = f"q{uuid.uuid4().hex[:8]}"
     made: list[str] = []
@@ -202,8 +202,13 @@ def test_a_key_rested_elsewhere_while_prefect_was_asked_is_never_called(names):
 
     limits.on_rate_ask = revoked_meanwhile
     called: list[str] = []
+
+    def answer_with(secret: str) -> str:
+        called.append(secret)
+        return secret
+
     for _ in range(3):
-        answer, spent = pool.call(lambda secret: called.append(secret) or secret, _soon())
+        answer, spent = pool.call(answer_with, _soon())
         assert answer == f"sk-{b}" and spent == Spent(b, 1)
     assert called == [f"sk-{b}"] * 3
     assert usage.used_today(f"key:openai:{a}") == 0  # no daily unit spent on the rested key
