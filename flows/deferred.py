@@ -4,6 +4,10 @@ A background task run (what ``task.delay()`` makes) is picked up within a few hu
 milliseconds by a long-lived task worker over Prefect's websocket: no flow-run process to
 start, no imports to pay per run. Relay uses it for bot requests and for transcriptions
 submitted through the API.
+
+``adefer`` / ``defer`` are the one place Relay builds those runs on Prefect internals: under
+Prefect 3.9.1 plain ``.delay()`` still costs 2.5-3.5x the submit time and 5x the worker's
+CPU per run (bench/delay.py, docs/prefect.md); tests/test_deferred.py fails when they move.
 """
 
 from __future__ import annotations
