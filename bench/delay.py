@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        serve_warm(noop, WORKER_LIMIT)
+        serve_warm([noop], WORKER_LIMIT)
         return
     with ExitStack() as stack:
         if args.embedded:
