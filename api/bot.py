@@ -23,6 +23,7 @@ from blocks.discord import allowed_hosts, redact_webhook_url, validate_webhook_u
 from bot_config import get_bot_config
 from store import bot as requests
 from store import usage
+from store.bot import RequestIntake
 from store.leases import Lease
 from store.models import BotRequest, BotRequestStatus, DeliveryStatus
 
@@ -140,7 +141,8 @@ async def submit(
             finished_at=datetime.now(UTC),
         )
         lease = requests.delivery_lease(refused)
-        background.add_task(run_in_threadpool, _deliver, refused.id, lease)
+        if lease is not None:  # always, with deliver=True
+            background.add_task(_deliver, refused.id, lease)  # a sync task: run in a thread
         return _refusal(refused.id, admission)
     settings = request.app.state.settings
     dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot.request_lease_seconds)
@@ -200,10 +202,10 @@ async def answer_file(request_id: str, name: str, request: Request, sig: str = "
     return FileResponse(answer_folder(request_id) / name, media_type=files[name].mime_type)
 
 
-def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> dict[str, object]:
+def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> RequestIntake:
     from tasks.bot_handling import seal_destination
 
-    fields: dict[str, object] = {
+    fields: RequestIntake = {
         "kind": body.kind,
         "prompt": body.prompt,
         "user_id": body.user_id,
@@ -216,8 +218,8 @@ def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> di
         fields["destination_sealed"] = seal_destination(body.webhook_url)
         fields["destination_shown"] = redact_webhook_url(body.webhook_url)
     else:
-        fields["destination_block"] = body.destination or default_block
-        fields["destination_shown"] = fields["destination_block"]
+        block = body.destination or default_block
+        fields["destination_block"] = fields["destination_shown"] = block
     return fields
 
 

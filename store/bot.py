@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Required, TypedDict, Unpack
 
 from sqlalchemy import true
 from sqlmodel import select
@@ -19,11 +20,11 @@ from relay_settings import get_settings
 from store import leases
 from store.db import get_engine, reader
 from store.leases import Lease, LeasedRows, db_now, process_owner
-from store.models import BotRequest, BotRequestStatus, DeliveryStatus, utcnow
+from store.models import BotRequest, BotRequestStatus, DeliveryStatus, table_of, utcnow
 
 FINISHED = (BotRequestStatus.COMPLETED, BotRequestStatus.FAILED, BotRequestStatus.REFUSED)
 UNDELIVERED = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
-_REQUEST = BotRequest.__table__
+_REQUEST = table_of(BotRequest)
 REQUEST_LEASES = LeasedRows.on(
     _REQUEST, _REQUEST.c.status.in_([BotRequestStatus.QUEUED, BotRequestStatus.RUNNING])
 )
@@ -37,6 +38,65 @@ DELIVERY_LEASES = LeasedRows(
 )
 
 
+class RequestIntake(TypedDict, total=False):
+    """What a request asks and where its answer goes: the columns the API fills in."""
+
+    kind: Required[str]
+    prompt: Required[str]
+    user_id: Required[str]
+    channel: Required[str]
+    guild: str | None
+    route: Required[str]
+    pool: Required[str]
+    destination_block: str | None
+    destination_sealed: str | None
+    destination_shown: str | None
+
+
+class RequestFields(RequestIntake, total=False):
+    """The columns a new request may be recorded with (``BotRequest``'s, less its id): its
+    intake, and any state it starts in (refused at intake, or a test's stranded request)."""
+
+    status: BotRequestStatus
+    provider: str | None
+    model: str | None
+    key_name: str | None
+    upstream_calls: int
+    upstream_seconds: float | None
+    answer_text: str | None
+    answer_files: str | None
+    error: str | None
+    retry_at: datetime | None
+    worker: str | None
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    lease_token: str | None
+    created_at: datetime
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    delivery_status: DeliveryStatus
+    delivery_attempts: int
+    delivery_messages_sent: int
+    delivery_error: str | None
+    next_delivery_at: datetime | None
+    delivery_token: str | None
+    delivered_at: datetime | None
+
+
+class AnswerDetails(TypedDict, total=False):
+    """What a finished request records besides its outcome: who answered it and at what
+    cost, or how its delivery ends when the outcome needs no posting."""
+
+    provider: str | None
+    model: str | None
+    key_name: str | None
+    upstream_calls: int
+    upstream_seconds: float | None
+    delivery_status: DeliveryStatus
+    delivery_error: str | None
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A file of an answer, kept under the request's folder."""
@@ -47,20 +107,20 @@ class StoredFile:
 
 
 def create_request(
-    *, dispatch_seconds: float | None = None, deliver: bool = False, **fields: object
+    *, dispatch_seconds: float | None = None, deliver: bool = False, **fields: Unpack[RequestFields]
 ) -> BotRequest:
     """Record a new request (``queued``, or ``refused`` with its reason). A queued one is
     under this process's lease for ``dispatch_seconds`` (its task run's time to start, after
     which another process dispatches it again); with ``deliver``, this process holds its
     delivery (a refusal it posts itself)."""
     with get_engine().begin() as connection:
+        request = BotRequest(**fields)
         if dispatch_seconds is not None:
             lease = leases.grant(connection, process_owner(), dispatch_seconds)
-            fields |= REQUEST_LEASES.values(lease)
+            request.sqlmodel_update(REQUEST_LEASES.values(lease))
         if deliver:
             seconds = get_settings().bot.delivery_lease_seconds
-            fields |= DELIVERY_LEASES.values(leases.grant(connection, None, seconds))
-        request = BotRequest(**fields)
+            request.sqlmodel_update(DELIVERY_LEASES.values(leases.grant(connection, None, seconds)))
         connection.execute(_REQUEST.insert().values(**request.model_dump()))
     return request
 
@@ -111,21 +171,21 @@ def finish_request(
     files: list[StoredFile] | None = None,
     error: str | None = None,
     retry_at: datetime | None = None,
-    **usage: object,
+    **details: Unpack[AnswerDetails],
 ) -> Lease | None:
     """Record the outcome if ``lease`` is still the request's. Returns the delivery lease
     the caller now holds, or None when the request was taken from it (stranded and answered
     by another worker)."""
     if lease is None:
         return None
-    outcome = {
+    outcome: dict[str, object] = {
         "status": status,
         "answer_text": answer_text,
         "answer_files": json.dumps([f.__dict__ for f in files]) if files else None,
         "error": error,
         "retry_at": retry_at,
         "finished_at": utcnow(),
-        **usage,
+        **details,
     }
     with get_engine().begin() as connection:
         delivery = leases.grant(connection, None, get_settings().bot.delivery_lease_seconds)

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import bindparam, update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from store import leases
-from store.db import get_engine, reader, session_scope
+from store.db import get_engine, reader, rows_matched, session_scope
 from store.leases import Lease, LeasedRows
 from store.models import (
     ChunkStatus,
     JobStatus,
     TranscriptionChunk,
     TranscriptionJob,
+    table_of,
     utcnow,
 )
 
 FINAL_STATES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-_JOB = TranscriptionJob.__table__
+_JOB = table_of(TranscriptionJob)
 # A job's lease: its token goes with each dispatch to a task worker (only that task run may
 # run it); the run that starts it holds it, renewed while it coordinates the job.
 JOB_LEASES = LeasedRows.on(_JOB, _JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
@@ -55,9 +56,7 @@ def create_job(
         return job
 
 
-_JOB_BY_ID = select(TranscriptionJob.__table__).where(
-    TranscriptionJob.__table__.c.id == bindparam("job_id")
-)
+_JOB_BY_ID = _JOB.select().where(_JOB.c.id == bindparam("job_id"))
 
 
 def get_job(job_id: str) -> TranscriptionJob | None:
@@ -70,19 +69,21 @@ def get_job(job_id: str) -> TranscriptionJob | None:
 def get_chunks(job_id: str) -> list[TranscriptionChunk]:
     """A job's chunks in order."""
     with session_scope() as session:
-        query = select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)
-        return list(session.exec(query.order_by(TranscriptionChunk.index)))
+        query = select(TranscriptionChunk).where(col(TranscriptionChunk.job_id) == job_id)
+        return list(session.exec(query.order_by(col(TranscriptionChunk.index))))
 
 
 def start_job(job_id: str, flow_run_id: str | None, duration: float, output_dir: str) -> None:
     """The job is running: its duration is known and its flow run is recorded."""
     _update(
         job_id,
-        status=JobStatus.RUNNING,
-        started_at=utcnow(),
-        flow_run_id=flow_run_id,
-        duration_seconds=duration,
-        output_dir=output_dir,
+        {
+            "status": JobStatus.RUNNING,
+            "started_at": utcnow(),
+            "flow_run_id": flow_run_id,
+            "duration_seconds": duration,
+            "output_dir": output_dir,
+        },
     )
 
 
@@ -96,7 +97,7 @@ def add_chunks(job_id: str, bounds: Sequence[tuple[int, float, float]]) -> None:
             )
         session.execute(
             update(TranscriptionJob)
-            .where(TranscriptionJob.id == job_id)
+            .where(col(TranscriptionJob.id) == job_id)
             .values(
                 chunks_total=len(bounds),
                 chunks_done=0,
@@ -119,20 +120,22 @@ def add_chunk(job_id: str, index: int, start: float, end: float) -> None:
             TranscriptionChunk(job_id=job_id, index=index, start_seconds=start, end_seconds=end)
         )
         session.execute(
-            update(TranscriptionJob).where(TranscriptionJob.id == job_id).values(**counters)
+            update(TranscriptionJob).where(col(TranscriptionJob.id) == job_id).values(**counters)
         )
 
 
 def _forget_chunks(session: Session, job_id: str) -> None:
     """Delete a job's chunk rows (an earlier attempt's), before new ones are added."""
-    for old in session.exec(select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)):
+    for old in session.exec(
+        select(TranscriptionChunk).where(col(TranscriptionChunk.job_id) == job_id)
+    ):
         session.delete(old)
     session.flush()
 
 
 def finish_split(job_id: str, chunks: int, duration: float) -> None:
     """The split is done: ``chunks`` chunks cover the ``duration`` seconds decoded."""
-    _update(job_id, chunks_total=chunks, duration_seconds=duration)
+    _update(job_id, {"chunks_total": chunks, "duration_seconds": duration})
 
 
 def finish_chunk(
@@ -149,19 +152,19 @@ def finish_chunk(
     with session_scope() as session:
         chunk = session.exec(
             select(TranscriptionChunk).where(
-                TranscriptionChunk.job_id == job_id, TranscriptionChunk.index == index
+                col(TranscriptionChunk.job_id) == job_id, col(TranscriptionChunk.index) == index
             )
         ).one()
         chunk.status, chunk.error = status, error
         chunk.asr_seconds, chunk.worker_pid, chunk.segments = asr_seconds, worker_pid, segments
         session.add(chunk)
-        counter = TranscriptionJob.chunks_failed if error else TranscriptionJob.chunks_done
-        values = {counter.key: counter + 1}
+        counter = "chunks_failed" if error else "chunks_done"
+        values: dict[str, object] = {counter: _JOB.c[counter] + 1}
         if not error:  # what the worker has not reported yet
             rest = max(chunk.end_seconds - chunk.start_seconds - chunk.seconds_done, 0.0)
-            values["audio_seconds_done"] = TranscriptionJob.audio_seconds_done + rest
+            values["audio_seconds_done"] = col(TranscriptionJob.audio_seconds_done) + rest
         session.execute(
-            update(TranscriptionJob).where(TranscriptionJob.id == job_id).values(**values)
+            update(TranscriptionJob).where(col(TranscriptionJob.id) == job_id).values(**values)
         )
 
 
@@ -172,7 +175,7 @@ def record_chunk_progress(job_id: str, index: int, seconds: float) -> bool:
     with session_scope() as session:
         chunk = session.exec(
             select(TranscriptionChunk).where(
-                TranscriptionChunk.job_id == job_id, TranscriptionChunk.index == index
+                col(TranscriptionChunk.job_id) == job_id, col(TranscriptionChunk.index) == index
             )
         ).first()
         if chunk is None or chunk.status != ChunkStatus.PENDING:
@@ -184,18 +187,20 @@ def record_chunk_progress(job_id: str, index: int, seconds: float) -> bool:
         moved = session.execute(  # only from the value read: two writers never add twice
             update(TranscriptionChunk)
             .where(
-                TranscriptionChunk.id == chunk.id,
-                TranscriptionChunk.seconds_done == before,
-                TranscriptionChunk.status == ChunkStatus.PENDING,
+                col(TranscriptionChunk.id) == chunk.id,
+                col(TranscriptionChunk.seconds_done) == before,
+                col(TranscriptionChunk.status) == ChunkStatus.PENDING,
             )
             .values(seconds_done=seconds)
         )
-        if moved.rowcount != 1:
+        if rows_matched(moved) != 1:
             return False
         session.execute(
             update(TranscriptionJob)
-            .where(TranscriptionJob.id == job_id)
-            .values(audio_seconds_done=TranscriptionJob.audio_seconds_done + (seconds - before))
+            .where(col(TranscriptionJob.id) == job_id)
+            .values(
+                audio_seconds_done=col(TranscriptionJob.audio_seconds_done) + (seconds - before)
+            )
         )
         return True
 
@@ -240,13 +245,15 @@ def complete_job(job_id: str, language: str | None, model: str, token: str | Non
     only while that lease holds it (fenced): False when another run has taken it over."""
     return _update(
         job_id,
+        {
+            "status": JobStatus.COMPLETED,
+            "language": language,
+            "model": model,
+            "finished_at": utcnow(),
+            "error": None,
+            **JOB_LEASES.values(None),
+        },
         token=token,
-        status=JobStatus.COMPLETED,
-        language=language,
-        model=model,
-        finished_at=utcnow(),
-        error=None,
-        **JOB_LEASES.values(None),
     )
 
 
@@ -255,22 +262,24 @@ def fail_job(job_id: str, reason: str, token: str | None = None) -> bool:
     ``complete_job``; False when nothing was written."""
     return _update(
         job_id,
+        {
+            "status": JobStatus.FAILED,
+            "error": reason,
+            "finished_at": utcnow(),
+            **JOB_LEASES.values(None),
+        },
         token=token,
-        status=JobStatus.FAILED,
-        error=reason,
-        finished_at=utcnow(),
-        **JOB_LEASES.values(None),
     )
 
 
 def set_flow_run(job_id: str, flow_run_id: str) -> None:
     """Remember which Prefect flow run carries the job (set by the API on submission)."""
-    _update(job_id, flow_run_id=flow_run_id)
+    _update(job_id, {"flow_run_id": flow_run_id})
 
 
 def record_notification_error(job_id: str, reason: str) -> None:
     """A notification could not be delivered; the job itself is unaffected."""
-    _update(job_id, notification_error=reason[:2000], allow_final=True)
+    _update(job_id, {"notification_error": reason[:2000]}, allow_final=True)
 
 
 def cancel_job(job_id: str) -> bool:
@@ -279,8 +288,8 @@ def cancel_job(job_id: str) -> bool:
         result = session.execute(
             update(TranscriptionJob)
             .where(
-                TranscriptionJob.id == job_id,
-                TranscriptionJob.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+                col(TranscriptionJob.id) == job_id,
+                col(TranscriptionJob.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]),
             )
             .values(
                 status=JobStatus.CANCELLED,
@@ -289,7 +298,7 @@ def cancel_job(job_id: str) -> bool:
                 **JOB_LEASES.values(None),
             )
         )
-        return result.rowcount == 1
+        return rows_matched(result) == 1
 
 
 def is_cancelled(job_id: str) -> bool:
@@ -305,7 +314,7 @@ def delete_job(job_id: str) -> bool:
         if job is None:
             return False
         for chunk in session.exec(
-            select(TranscriptionChunk).where(TranscriptionChunk.job_id == job_id)
+            select(TranscriptionChunk).where(col(TranscriptionChunk.job_id) == job_id)
         ):
             session.delete(chunk)
         session.delete(job)
@@ -313,17 +322,22 @@ def delete_job(job_id: str) -> bool:
 
 
 def _update(
-    job_id: str, allow_final: bool = False, token: str | None = None, **values: object
+    job_id: str,
+    values: Mapping[str, object],
+    *,
+    allow_final: bool = False,
+    token: str | None = None,
 ) -> bool:
     """Update a job; a cancelled job keeps its state unless ``allow_final``; with ``token``,
     only while the job's lease has that token. True when the row was written."""
-    query = update(TranscriptionJob).where(TranscriptionJob.id == job_id)
+    query = update(TranscriptionJob).where(col(TranscriptionJob.id) == job_id)
     if not allow_final:
-        query = query.where(TranscriptionJob.status != JobStatus.CANCELLED)
+        query = query.where(col(TranscriptionJob.status) != JobStatus.CANCELLED)
     if token is not None:
         query = query.where(JOB_LEASES.held({job_id: Lease(None, None, token)}))
     with session_scope() as session:
         result = session.execute(query.values(**values))
-        if result.rowcount == 0 and session.get(TranscriptionJob, job_id) is None:
+        written = rows_matched(result)
+        if written == 0 and session.get(TranscriptionJob, job_id) is None:
             raise LookupError(f"no transcription job {job_id}")
-        return bool(result.rowcount)
+        return written > 0

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, false, func, or_, select, update
+from sqlalchemy import Column, ColumnElement, Table, and_, false, func, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from store.models import new_id
@@ -60,10 +60,10 @@ class LeasedRows:
     to know who holds it."""
 
     table: Table
-    key: Any
-    owner: Any
-    expires_at: Any
-    token: Any
+    key: Column[Any]
+    owner: Column[str | None] | None
+    expires_at: Column[datetime | None]
+    token: Column[str | None]
     unfinished: ColumnElement[bool]
 
     @classmethod
@@ -124,13 +124,14 @@ class Claim:
     (the key first, then the columns asked for)."""
 
     lease: Lease
-    rows: list[Row]
+    rows: list[Row[*tuple[Any, ...]]]
 
 
 def db_now(connection: Connection) -> datetime:
     """The database's clock (aware, UTC): what every lease is timed by."""
     if connection.dialect.name == "postgresql":
-        return connection.execute(select(func.clock_timestamp())).scalar_one()
+        now: datetime = connection.execute(select(func.clock_timestamp())).scalar_one()
+        return now
     # SQLite's own clock, not Python's: the store's time comes from the store on both.
     stamp = connection.execute(select(func.strftime("%Y-%m-%d %H:%M:%f", "now"))).scalar_one()
     return datetime.fromisoformat(stamp).replace(tzinfo=UTC)

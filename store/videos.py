@@ -21,20 +21,24 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlmodel import col
 
 from store import leases
-from store.db import get_engine, session_scope
+from store.db import get_engine, rows_matched, session_scope
 from store.leases import Lease, LeasedRows, db_now
 from store.models import (
     AttemptOutcome,
     Video,
     VideoAttempt,
     VideoStatus,
+    table_of,
     utcnow,
 )
 
+_VIDEO = table_of(Video)
+_ATTEMPT = table_of(VideoAttempt)
 VIDEO_LEASES = LeasedRows.on(
-    Video.__table__, Video.__table__.c.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED])
+    _VIDEO, _VIDEO.c.status.in_([VideoStatus.PENDING, VideoStatus.CLAIMED])
 )
 
 
@@ -77,9 +81,9 @@ def import_videos(entries: Iterable[tuple[str, str, float | None]]) -> tuple[int
     with engine.begin() as connection:
         for start in range(0, len(rows), 500):
             statement = (
-                insert(Video.__table__)
+                insert(_VIDEO)
                 .on_conflict_do_nothing(index_elements=["source_key"])
-                .returning(Video.__table__.c.id)
+                .returning(_VIDEO.c.id)
             )
             added += len(connection.execute(statement, rows[start : start + 500]).all())
     return added, len(rows) - added
@@ -99,21 +103,26 @@ def claim(
         taken = leases.claim(
             connection,
             VIDEO_LEASES,
-            Video.__table__.c.batch_id == batch_id,
+            _VIDEO.c.batch_id == batch_id,
             worker,
             lease_seconds,
             limit=limit,
             # Longest first: long videos start early, short ones fill the gaps at the end.
-            order_by=(Video.duration_seconds.desc().nulls_last(), Video.id),
-            values={"status": VideoStatus.CLAIMED, "attempts": Video.attempts + 1},
-            returning=(Video.source, Video.name, Video.attempts, Video.duration_seconds),
+            order_by=(col(Video.duration_seconds).desc().nulls_last(), col(Video.id)),
+            values={"status": VideoStatus.CLAIMED, "attempts": col(Video.attempts) + 1},
+            returning=(
+                col(Video.source),
+                col(Video.name),
+                col(Video.attempts),
+                col(Video.duration_seconds),
+            ),
         )
         ids = [row.id for row in taken.rows]
         # A reclaimed video's previous attempt ends here: its worker let the lease run out.
         _close_attempts(connection, ids, AttemptOutcome.LOST, "lease ran out; reclaimed", now)
         for video_id in ids:
             connection.execute(
-                VideoAttempt.__table__.insert().values(
+                _ATTEMPT.insert().values(
                     video_id=video_id,
                     batch_id=batch_id,
                     worker=worker,
@@ -121,7 +130,10 @@ def claim(
                     started_at=now,
                 )
             )
-    claimed = [ClaimedVideo(*row, lease=taken.lease) for row in taken.rows]
+    claimed = [
+        ClaimedVideo(row.id, row.source, row.name, row.attempts, row.duration_seconds, taken.lease)
+        for row in taken.rows
+    ]
     return sorted(claimed, key=lambda video: (-(video.duration or 0.0), video.id))
 
 
@@ -129,9 +141,9 @@ def _give_up_on_exhausted(
     connection: Connection, batch_id: str, now: datetime, max_attempts: int
 ) -> None:
     exhausted = and_(
-        Video.batch_id == batch_id,
+        col(Video.batch_id) == batch_id,
         VIDEO_LEASES.expired(now),
-        Video.attempts >= max_attempts,
+        col(Video.attempts) >= max_attempts,
     )
     lost = (
         connection.execute(
@@ -144,7 +156,7 @@ def _give_up_on_exhausted(
                 finished_at=now,
                 **VIDEO_LEASES.values(None),
             )
-            .returning(Video.id)
+            .returning(_VIDEO.c.id)
         )
         .scalars()
         .all()
@@ -204,7 +216,7 @@ def fail(
     with get_engine().begin() as connection:
         now = db_now(connection)
         attempts = connection.execute(
-            select(Video.attempts).where(VIDEO_LEASES.held(held))
+            select(col(Video.attempts)).where(VIDEO_LEASES.held(held))
         ).scalar_one_or_none()
         if attempts is None:
             lost = AttemptOutcome.LOST
@@ -228,9 +240,9 @@ def release(held: Mapping[int, Lease]) -> int:
     with get_engine().begin() as connection:
         now = db_now(connection)
         fewer = (
-            func.greatest(Video.attempts - 1, 0)
+            func.greatest(col(Video.attempts) - 1, 0)
             if connection.dialect.name == "postgresql"
-            else func.max(Video.attempts - 1, 0)
+            else func.max(col(Video.attempts) - 1, 0)
         )
         released = leases.finish(
             connection,
@@ -258,10 +270,10 @@ def _close_attempts(
     if not ids:
         return
     open_attempts = and_(
-        VideoAttempt.video_id.in_(ids), VideoAttempt.outcome == AttemptOutcome.RUNNING
+        col(VideoAttempt.video_id).in_(ids), col(VideoAttempt.outcome) == AttemptOutcome.RUNNING
     )
     if worker is not None:
-        open_attempts = and_(open_attempts, VideoAttempt.worker == worker)
+        open_attempts = and_(open_attempts, col(VideoAttempt.worker) == worker)
     connection.execute(
         update(VideoAttempt)
         .where(open_attempts)
@@ -273,17 +285,19 @@ def force(video_ids: Iterable[int]) -> int:
     """Make finished (or failed) videos pending again so the next batch processes them."""
     ids = list(video_ids)
     with session_scope() as session:
-        return session.exec(  # type: ignore[call-overload]
-            update(Video)
-            .where(Video.id.in_(ids), Video.status != VideoStatus.CLAIMED)
-            .values(
-                status=VideoStatus.PENDING,
-                attempts=0,
-                error=None,
-                batch_id=None,
-                finished_at=None,
+        return rows_matched(
+            session.execute(
+                update(Video)
+                .where(col(Video.id).in_(ids), col(Video.status) != VideoStatus.CLAIMED)
+                .values(
+                    status=VideoStatus.PENDING,
+                    attempts=0,
+                    error=None,
+                    batch_id=None,
+                    finished_at=None,
+                )
             )
-        ).rowcount
+        )
 
 
 def get_video(video_id: int) -> Video | None:

@@ -9,6 +9,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -275,7 +276,7 @@ def test_a_request_stranded_by_a_dead_worker_is_answered_once(api, fakes):
 
     discord = fakes["discord"]
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    common = {
+    common: dict[str, Any] = {  # the two requests' own columns, the same for both
         "kind": "chat",
         "channel": "chat-general",
         "route": "chat-channels",

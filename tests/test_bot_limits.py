@@ -223,7 +223,12 @@ class TestFencing:
         request = self._request(status=BotRequestStatus.COMPLETED, finished_at=datetime.now(UTC))
         lease = bot.claim_delivery(request.id)
         assert lease is not None and request.id not in bot.deliveries_due()
-        outcome = {"messages_sent": 0, "attempts": 1, "error": "503", "give_up": False}
+        outcome: dict[str, Any] = {
+            "messages_sent": 0,
+            "attempts": 1,
+            "error": "503",
+            "give_up": False,
+        }
         status = bot.record_delivery(
             request.id, delivered=False, lease=lease, retry_in=60, **outcome
         )
@@ -239,9 +244,9 @@ def _expire(request_id: str, column: str = "lease_expires_at") -> None:
 
     from store.db import get_engine
     from store.leases import db_now
-    from store.models import BotRequest
+    from store.models import BotRequest, table_of
 
     with get_engine().begin() as connection:
         past = db_now(connection) - timedelta(minutes=1)
-        table = BotRequest.__table__
+        table = table_of(BotRequest)
         connection.execute(update(table).where(table.c.id == request_id).values({column: past}))

@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic import command
 from sqlalchemy import MetaData, Table, func, select, text, update
+from sqlmodel import col
 
 from relay_settings import reload_settings
 from store import bot, jobs, leases, videos
 from store.db import alembic_config, engine_for, get_engine
 from store.leases import Lease, LeasedRows, db_now
-from store.models import BotRequestStatus, JobStatus, VideoStatus
+from store.models import BotRequestStatus, JobStatus, Video, VideoStatus
 from tests.pg import create_database, drop_database
 
 pytestmark = pytest.mark.usefixtures("database_url")
@@ -39,7 +40,7 @@ def _video() -> int:
     videos.import_videos([(f"/videos/{name}.mp4", f"{name}.mp4", 5.0)])
     with get_engine().connect() as connection:
         return connection.execute(
-            select(videos.Video.id).where(videos.Video.name == f"{name}.mp4")
+            select(col(Video.id)).where(col(Video.name) == f"{name}.mp4")
         ).scalar_one()
 
 
@@ -48,8 +49,9 @@ def _job() -> str:
 
 
 def _request() -> str:
-    fields = {"kind": "chat", "prompt": "p", "user_id": "1", "channel": "c", "route": "r"}
-    return bot.create_request(pool="bot-chat", **fields).id
+    return bot.create_request(
+        kind="chat", prompt="p", user_id="1", channel="c", route="r", pool="bot-chat"
+    ).id
 
 
 WORKLOADS = {
@@ -279,7 +281,7 @@ def test_rows_in_flight_when_the_migration_runs_keep_working(store_before_leases
             Table(name, tables, autoload_with=connection)
             for name in ("transcription_job", "bot_request", "video")
         )
-        counters = {"chunks_total": 1, "chunks_done": 0, "chunks_failed": 0}
+        counters: dict[str, object] = {"chunks_total": 1, "chunks_done": 0, "chunks_failed": 0}
         counters |= {"audio_seconds_done": 0.0, "created_at": hour_ago, "work_pool": "asr-cpu"}
         for key, status, heartbeat in (
             ("silent", "running", minutes_ago),  # its worker beat two minutes ago, then died
@@ -297,7 +299,13 @@ def test_rows_in_flight_when_the_migration_runs_keep_working(store_before_leases
                     **counters,
                 )
             )
-        asked = {"kind": "chat", "prompt": "p", "user_id": "1", "channel": "c", "route": "r"}
+        asked: dict[str, object] = {
+            "kind": "chat",
+            "prompt": "p",
+            "user_id": "1",
+            "channel": "c",
+            "route": "r",
+        }
         asked |= {"pool": "bot-chat", "upstream_calls": 0, "delivery_status": "pending"}
         asked |= {"delivery_attempts": 0, "delivery_messages_sent": 0}
         for key, status, since in (
@@ -355,6 +363,4 @@ def test_rows_in_flight_when_the_migration_runs_keep_working(store_before_leases
 
 def _only_video(name: str) -> int:
     with get_engine().connect() as connection:
-        return connection.execute(
-            select(videos.Video.id).where(videos.Video.name == name)
-        ).scalar_one()
+        return connection.execute(select(col(Video.id)).where(col(Video.name) == name)).scalar_one()

@@ -38,6 +38,15 @@ def test_migrations_match_the_models():
     assert differences == []
 
 
+def test_a_new_bot_request_may_be_given_every_column_but_its_id():
+    # RequestFields types store.bot.create_request's keywords: it must follow the model.
+    from store.bot import RequestFields
+    from store.models import BotRequest
+
+    typed = RequestFields.__required_keys__ | RequestFields.__optional_keys__
+    assert typed == set(BotRequest.model_fields) - {"id"}
+
+
 def test_concurrent_chunk_updates_lose_nothing():
     job = jobs.create_job("/x/long.wav", "long.wav")
     jobs.add_chunks(job.id, [(i, i * 10.0, (i + 1) * 10.0) for i in range(40)])

@@ -36,7 +36,7 @@ def _expire_leases() -> None:
     with get_engine().begin() as connection:
         gone = db_now(connection) - timedelta(seconds=1)
         connection.execute(
-            update(Video).where(Video.lease_owner.is_not(None)).values(lease_expires_at=gone)
+            update(Video).where(col(Video.lease_owner).is_not(None)).values(lease_expires_at=gone)
         )
 
 

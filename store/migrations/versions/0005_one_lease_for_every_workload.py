@@ -13,15 +13,15 @@ Revises: 0004
 """
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
+from alembic.operations import BatchOperations
+from sqlmodel.sql.sqltypes import AutoString
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-AutoString = sqlmodel.sql.sqltypes.AutoString
 # Held before the upgrade: no process of the new release holds these, so any fixed token
 # does (it only has to differ from every token a new process is given).
 INHERITED = "held-before-0005"
@@ -31,7 +31,7 @@ JOB_SILENCE_SECONDS = 60
 BOT_STRANDED_SECONDS = {"chat": 180, "image": 420, "video": 2460}
 
 
-def _lease_columns(batch) -> None:
+def _lease_columns(batch: BatchOperations) -> None:
     batch.add_column(sa.Column("lease_owner", AutoString(length=255), nullable=True))
     batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
     batch.add_column(sa.Column("lease_token", AutoString(length=32), nullable=True))
