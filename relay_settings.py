@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -274,18 +275,21 @@ class RelaySettings(BaseSettings):
     def _group_flat_names(cls, data: Any) -> Any:
         """``RelaySettings(asr_model="x")`` (a flat name, as in the environment) means
         ``asr.model``: code and tests may use either."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        for key in [k for k in data if isinstance(k, str) and k.split("_", 1)[0] in GROUPS]:
-            group, _, field = key.partition("_")
-            if key in cls.model_fields or not field:
-                continue
-            current = data.get(group) or {}
-            if isinstance(current, BaseModel):
-                current = current.model_dump()
-            data[group] = {**current, field: data.pop(key)}
-        return data
+        return _grouped(data, set(cls.model_fields)) if isinstance(data, dict) else data
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> RelaySettings:
+        """A copy with ``update`` applied, validated; flat names (``transcribe_via``) reach
+        their group's field, as in the constructor, instead of being set beside it."""
+        if not update:
+            return super().model_copy(deep=deep)
+        merged = {**self.model_dump(), **update}
+        for name in type(self).model_fields:  # secrets are dumped masked: keep the real ones
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and name not in update:
+                merged[name] = value
+        return type(self).model_validate(_grouped(merged, set(type(self).model_fields)))
 
     @classmethod
     def environment_names(cls) -> set[str]:
@@ -303,6 +307,20 @@ class RelaySettings(BaseSettings):
         """Folders whose files may be submitted by path."""
         roots = [r.strip() for r in self.source_roots.split(",") if r.strip()]
         return [Path(r).resolve() for r in roots] or [Path(self.data_dir).resolve() / "inbox"]
+
+
+def _grouped(data: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """``data`` with every flat grouped name (``asr_model``) moved into its group."""
+    data = dict(data)
+    for key in [k for k in data if k.split("_", 1)[0] in GROUPS]:
+        group, _, field = key.partition("_")
+        if key in fields or not field:
+            continue
+        current = data.get(group) or {}
+        if isinstance(current, BaseModel):
+            current = current.model_dump()
+        data[group] = {**current, field: data.pop(key)}
+    return data
 
 
 @lru_cache(maxsize=1)

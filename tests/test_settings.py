@@ -68,3 +68,13 @@ def test_flat_and_grouped_names_build_the_same_settings():
     grouped = RelaySettings(asr={"model": "small.en"}, api={"port": 9001}, batch={"workers": 5})
     assert flat == grouped
     assert flat.asr.beam_size == 5  # the rest of a group keeps its defaults
+
+
+def test_a_copy_with_a_flat_name_changes_its_groups_field():
+    settings = RelaySettings(api_token="tok", asr_model="small.en")
+    copy = settings.model_copy(update={"transcribe_via": "task-worker", "max_audio_seconds": 9})
+    assert (copy.transcribe.via, copy.max_audio_seconds) == ("task-worker", 9.0)
+    assert (copy.asr.model, copy.api.token.get_secret_value()) == ("small.en", "tok")
+    assert settings.transcribe.via == "deployment"  # the original is left as it was
+    with pytest.raises(ValidationError, match=r"transcribe\.via"):
+        settings.model_copy(update={"transcribe_via": "carrier-pigeon"})
