@@ -12,7 +12,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import CursorResult, Engine, Result, make_url
+from sqlalchemy.engine import Connection, CursorResult, Engine, Result, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
@@ -73,12 +73,35 @@ def alembic_config() -> Config:
 def migrate(engine: Engine) -> None:
     """Upgrade the store to the newest schema; safe to run from several processes at once."""
     config = alembic_config()
-    with engine.begin() as connection:
+    with (
+        engine.connect() as connection,
+        _foreign_keys_off_on_sqlite(connection),
+        connection.begin(),
+    ):
         if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            lock = text("SELECT pg_advisory_xact_lock(:key)")
+            connection.execute(lock, {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     _migrated.add(id(engine))
+
+
+@contextmanager
+def _foreign_keys_off_on_sqlite(connection: Connection) -> Iterator[None]:
+    """SQLite alters a table by copying it, dropping the old one and renaming the copy. With
+    foreign keys on, the drop would first delete every row that references the table
+    (``ON DELETE CASCADE``: every chunk of every job). SQLite's own procedure for such
+    changes turns them off for the change, outside any transaction; so do we."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        connection.commit()
 
 
 @contextmanager

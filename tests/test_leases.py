@@ -19,7 +19,7 @@ from relay_settings import reload_settings
 from store import bot, jobs, leases, videos
 from store.db import alembic_config, engine_for, get_engine
 from store.leases import Lease, LeasedRows, db_now
-from store.models import BotRequestStatus, JobStatus, Video, VideoStatus
+from store.models import BotRequestStatus, JobStatus, Video, VideoAttempt, VideoStatus
 from tests.pg import create_database, drop_database
 
 pytestmark = pytest.mark.usefixtures("database_url")
@@ -277,9 +277,15 @@ def test_rows_in_flight_when_the_migration_runs_keep_working(store_before_leases
         now = db_now(connection)
         hour_ago, minutes_ago = now - timedelta(hours=1), now - timedelta(minutes=2)
         tables = MetaData()
-        job, request, video = (
+        job, chunk, request, video, attempt = (
             Table(name, tables, autoload_with=connection)
-            for name in ("transcription_job", "bot_request", "video")
+            for name in (
+                "transcription_job",
+                "transcription_chunk",
+                "bot_request",
+                "video",
+                "video_attempt",
+            )
         )
         counters: dict[str, object] = {"chunks_total": 1, "chunks_done": 0, "chunks_failed": 0}
         counters |= {"audio_seconds_done": 0.0, "created_at": hour_ago, "work_pool": "asr-cpu"}
@@ -297,6 +303,11 @@ def test_rows_in_flight_when_the_migration_runs_keep_working(store_before_leases
                     dispatch_token=f"token-{key}",
                     heartbeat_at=heartbeat,
                     **counters,
+                )
+            )
+            connection.execute(  # rows that point at the job: a rebuilt table must keep them
+                chunk.insert().values(
+                    job_id=key, index=0, start_seconds=0.0, end_seconds=30.0, status="done"
                 )
             )
         asked: dict[str, object] = {
@@ -340,8 +351,22 @@ def test_rows_in_flight_when_the_migration_runs_keep_working(store_before_leases
                     imported_at=hour_ago,
                 )
             )
+            connection.execute(
+                attempt.insert().values(
+                    video_id=select(video.c.id).where(video.c.source_key == key).scalar_subquery(),
+                    batch_id="b",
+                    worker="old-host:2",
+                    outcome="running",
+                    started_at=hour_ago,
+                )
+            )
 
     get_engine()  # the new release's first use upgrades the store
+    # Nothing that points at a rebuilt table was lost (SQLite rebuilds tables to alter them).
+    assert [len(jobs.get_chunks(key)) for key in ("silent", "alive", "queued")] == [1, 1, 1]
+    with get_engine().connect() as connection:
+        attempts = connection.execute(select(func.count()).select_from(VideoAttempt)).scalar()
+    assert attempts == 2
     assert jobs.expired("asr-cpu") == ["silent"]
     assert jobs.take_over("silent", "new-host:1", 60) is not None
     assert jobs.take_over("alive", "new-host:1", 60) is None  # its lease runs ~60 s from the beat
