@@ -3,7 +3,7 @@
 
 A ``prefect server start`` on a fresh PostgreSQL database, as the stack runs it (or, with
 ``--embedded``, the temporary SQLite server flows start), and one Relay task worker
-(``serve_warm``, as ``python -m flows.bot worker`` runs it) in a process of its own serving a
+(``serve_warm``, as ``python -m cli worker`` runs it) in a process of its own serving a
 no-op task. Each contender submits ``--runs`` task runs one after another, after a warm-up
 run that is picked up and finished, in blocks of ``--runs / --rounds`` in a rotating order;
 the worker's CPU time is read around each block.

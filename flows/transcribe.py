@@ -16,6 +16,7 @@ from flows.chunks import transcribe_chunks
 from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_heartbeat
 from relay_settings import get_settings
 from store import jobs
+from store.models import JobStatus
 from tasks.asr import AsrOptions, JobOptions
 from tasks.discord_webhook import DeliveryOutcome
 from tasks.formats import store_transcript
@@ -98,7 +99,8 @@ def transcribe(
     info = cast(MediaInfo, probed.result())
 
     folder = f"{settings.data_dir.rstrip('/')}/jobs/{job.id}"
-    jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder)
+    if not jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder, lease_token):
+        return _not_recorded(job.id, folder=None)
     _notify(JobEvent("started", job.id, name, duration_seconds=info.duration))
     split_options = SplitOptions(
         settings.chunk.target_seconds,
@@ -137,10 +139,12 @@ def transcribe(
         "transcribe_seconds": round(asr_done - prepared, 3),
         "model_seconds": round(sum(r.asr_seconds for r in results), 3),
     }
+    if not jobs.holds_lease(job.id, lease_token):  # another run writes this folder now
+        return _not_recorded(job.id, folder=None)
     files = store_transcript(replace(transcript, timings=timings), folder)
     timings["total_seconds"] = round(time.perf_counter() - started, 3)
     if not jobs.complete_job(job.id, transcript.language, options.model, token=lease_token):
-        return _superseded(job.id)
+        return _not_recorded(job.id, folder)
     if not settings.keep_chunks:
         _remove(f"{folder}/chunks")
     _summary_artifact(job.id, name, transcript, timings, len(chunks))
@@ -166,15 +170,21 @@ def _fail(
     """Record the reason on the job, leave no partial output behind, end the run Failed."""
     reason = reason or "unknown error"
     if not jobs.fail_job(job_id, reason, token=token):
-        return _superseded(job_id)
+        return _not_recorded(job_id, folder)
     if folder:
         _remove(folder)
     _notify(JobEvent("failed", job_id, name, error=reason))
     return Failed(message=reason)
 
 
-def _superseded(job_id: str) -> State:
-    """Another worker took the job over (this run's lease ran out): its run speaks for it."""
+def _not_recorded(job_id: str, folder: str | None) -> State:
+    """The job refused this run's write: a user cancelled it (its files go), or another
+    worker took it over when this run's lease ran out (that run speaks for it now)."""
+    job = jobs.get_job(job_id)
+    if job is not None and job.status == JobStatus.CANCELLED:
+        if folder:
+            _remove(folder)
+        return Cancelled(message="cancelled by a user")
     message = f"job {job_id} was taken over by another worker; this run recorded nothing"
     print(message)
     return Cancelled(message=message)

@@ -73,9 +73,16 @@ def get_chunks(job_id: str) -> list[TranscriptionChunk]:
         return list(session.exec(query.order_by(col(TranscriptionChunk.index))))
 
 
-def start_job(job_id: str, flow_run_id: str | None, duration: float, output_dir: str) -> None:
-    """The job is running: its duration is known and its flow run is recorded."""
-    _update(
+def start_job(
+    job_id: str,
+    flow_run_id: str | None,
+    duration: float,
+    output_dir: str,
+    token: str | None = None,
+) -> bool:
+    """The job is running: its duration is known and its flow run is recorded. Fenced by
+    ``token`` like ``complete_job``; False when nothing was written."""
+    return _update(
         job_id,
         {
             "status": JobStatus.RUNNING,
@@ -84,7 +91,18 @@ def start_job(job_id: str, flow_run_id: str | None, duration: float, output_dir:
             "duration_seconds": duration,
             "output_dir": output_dir,
         },
+        token=token,
     )
+
+
+def holds_lease(job_id: str, token: str | None) -> bool:
+    """Whether a run given ``token`` still holds the job (no token: a run without a lease,
+    which nothing can take over)."""
+    if token is None:
+        return True
+    held = select(_JOB.c.id).where(JOB_LEASES.held({job_id: Lease(None, None, token)}))
+    with reader().connect() as connection:
+        return connection.execute(held).first() is not None
 
 
 def add_chunks(job_id: str, bounds: Sequence[tuple[int, float, float]]) -> None:

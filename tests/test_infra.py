@@ -370,3 +370,11 @@ def test_every_dask_process_loads_relays_dask_config_without_malloc_trim():
     for name, pod in pods().items():
         assert all(c["image"].startswith("relay:") for c in pod["containers"]), name
         assert env_k8s(pod).get("DASK_CONFIG", in_image) == in_image, name
+
+
+def test_no_deployment_runs_an_old_and_a_new_release_side_by_side():
+    """A migration may drop columns the previous release writes (docs/deploy.md)."""
+    deployments = {name: doc for (kind, name), doc in k8s().items() if kind == "Deployment"}
+    assert deployments
+    for name, doc in deployments.items():
+        assert doc["spec"].get("strategy", {}).get("type") == "Recreate", name

@@ -147,7 +147,11 @@ def test_a_job_whose_coordinator_stopped_renewing_is_taken_once():
     assert dead.id not in jobs.expired("asr-cpu")
     assert not jobs.renew(dead.id, lease, 60)  # the old coordinator learns it lost the job
     assert jobs.start_run(dead.id, won.token, "host:9", 60) is not None  # the new dispatch runs
-    # The old coordinator's final writes change nothing; the new one's do.
+    # The old coordinator learns it lost the job before it writes anything else...
+    assert not jobs.holds_lease(dead.id, lease.token) and jobs.holds_lease(dead.id, won.token)
+    assert not jobs.start_job(dead.id, "stale-flow-run", 10.0, "/x/out", lease.token)
+    assert jobs.get_job(dead.id).flow_run_id != "stale-flow-run"
+    # ...and its final writes change nothing; the new one's do.
     assert not jobs.complete_job(dead.id, "en", "tiny.en", token=lease.token)
     assert not jobs.fail_job(dead.id, "late failure", token=lease.token)
     stale_view = jobs.get_job(dead.id)
