@@ -36,7 +36,29 @@ EARLIER_NAMES = {
     "RELAY_WEBHOOK_ALLOWED_HOSTS": ("127.0.0.1:1", lambda s: s.webhook.allowed_hosts),
     "RELAY_DISCORD_BLOCK": ("elsewhere", lambda s: s.discord.block),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
+    "RELAY_ASR_VAD_FILTER": ("true", lambda s: s.asr.vad_filter),
+    "RELAY_CHUNK_SEARCH_SECONDS": ("15.5", lambda s: s.chunk.search_seconds),
+    "RELAY_CHUNK_TIMEOUT_SECONDS": ("600.5", lambda s: s.chunk.timeout_seconds),
+    "RELAY_CHUNK_RETRIES": ("1", lambda s: s.chunk.retries),
+    "RELAY_API_ACCESS_LOG": ("false", lambda s: s.api.access_log),
+    "RELAY_MAX_UPLOAD_BYTES": ("1000", lambda s: s.max_upload_bytes),
+    "RELAY_SOURCE_ROOTS": ("/srv/in", lambda s: s.source_roots),
+    "RELAY_SHORT_AUDIO_SECONDS": ("120.5", lambda s: s.short_audio_seconds),
+    "RELAY_PUBLIC_URL": ("https://relay.example", lambda s: s.public_url),
+    "RELAY_BATCH_CLAIM_SIZE": ("3", lambda s: s.batch.claim_size),
+    "RELAY_BATCH_MAX_ATTEMPTS": ("4", lambda s: s.batch.max_attempts),
+    "RELAY_BOT_CONFIG": ("/srv/bot.yaml", lambda s: s.bot.config),
+    "RELAY_BOT_ATTACHMENT_LIMIT_BYTES": ("2048", lambda s: s.bot.attachment_limit_bytes),
+    "RELAY_BOT_DELIVERY_RETRY_SECONDS": ("5.5", lambda s: s.bot.delivery_retry_seconds),
+    "RELAY_JOB_LEASE_SECONDS": ("30.5", lambda s: s.job.lease_seconds),
+    "RELAY_BOT_REQUEST_LEASE_SECONDS": ("45.5", lambda s: s.bot.request_lease_seconds),
+    "RELAY_BOT_DELIVERY_LEASE_SECONDS": ("300.5", lambda s: s.bot.delivery_lease_seconds),
 }
+SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY"}  # checked by the secrets test below
+
+
+def test_every_setting_is_in_the_list_above():
+    assert set(EARLIER_NAMES) | SECRETS == RelaySettings.environment_names()
 
 
 @pytest.mark.parametrize("name", sorted(EARLIER_NAMES))
