@@ -28,6 +28,7 @@ from blocks.keys import ApiKeyPool, rate_limit_shape
 from blocks.prefect_sync import load_block
 from deployments import bootstrap
 from deployments.alerts import ALERT_NAME
+from deployments.serve import stop
 from relay_pools import load_pools
 from store import jobs
 from store.models import JobStatus
@@ -97,8 +98,9 @@ def worker_on(env: dict[str, str], pool: str, log: Path) -> Iterator[subprocess.
     try:
         yield worker
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+        # SIGTERM, then SIGKILL: a Prefect 3.9.1 worker that gets SIGTERM while a flow-run
+        # process it started is still exiting keeps polling (seen in a clean-clone run).
+        stop(worker, grace=30)
 
 
 def run_deployment_cli(env: dict[str, str], name: str, **params: str) -> str:
