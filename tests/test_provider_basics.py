@@ -86,7 +86,7 @@ def test_fake_enforces_its_window_and_records() -> None:
         )
         assert fake.max_in_window(KEY) == 3
         assert len(fake.accepted(KEY)) == 3 and fake.rejected(KEY) == 1
-        time.sleep(0.65)  # the window slides past the first requests
+        time.sleep(0.65)  # sync-ok: the window slides past the first requests (time is the input)
         openai_api.chat(api_key=KEY, base_url=fake.base_url, timeout=5, prompt="again")
         assert fake.max_in_window(KEY) == 3
         assert [r.status for r in fake.requests] == [200, 200, 200, 429, 200]

@@ -79,7 +79,7 @@ def test_openai_image_answers_png(fake_openai: FakeOpenAI, model: str) -> None:
 def test_openai_429_is_one_request_with_the_reset_header_parsed() -> None:
     with FakeOpenAI(keys={KEY: 2}, window_seconds=3.0) as fake:
         openai_api.chat(api_key=KEY, base_url=fake.base_url, timeout=5, prompt="one")
-        time.sleep(1.0)
+        time.sleep(1.0)  # sync-ok: the second request must land 1 s later in the 3 s window
         openai_api.chat(api_key=KEY, base_url=fake.base_url, timeout=5, prompt="two")
         error = _raises(
             "rate_limited",
