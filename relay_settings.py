@@ -284,11 +284,8 @@ class RelaySettings(BaseSettings):
         their group's field, as in the constructor, instead of being set beside it."""
         if not update:
             return super().model_copy(deep=deep)
+        # A Python-mode dump keeps SecretStr values as they are: nothing is masked here.
         merged = {**self.model_dump(), **update}
-        for name in type(self).model_fields:  # secrets are dumped masked: keep the real ones
-            value = getattr(self, name)
-            if isinstance(value, SecretStr) and name not in update:
-                merged[name] = value
         return type(self).model_validate(_grouped(merged, set(type(self).model_fields)))
 
     @classmethod
