@@ -11,7 +11,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -133,3 +134,20 @@ def reader() -> Engine:
     """The store's engine in autocommit mode, for single reads on hot paths (no BEGIN or
     ROLLBACK round trips). Never write through it."""
     return _autocommit(get_engine())
+
+
+def dialect_insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can say ON CONFLICT, in the connection's dialect (both spell it alike)."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def insert_ignoring_conflicts(connection: Connection, table: Table, row: dict[str, object]) -> bool:
+    """INSERT the row unless its key is taken (ON CONFLICT DO NOTHING); whether it went in.
+    Told by RETURNING: psycopg reports no row count for this statement."""
+    key = next(iter(table.primary_key.columns))
+    statement = (
+        dialect_insert(connection, table).values(**row).on_conflict_do_nothing().returning(key)
+    )
+    return connection.execute(statement).first() is not None

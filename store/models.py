@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, date, datetime
 from enum import StrEnum
 
-from sqlalchemy import DateTime, Index, String, Table, UniqueConstraint, inspect
+from sqlalchemy import DateTime, Index, String, Table, Text, UniqueConstraint, inspect
 from sqlmodel import Field, SQLModel
 
 
@@ -274,3 +274,19 @@ class ApiKeyState(SQLModel, table=True):
     cooled_until: datetime = Field(sa_type=DateTime(timezone=True))
     reason: str | None = Field(default=None, max_length=500)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class IdempotentRequest(SQLModel, table=True):
+    """A POST sent with an ``Idempotency-Key``: what it asked, and the answer it got, so a
+    retry with the same key gets the same answer and creates nothing new."""
+
+    __tablename__ = "idempotent_request"
+
+    operation: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=255)
+    fingerprint: str = Field(max_length=64)  # sha256 of what the request asked for
+    # Set once the answer exists; until then the first request is still being handled.
+    status_code: int | None = None
+    response_body: str | None = Field(default=None, sa_type=Text)
+    retry_after: str | None = Field(default=None, max_length=16)
+    started_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)

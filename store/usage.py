@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from store.db import get_engine, reader
+from store.db import dialect_insert, get_engine, reader
 from store.models import ApiKeyState, UsageCounter, UserCooldown, table_of
 
 _USAGE = table_of(UsageCounter)
@@ -37,19 +36,12 @@ def next_midnight(now: datetime) -> datetime:
     return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time(), tzinfo=UTC)
 
 
-def _insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT that can say ON CONFLICT, in the connection's dialect (both spell it alike)."""
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
 def _spend(connection: Connection, scope: str, day: date, limit: int) -> bool:
     """Add one to ``scope``'s count for ``day`` unless it already reached ``limit``."""
     if limit <= 0:
         return False
     table = _USAGE
-    insert = _insert(connection, table).values(scope=scope, day=day, used=1)
+    insert = dialect_insert(connection, table).values(scope=scope, day=day, used=1)
     statement = insert.on_conflict_do_update(
         index_elements=["scope", "day"],
         set_={"used": table.c.used + 1},
@@ -64,7 +56,7 @@ def _start_cooldown(
     """Record ``now`` as the user's latest request; returns when the cooldown ends if the
     previous one was too recent (and records nothing)."""
     table = _COOLDOWN
-    insert = _insert(connection, table).values(user_id=user_id, kind=kind, last_at=now)
+    insert = dialect_insert(connection, table).values(user_id=user_id, kind=kind, last_at=now)
     statement = insert.on_conflict_do_update(
         index_elements=["user_id", "kind"],
         set_={"last_at": now},
@@ -145,7 +137,7 @@ def cool_key(provider: str, key: str, until: datetime, reason: str) -> None:
     table = _KEY_STATE
     now = datetime.now(UTC)
     with get_engine().begin() as connection:
-        statement = _insert(connection, table).values(
+        statement = dialect_insert(connection, table).values(
             provider=provider, key_name=key, cooled_until=until, reason=reason[:500], updated_at=now
         )
         statement = statement.on_conflict_do_update(
