@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import ApiError
 
+# Declares the scheme in the OpenAPI document; the check itself is check_token's.
+bearer = HTTPBearer(
+    auto_error=False, description="RELAY_API_TOKEN (open on 127.0.0.1 when it is not set)"
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
-def require_token(request: Request) -> None:
+
+def require_token(request: Request, _: BearerCredentials = None) -> None:
+    """Dependency: refuse the request (401) unless it carries the API token."""
+    check_token(request)
+
+
+def check_token(request: Request) -> None:
     """Refuse the request unless it carries ``Authorization: Bearer <RELAY_API_TOKEN>``.
 
     With no token configured the API only listens on 127.0.0.1 (see ``python -m cli api``).

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from api.auth import require_token
-from api.errors import ApiError
+from api.errors import ApiError, error_responses
+from api.schemas import UtcDatetime
 from store import batches
 from store.batches import batch_progress
 
+_BATCH_LINKS = {
+    "batch": {"operationId": "getBatch", "parameters": {"batch_id": "$response.body#/batch_id"}}
+}
 router = APIRouter(prefix="/api/batches", tags=["batches"], dependencies=[Depends(require_token)])
 
 
@@ -23,8 +25,8 @@ class WorkerView(BaseModel):
     retried: int = Field(description="attempts that failed and put the video back to pending")
     lost: int = Field(description="videos it held whose lease ran out (taken over by others)")
     in_flight: int
-    first_started_at: datetime | None
-    last_finished_at: datetime | None
+    first_started_at: UtcDatetime | None
+    last_finished_at: UtcDatetime | None
     rate_per_minute: float
 
 
@@ -41,16 +43,20 @@ class BatchView(BaseModel):
     eta_seconds: float | None = Field(description="at the current rate; null before any rate")
     workers_requested: int
     flow_run_id: str | None
-    created_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
     workers: list[WorkerView]
 
 
 @router.get(
     "/latest",
     response_model=BatchView,
+    operation_id="getLatestBatch",
     summary="Progress of the newest batch",
-    responses={404: {"description": "no batch has run yet"}},
+    responses={
+        200: {"links": _BATCH_LINKS},
+        **error_responses(401, 404, _404="no batch has run yet"),
+    },
 )
 async def latest() -> BatchView:
     batch_id = await run_in_threadpool(batches.newest_batch_id)
@@ -62,8 +68,9 @@ async def latest() -> BatchView:
 @router.get(
     "/{batch_id}",
     response_model=BatchView,
+    operation_id="getBatch",
     summary="Progress of a video batch, overall and per worker",
-    responses={404: {"description": "unknown batch"}},
+    responses=error_responses(401, 404, _404="unknown batch"),
 )
 async def get_batch(batch_id: str) -> BatchView:
     return await _view(batch_id)

@@ -9,96 +9,33 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.auth import require_token
-from api.errors import ApiError, error_body
+from api.auth import check_token, require_token
+from api.bot_schemas import AnswerFile, BotAccepted, BotRequestIn, BotRequestView, Refusal
+from api.errors import ApiError, error_body, error_responses
+from api.idempotency import IdempotencyKey, KeyedRequest, fingerprint
 from api.submit import dispatch
-from blocks.discord import allowed_hosts, redact_webhook_url, validate_webhook_url
+from blocks.discord import redact_webhook_url
 from bot_config import get_bot_config
-from store import bot as requests
+from store import bot as bot_store
 from store import usage
 from store.bot import RequestIntake
 from store.leases import Lease
 from store.models import BotRequest, BotRequestStatus, DeliveryStatus
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
-
-
-class BotRequestIn(BaseModel):
-    """A request forwarded by the Discord bot."""
-
-    model_config = ConfigDict(hide_input_in_errors=True, extra="forbid")
-
-    kind: Literal["chat", "image", "video"]
-    prompt: str = Field(min_length=1)
-    user_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Discord user id")
-    channel: str = Field(min_length=1, max_length=100, description="channel name")
-    guild: str | None = Field(default=None, max_length=64)
-    destination: str | None = Field(
-        default=None, max_length=128, description="name of a Discord destination block"
-    )
-    webhook_url: str | None = Field(
-        default=None, description="Discord webhook or interaction follow-up URL"
-    )
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("the prompt is empty")
-        return value.strip()
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _valid_webhook(cls, value: str | None) -> str | None:
-        return validate_webhook_url(value, allowed_hosts()) if value else None
-
-
-class BotAccepted(BaseModel):
-    request_id: str
-    status: str
-    kind: str
-    route: str
-    pool: str
-    status_url: str
-
-
-class AnswerFile(BaseModel):
-    name: str
-    size: int
-    mime_type: str
-
-
-class BotRequestView(BaseModel):
-    request_id: str
-    kind: str
-    status: str = Field(description="queued, running, completed, failed or refused")
-    user_id: str
-    channel: str
-    route: str
-    pool: str
-    destination: str | None = Field(description="block name or redacted webhook URL")
-    provider: str | None
-    model: str | None
-    key_name: str | None = Field(description="which key of the pool answered (its name)")
-    upstream_calls: int
-    upstream_seconds: float | None
-    answer_text: str | None
-    answer_files: list[AnswerFile]
-    error: str | None
-    retry_at: datetime | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    delivery_status: str = Field(description="pending, delivered, retrying or failed")
-    delivery_attempts: int
-    delivery_error: str | None
+_REQUEST_LINKS = {
+    "status": {
+        "operationId": "getBotRequest",
+        "parameters": {"request_id": "$response.body#/request_id"},
+    }
+}
+SIGNATURE_PATTERN = r"^[0-9a-f]{32}$"
 
 
 @router.post(
@@ -106,10 +43,39 @@ class BotRequestView(BaseModel):
     status_code=202,
     response_model=BotAccepted,
     dependencies=[Depends(require_token)],
+    operation_id="submitBotRequest",
     summary="Queue a chat, image or video request from the Discord bot",
-    responses={429: {"description": "over a cooldown or daily limit; says when to retry"}},
+    responses={
+        202: {"links": _REQUEST_LINKS},
+        **error_responses(400, 401, 422, 503, _503="the request could not be handed to Prefect"),
+        429: {
+            "model": Refusal,
+            "description": "over a cooldown or daily limit; says when to retry",
+            "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+        },
+    },
 )
 async def submit(
+    body: BotRequestIn,
+    request: Request,
+    background: BackgroundTasks,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    keyed = KeyedRequest("submitBotRequest", idempotency_key)
+    replay = await keyed.start(fingerprint(body.model_dump_json()))
+    if replay is not None:  # a retry: the first answer (queued or refused), nothing counted
+        return replay
+    try:
+        answer = await _submit(body, request, background)
+    except BaseException:
+        await keyed.release()
+        raise
+    if isinstance(answer, BotAccepted):
+        answer = JSONResponse(answer.model_dump(mode="json"), status_code=202)
+    return await keyed.answer(answer)
+
+
+async def _submit(
     body: BotRequestIn, request: Request, background: BackgroundTasks
 ) -> BotAccepted | JSONResponse:
     config = get_bot_config()
@@ -132,7 +98,7 @@ async def submit(
     fields = _fields(body, route, pool, request.app.state.settings.discord.block)
     if not admission.admitted:
         refused = await run_in_threadpool(
-            requests.create_request,
+            bot_store.create_request,
             **fields,
             deliver=True,  # this process posts the refusal
             status=BotRequestStatus.REFUSED,
@@ -140,23 +106,23 @@ async def submit(
             retry_at=admission.retry_at,
             finished_at=datetime.now(UTC),
         )
-        lease = requests.delivery_lease(refused)
+        lease = bot_store.delivery_lease(refused)
         if lease is not None:  # always, with deliver=True
             background.add_task(_deliver, refused.id, lease)  # a sync task: run in a thread
         return _refusal(refused.id, admission)
     settings = request.app.state.settings
     dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot.request_lease_seconds)
     stored = await run_in_threadpool(
-        requests.create_request, **fields, dispatch_seconds=dispatch_seconds, dispatched_at=_now()
+        bot_store.create_request, **fields, dispatch_seconds=dispatch_seconds, dispatched_at=_now()
     )
     try:
         await _dispatch(request, stored.id, pool)
     except Exception as err:
         await run_in_threadpool(
-            requests.finish_request,
+            bot_store.finish_request,
             stored.id,
             status=BotRequestStatus.FAILED,
-            lease=requests.request_lease(stored),  # this process's, until a run starts it
+            lease=bot_store.request_lease(stored),  # this process's, until a run starts it
             error="Relay could not queue the request",
             # The client is told now (503): nothing to post to Discord later.
             delivery_status=DeliveryStatus.FAILED,
@@ -179,24 +145,45 @@ async def submit(
     "/{request_id}",
     response_model=BotRequestView,
     dependencies=[Depends(require_token)],
+    operation_id="getBotRequest",
     summary="Status and answer of a bot request",
+    responses=error_responses(401, 404),
 )
 async def status(request_id: str) -> BotRequestView:
-    stored = await run_in_threadpool(requests.get_request, request_id)
+    stored = await run_in_threadpool(bot_store.get_request, request_id)
     if stored is None:
         raise ApiError(404, "not_found", f"no bot request {request_id!r}")
     return _view(stored)
 
 
-@router.get("/{request_id}/files/{name}", summary="A file of an answer (signed link or token)")
-async def answer_file(request_id: str, name: str, request: Request, sig: str = "") -> FileResponse:
+@router.get(
+    "/{request_id}/files/{name}",
+    operation_id="getBotAnswerFile",
+    summary="A file of an answer (signed link or token)",
+    description="Opened with the `sig` of the link Relay posted to Discord, or with the token.",
+    responses={
+        200: {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+        **error_responses(401, 404, 422),
+    },
+    openapi_extra={"security": [{}, {"HTTPBearer": []}]},
+)
+async def answer_file(
+    request_id: str,
+    name: str,
+    request: Request,
+    sig: Annotated[
+        str | None, Query(pattern=SIGNATURE_PATTERN, description="the link's signature")
+    ] = None,
+) -> FileResponse:
     from tasks.bot_answer import answer_folder
     from tasks.bot_handling import file_signature
 
-    if not (sig and hmac.compare_digest(sig, file_signature(request_id, name))):
-        require_token(request)
-    stored = await run_in_threadpool(requests.get_request, request_id)
-    files = {f.name: f for f in requests.answer_files(stored)} if stored else {}
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters.
+    expected = file_signature(request_id, name).encode()
+    if not (sig and hmac.compare_digest(sig.encode(), expected)):
+        check_token(request)
+    stored = await run_in_threadpool(bot_store.get_request, request_id)
+    files = {f.name: f for f in bot_store.answer_files(stored)} if stored else {}
     if name not in files:
         raise ApiError(404, "not_found", f"no file {name!r} in bot request {request_id!r}")
     return FileResponse(answer_folder(request_id) / name, media_type=files[name].mime_type)
@@ -267,7 +254,7 @@ def _view(stored: BotRequest) -> BotRequestView:
         upstream_calls=stored.upstream_calls,
         upstream_seconds=stored.upstream_seconds,
         answer_text=stored.answer_text,
-        answer_files=[AnswerFile(**f.__dict__) for f in requests.answer_files(stored)],
+        answer_files=[AnswerFile(**f.__dict__) for f in bot_store.answer_files(stored)],
         error=stored.error,
         retry_at=stored.retry_at,
         created_at=stored.created_at,

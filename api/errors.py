@@ -7,7 +7,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("relay.api")
 
@@ -22,6 +24,40 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
     return {"error": code, "message": message, **extra}
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a machine-readable code, a sentence for people, and details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str = Field(description="machine-readable code, e.g. not_found or too_long")
+    message: str = Field(description="what went wrong and what to do about it")
+
+
+DESCRIPTIONS = {
+    400: "malformed request (not JSON where JSON was sent)",
+    401: "missing or wrong bearer token",
+    403: "not allowed",
+    404: "no such resource",
+    409: "not in a state that allows this",
+    410: "gone: the data was removed",
+    413: "too large or too long",
+    415: "unsupported media or content type",
+    422: "the request breaks a rule of this operation; the message names it",
+    429: "over a limit; Retry-After says when to try again",
+    503: "a service Relay depends on is unavailable",
+}
+
+
+def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, object]]:
+    """OpenAPI ``responses=`` for error statuses, each with the ErrorBody schema. A
+    description of one's own is given as ``_413="..."``."""
+    out: dict[int | str, dict[str, object]] = {}
+    for status in statuses:
+        description = described.get(f"_{status}", DESCRIPTIONS.get(status, "error"))
+        out[status] = {"model": ErrorBody, "description": description}
+    return out
 
 
 _CODES = {
@@ -48,9 +84,13 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=err.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(err.status_code, "error")
-        return JSONResponse(error_body(code, str(err.detail)), status_code=err.status_code)
+        headers = dict(err.headers or {})
+        if err.status_code == 405:  # RFC 9110: say which methods the resource has
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        body = error_body(code, str(err.detail))
+        return JSONResponse(body, status_code=err.status_code, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -70,3 +110,14 @@ def install(app: FastAPI) -> None:
             error_body("internal_error", f"internal error ({type(err).__name__})"),
             status_code=500,
         )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's):
+    each is tried against the app's routes, included routers too."""
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tasks.asr import RequestOptions
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every one Relay stores is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# A datetime that always reaches the client as RFC 3339 with its zone.
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class TranscriptionOptions(RequestOptions):
     """Per-job recognition options; anything left out uses Relay's settings."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
+
 
 class PathSubmission(TranscriptionOptions):
     """A file the workers can already read, inside one of the allowed source folders."""
 
-    path: str = Field(min_length=1, max_length=4096)
+    path: str = Field(
+        min_length=1, max_length=4096, pattern="^/", description="an absolute path on the workers"
+    )
 
 
 class Accepted(BaseModel):
@@ -43,9 +57,9 @@ class JobStatusView(BaseModel):
     chunks: ChunkCounts
     duration_seconds: float | None
     language: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     eta_seconds: float | None
     error: str | None
     notification_error: str | None

@@ -6,13 +6,32 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prefect.client.orchestration import get_client
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from api.auth import require_token
+from api.errors import error_responses
 from store import status
 from store.db import get_engine
 
 router = APIRouter(prefix="/api", tags=["system"])
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok or degraded")
+    database: str = Field(description="ok, or why it is not")
+    prefect: str = Field(description="ok, or why it is not")
+
+
+class PoolQueue(BaseModel):
+    queued: int
+    running: int
+
+
+class Queue(BaseModel):
+    queued: int
+    running: int
+    pools: dict[str, PoolQueue]
 
 
 def _database_ok() -> None:
@@ -22,8 +41,12 @@ def _database_ok() -> None:
 
 @router.get(
     "/health",
+    operation_id="getHealth",
     summary="Database and Prefect API reachable?",
-    responses={503: {"description": "a dependency is down"}},
+    responses={
+        200: {"model": Health, "description": "every dependency answers"},
+        503: {"model": Health, "description": "a dependency is down"},
+    },
 )
 async def health() -> JSONResponse:
     checks: dict[str, str] = {}
@@ -45,14 +68,16 @@ async def health() -> JSONResponse:
 
 @router.get(
     "/queue",
+    operation_id="getQueue",
     summary="Jobs waiting and running, per work pool",
     dependencies=[Depends(require_token)],
-    responses={401: {}},
+    response_model=Queue,
+    responses=error_responses(401),
 )
-def queue() -> dict[str, object]:
+def queue() -> Queue:
     pools = status.queue_counts()
-    return {
-        "queued": sum(p["queued"] for p in pools.values()),
-        "running": sum(p["running"] for p in pools.values()),
-        "pools": pools,
-    }
+    return Queue(
+        queued=sum(p["queued"] for p in pools.values()),
+        running=sum(p["running"] for p in pools.values()),
+        pools={name: PoolQueue(**counts) for name, counts in pools.items()},
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -10,19 +9,18 @@ from typing import Annotated
 import fsspec
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import PlainTextResponse, Response
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from fastapi.responses import JSONResponse, Response
 
 from api.auth import require_token
-from api.errors import ApiError
+from api.contract import upload_request_body
+from api.errors import ApiError, error_responses
+from api.idempotency import IdempotencyKey, KeyedRequest
 from api.schemas import (
     Accepted,
     ChunkCounts,
     Deleted,
     JobPage,
     JobStatusView,
-    PathSubmission,
     TranscriptionOptions,
 )
 from api.submit import (
@@ -31,7 +29,7 @@ from api.submit import (
     submit_to_task_worker,
     submit_transcription,
 )
-from api.uploads import allowed_path, save_upload
+from api.uploads import Submission, read_submission
 from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus, TranscriptionJob, new_id, utcnow
@@ -54,6 +52,20 @@ _CONTENT_TYPES = {
 }
 
 
+# Where a created job can be followed: OpenAPI links from the 202 to the operations on it.
+_JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id"}}
+    for name, operation in (
+        ("status", "getTranscription"),
+        ("transcript", "getTranscript"),
+        ("cancel", "cancelTranscription"),
+        ("delete", "deleteTranscription"),
+    )
+}
+# A job id or a cursor: what store.status hands out.
+CURSOR_PATTERN = r"^[0-9]{1,16}\.[A-Za-z0-9_-]{1,64}$"
+
+
 def _settings(request: Request) -> RelaySettings:
     settings: RelaySettings = request.app.state.settings  # set by create_app
     return settings
@@ -63,33 +75,61 @@ def _settings(request: Request) -> RelaySettings:
     "",
     status_code=202,
     response_model=Accepted,
+    operation_id="submitTranscription",
     summary="Submit audio or video for transcription",
     description="Either a multipart upload (field `file`, plus optional option fields) or JSON "
-    '`{"path": ...}` naming a file inside RELAY_SOURCE_ROOTS. The file is probed first: '
-    "over-long audio gets 413, unreadable media 415 or 422.",
+    '`{"path": ...}` naming a file inside RELAY_SOURCE_ROOTS. The file is checked first: '
+    "over-long audio gets 413, something that is not media 415, media that does not decode "
+    "to its end or has no sound 422.",
+    openapi_extra=upload_request_body(),
     responses={
-        413: {"description": "audio or upload too long"},
-        415: {"description": "not audio or video"},
-        401: {},
-        403: {},
-        422: {},
+        202: {"links": _JOB_LINKS},
+        **error_responses(
+            400,
+            401,
+            403,
+            409,
+            413,
+            415,
+            422,
+            503,
+            _403="the path is outside RELAY_SOURCE_ROOTS",
+            _409="a request with the same Idempotency-Key is still being handled",
+            _413="the audio is over RELAY_MAX_AUDIO_SECONDS, or the upload over "
+            "RELAY_MAX_UPLOAD_BYTES",
+            _415="not audio or video, or neither multipart/form-data nor JSON",
+            _422="media that cannot be decoded to its end or has no audio track; an invalid "
+            "option or path; an Idempotency-Key used for a different request",
+            _503="the job could not be handed to Prefect",
+        ),
     },
 )
-async def submit(request: Request) -> Accepted:
+async def submit(request: Request, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     settings = _settings(request)
     job_id = new_id()
-    kind = request.headers.get("content-type", "")
-    if kind.startswith("multipart/form-data"):
-        source, options, uploaded = await _from_upload(request, settings, job_id)
-    elif kind.startswith("application/json"):
-        source, options = await _from_json(request, settings)
-        uploaded = False
-    else:
-        raise ApiError(
-            415,
-            "unsupported_content_type",
-            "send multipart/form-data with a 'file' field or JSON with a 'path'",
-        )
+    submission = await read_submission(request, settings, job_id)
+    keyed = KeyedRequest("submitTranscription", idempotency_key)
+    try:
+        replay = await keyed.start(submission.fingerprint)
+    except ApiError:
+        submission.discard()
+        raise
+    if replay is not None:  # a retry: the first request's answer, nothing new created
+        submission.discard()
+        return replay
+    try:
+        accepted = await _accept(request, settings, job_id, submission)
+    except BaseException:
+        await keyed.release()
+        raise
+    return await keyed.answer(JSONResponse(accepted.model_dump(mode="json"), status_code=202))
+
+
+async def _accept(
+    request: Request, settings: RelaySettings, job_id: str, submission: Submission
+) -> Accepted:
+    """Check the media, record the job and hand it to Prefect."""
+    source, options, uploaded = submission.source, submission.options, submission.uploaded
     try:
         info = await run_in_threadpool(probe, source, settings.max_audio_seconds)
     except MediaError as err:
@@ -145,40 +185,6 @@ async def submit(request: Request) -> Accepted:
     )
 
 
-async def _from_upload(
-    request: Request, settings: RelaySettings, job_id: str
-) -> tuple[Path, TranscriptionOptions, bool]:
-    form = await request.form(max_files=1, max_fields=20)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ApiError(422, "missing_file", "multipart body needs a 'file' field with the media")
-    fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
-    try:
-        options = TranscriptionOptions.model_validate(fields)
-    except ValidationError as err:
-        raise ApiError(422, "invalid_options", _problems(err)) from err
-    folder = Path(settings.data_dir) / "uploads" / job_id
-    path = await run_in_threadpool(save_upload, upload, folder)
-    await upload.close()
-    return path, options, True
-
-
-async def _from_json(request: Request, settings: RelaySettings) -> tuple[Path, PathSubmission]:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ApiError(400, "malformed_json", f"request body is not valid JSON: {err}") from err
-    try:
-        submission = PathSubmission.model_validate(body)
-    except ValidationError as err:
-        raise ApiError(422, "invalid_request", _problems(err)) from err
-    return allowed_path(submission.path, settings.allowed_source_roots()), submission
-
-
-def _problems(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in err.errors())
-
-
 def _job_or_404(job_id: str) -> TranscriptionJob:
     job = jobs.get_job(job_id)
     if job is None:
@@ -232,31 +238,54 @@ def _eta(job: TranscriptionJob) -> float | None:
 @router.get(
     "/{job_id}",
     response_model=JobStatusView,
+    operation_id="getTranscription",
     summary="Status, progress and ETA",
-    responses={404: {}, 401: {}},
+    responses=error_responses(401, 404, _404="no job with this id"),
 )
 def read_job(job_id: str) -> JobStatusView:
     return view(_job_or_404(job_id))
 
 
-@router.get("", response_model=JobPage, summary="List jobs, newest first", responses={401: {}})
+@router.get(
+    "",
+    response_model=JobPage,
+    operation_id="listTranscriptions",
+    summary="List jobs, newest first",
+    responses=error_responses(401, 422),
+)
 def list_jobs(
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=CURSOR_PATTERN, description="next_cursor of the previous page"),
+    ] = None,
 ) -> JobPage:
-    try:
-        page, next_cursor = status.list_jobs(status_filter, limit, cursor)
-    except ValueError as err:
-        raise ApiError(422, "invalid_cursor", str(err)) from err
+    page, next_cursor = status.list_jobs(status_filter, limit, cursor)
     return JobPage(items=[view(job) for job in page], next_cursor=next_cursor)
 
 
 @router.get(
     "/{job_id}/transcript",
+    operation_id="getTranscript",
     summary="The transcript as txt, srt, vtt or json",
-    responses={200: {"content": {t: {} for t in _CONTENT_TYPES.values()}}, 404: {}, 409: {}},
-    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "content": {
+                kind: {"schema": {"type": "object" if kind == "application/json" else "string"}}
+                for kind in _CONTENT_TYPES.values()
+            }
+        },
+        **error_responses(
+            401,
+            404,
+            409,
+            410,
+            422,
+            _409="the job has not completed",
+            _410="the transcript files were removed",
+        ),
+    },
 )
 def read_transcript(
     job_id: str, format: Annotated[str, Query(pattern="^(txt|srt|vtt|json)$")] = "txt"
@@ -284,22 +313,45 @@ def read_transcript(
     return Response(content, media_type=f"{_CONTENT_TYPES[format]}; charset=utf-8")
 
 
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobStatusView,
+    operation_id="cancelTranscription",
+    summary="Cancel a queued or running job (its flow run too); the job is kept",
+    responses=error_responses(401, 404, 409, _409="the job has already completed or failed"),
+)
+async def cancel(job_id: str) -> JobStatusView:
+    job = await run_in_threadpool(_job_or_404, job_id)
+    if job.status != JobStatus.CANCELLED and not await _cancel(job):
+        job = await run_in_threadpool(_job_or_404, job_id)  # it finished meanwhile
+        raise ApiError(409, "already_finished", f"job {job_id} has already {job.status}")
+    return view(await run_in_threadpool(_job_or_404, job_id))
+
+
 @router.delete(
     "/{job_id}",
     response_model=Deleted,
-    summary="Cancel a job, or delete a finished one",
-    responses={404: {}, 401: {}},
+    operation_id="deleteTranscription",
+    summary="Delete a job with its files, cancelling it first if it has not finished",
+    responses=error_responses(401, 404),
 )
 async def delete(job_id: str, request: Request) -> Deleted:
     job = await run_in_threadpool(_job_or_404, job_id)
-    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        if await run_in_threadpool(jobs.cancel_job, job_id):
-            if job.flow_run_id:
-                await cancel_flow_run(job.flow_run_id)
-            return Deleted(job_id=job_id, status=JobStatus.CANCELLED)
-        job = await run_in_threadpool(_job_or_404, job_id)  # it finished meanwhile
+    await _cancel(job)
     data = Path(_settings(request).data_dir)
-    await run_in_threadpool(jobs.delete_job, job_id)
+    if not await run_in_threadpool(jobs.delete_job, job_id):
+        raise ApiError(404, "not_found", f"no transcription job {job_id}")
     for folder in (data / "jobs" / job_id, data / "uploads" / job_id):
         shutil.rmtree(folder, ignore_errors=True)
     return Deleted(job_id=job_id, status="deleted")
+
+
+async def _cancel(job: TranscriptionJob) -> bool:
+    """Cancel the job and its flow run if it is queued or running; whether it was."""
+    if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return False
+    if not await run_in_threadpool(jobs.cancel_job, job.id):
+        return False
+    if job.flow_run_id:
+        await cancel_flow_run(job.flow_run_id)
+    return True

@@ -29,6 +29,21 @@ def allowed_hosts(settings: RelaySettings | None = None) -> tuple[str, ...]:
     return tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
 
 
+_ID = r"[0-9]{1,20}"
+_TOKEN = r"[A-Za-z0-9_-]{1,200}"
+
+
+def webhook_url_pattern(extra_hosts: tuple[str, ...]) -> str:
+    """The webhook URLs intake accepts: Discord's, plus any URL on an allow-listed host."""
+    discord = "|".join(re.escape(h) for h in sorted(DISCORD_HOSTS))
+    accepted = [rf"https://({discord})(:443)?/api(/v[0-9]{{1,3}})?/webhooks/{_ID}/{_TOKEN}/?"]
+    for entry in extra_hosts:
+        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        netloc = re.escape(host) + (f":{port}" if port else "(:[1-9][0-9]{0,3})?")
+        accepted.append(rf"https?://{netloc}(/[A-Za-z0-9._~/-]*)?")
+    return "^(" + "|".join(accepted) + ")$"
+
+
 def validate_webhook_url(url: str, allowed_hosts: Iterable[str] = ()) -> str:
     """Return ``url`` if it is a Discord webhook URL or on an allow-listed host.
 

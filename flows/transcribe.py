@@ -178,10 +178,14 @@ def _fail(
 
 
 def _not_recorded(job_id: str, folder: str | None) -> State:
-    """The job refused this run's write: a user cancelled it (its files go), or another
-    worker took it over when this run's lease ran out (that run speaks for it now)."""
+    """The job refused this run's write: a user cancelled or deleted it (its files go), or
+    another worker took it over when this run's lease ran out (that run speaks for it now)."""
     job = jobs.get_job(job_id)
-    if job is not None and job.status == JobStatus.CANCELLED:
+    if job is None:  # deleted through the API while it ran
+        if folder:
+            _remove(folder)
+        return Cancelled(message=f"job {job_id} was deleted; this run recorded nothing")
+    if job.status == JobStatus.CANCELLED:
         if folder:
             _remove(folder)
         return Cancelled(message="cancelled by a user")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, func, or_
 from sqlmodel import col, select
@@ -16,6 +15,7 @@ from store.models import JobStatus, TranscriptionJob
 # Until Relay has finished a job, estimates assume this speed (tiny.en on two CPU cores).
 DEFAULT_REALTIME_FACTOR = 10.0
 DEFAULT_STARTUP_SECONDS = 15.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -76,23 +76,24 @@ def recent_throughput(max_age: float = 2.0) -> Throughput:
 
 
 def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def encode_cursor(job: TranscriptionJob) -> str:
-    raw = f"{_aware(job.created_at).isoformat()}|{job.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode()
+    """``<created_at in µs since the epoch>.<job id>``: a position in the newest-first order."""
+    created = _aware(job.created_at)
+    micros = (created - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{job.id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError for a cursor this API did not hand out."""
-    try:
-        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except Exception as err:
-        raise ValueError("cursor is not one this API returned") from err
+    """The position a cursor names. Any ``<digits>.<id>`` is one (a keyset position need not
+    be a job's), so the OpenAPI pattern says every rule; ValueError for anything else."""
+    micros, dot, job_id = cursor.partition(".")
+    if not (dot and micros.isdigit() and len(micros) <= 16 and job_id):
+        raise ValueError("a cursor is <digits>.<job id>, as next_cursor hands it out")
+    created = _EPOCH + timedelta(microseconds=int(micros))
+    return created, job_id
 
 
 def list_jobs(

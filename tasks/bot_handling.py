@@ -12,7 +12,7 @@ from blocks.discord import DiscordDestination, redact_text
 from blocks.prefect_sync import load_block
 from bot_config import get_bot_config
 from relay_settings import get_settings
-from store import bot as requests
+from store import bot as bot_store
 from store.leases import Lease, LeaseOutcome, process_owner, renewal_interval, renewing
 from store.models import BotRequest, BotRequestStatus, DeliveryStatus
 from store.sealed import seal, signing_key, unseal
@@ -32,16 +32,16 @@ USER_MESSAGES = {
 
 def handle_request(request_id: str) -> str:
     """Answer the request unless another worker has it; returns its final status."""
-    claimed = requests.claim_request(request_id, WORKER)
+    claimed = bot_store.claim_request(request_id, WORKER)
     if claimed is None:
-        current = requests.get_request(request_id)
+        current = bot_store.get_request(request_id)
         log.info("bot request %s: not claimed (%s)", request_id, current and current.status)
         return current.status if current else LeaseOutcome.MISSING
     request, held = claimed
     seconds = get_settings().bot.request_lease_seconds
     try:
         with renewing(
-            lambda: requests.renew_request(request_id, held),
+            lambda: bot_store.renew_request(request_id, held),
             renewal_interval(seconds),
             f"bot request {request_id}",
         ):
@@ -57,7 +57,7 @@ def handle_request(request_id: str) -> str:
         message = "Relay could not answer this request"
         lease = _finish_failed(request, held, message, detail=detail)
     else:
-        lease = requests.finish_request(
+        lease = bot_store.finish_request(
             request_id,
             status=BotRequestStatus.COMPLETED,
             lease=held,
@@ -73,7 +73,7 @@ def handle_request(request_id: str) -> str:
         log.warning("bot request %s: answered elsewhere meanwhile; not posting", request_id)
     else:
         deliver(request_id, lease)
-    final = requests.get_request(request_id)
+    final = bot_store.get_request(request_id)
     return final.status if final else LeaseOutcome.MISSING
 
 
@@ -86,7 +86,7 @@ def _finish_failed(
     retry_at: datetime | None = None,
 ) -> Lease | None:
     log.warning("bot request %s failed: %s", request.id, detail or message)
-    return requests.finish_request(
+    return bot_store.finish_request(
         request.id,
         status=BotRequestStatus.FAILED,
         lease=held,
@@ -98,7 +98,7 @@ def _finish_failed(
 def deliver(request_id: str, lease: Lease) -> DeliveryStatus | None:
     """Post a finished request's answer (or refusal) to its destination, holding its delivery
     ``lease``; records how it went and when to try again. Never raises."""
-    request = requests.get_request(request_id)
+    request = bot_store.get_request(request_id)
     if request is None or request.delivery_status == DeliveryStatus.DELIVERED:
         return request.delivery_status if request else None
     settings = get_settings()
@@ -106,7 +106,7 @@ def deliver(request_id: str, lease: Lease) -> DeliveryStatus | None:
         url = destination_url(request)
     except Exception as err:
         error = f"no destination to post to: {redact_text(str(err))}"
-        return requests.record_delivery(
+        return bot_store.record_delivery(
             request_id,
             delivered=False,
             messages_sent=0,
@@ -123,7 +123,7 @@ def deliver(request_id: str, lease: Lease) -> DeliveryStatus | None:
     )
     attempts = request.delivery_attempts + result.attempts
     give_up = not result.delivered and attempts >= settings.bot.delivery_attempts
-    status = requests.record_delivery(
+    status = bot_store.record_delivery(
         request_id,
         delivered=result.delivered,
         messages_sent=result.parts_sent,
@@ -160,7 +160,7 @@ def _reply(request: BotRequest) -> BotReply:
     folder = answer_folder(request.id)
     files = tuple(
         ReplyFile(name=f.name, path=folder / f.name, url=file_link(request.id, f.name))
-        for f in requests.answer_files(request)
+        for f in bot_store.answer_files(request)
     )
     return BotReply(
         request_id=request.id,

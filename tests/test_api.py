@@ -156,11 +156,29 @@ def test_submit_by_path_inside_the_inbox(client, settings):
     assert wait_for(client, response.json()["job_id"])["status"] == "completed"
 
 
-def test_cancel_a_queued_job(client):
+def test_cancel_a_queued_job_keeps_it(client):
+    job = jobs.create_job("/nowhere.wav", "nowhere.wav", work_pool="asr-cpu", duration=5.0)
+    response = client.post(f"/api/transcriptions/{job.id}/cancel", headers=AUTH)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert jobs.get_job(job.id).status == JobStatus.CANCELLED
+    again = client.post(f"/api/transcriptions/{job.id}/cancel", headers=AUTH)
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+
+
+def test_cancelling_a_finished_job_is_409(client):
+    job = jobs.create_job("/nowhere.wav", "nowhere.wav", work_pool="asr-cpu", duration=5.0)
+    jobs.fail_job(job.id, "broken")
+    response = client.post(f"/api/transcriptions/{job.id}/cancel", headers=AUTH)
+    assert response.status_code == 409 and response.json()["error"] == "already_finished"
+    assert jobs.get_job(job.id).status == JobStatus.FAILED
+
+
+def test_deleting_a_queued_job_cancels_and_removes_it(client):
     job = jobs.create_job("/nowhere.wav", "nowhere.wav", work_pool="asr-cpu", duration=5.0)
     response = client.delete(f"/api/transcriptions/{job.id}", headers=AUTH)
-    assert response.json() == {"job_id": job.id, "status": "cancelled"}
-    assert jobs.get_job(job.id).status == JobStatus.CANCELLED
+    assert response.json() == {"job_id": job.id, "status": "deleted"}
+    assert jobs.get_job(job.id) is None
+    assert client.get(f"/api/transcriptions/{job.id}", headers=AUTH).status_code == 404
 
 
 def test_transcript_of_an_unfinished_job_is_409(client):
@@ -259,7 +277,8 @@ def test_path_traversal_is_refused_or_neutralised(client, settings):
     )
     assert outside.status_code == 403 and outside.json()["error"] == "path_not_allowed"
     relative = client.post("/api/transcriptions", headers=AUTH, json={"path": "../secret.wav"})
-    assert relative.status_code == 422 and relative.json()["error"] == "invalid_path"
+    assert relative.status_code == 422 and relative.json()["error"] == "invalid_request"
+    assert "path" in relative.json()["message"]
 
     accepted = upload(client, SAMPLE, name="../../../../tmp/evil.ogg")
     assert accepted.status_code == 202
@@ -281,7 +300,8 @@ def test_listing_is_paginated_and_filtered(client):
     queued = client.get("/api/transcriptions?status=queued&limit=200", headers=AUTH).json()
     assert queued["items"] and all(i["status"] == "queued" for i in queued["items"])
     bad = client.get("/api/transcriptions?cursor=garbage", headers=AUTH)
-    assert bad.status_code == 422 and bad.json()["error"] == "invalid_cursor"
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_request"
+    assert "cursor" in bad.json()["message"]
     assert client.get("/api/transcriptions?status=bogus", headers=AUTH).status_code == 422
 
 

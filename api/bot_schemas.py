@@ -1,0 +1,102 @@
+"""Request and response bodies of the bot API."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.schemas import UtcDatetime
+from blocks.discord import allowed_hosts, validate_webhook_url, webhook_url_pattern
+
+
+class BotRequestIn(BaseModel):
+    """A request forwarded by the Discord bot."""
+
+    model_config = ConfigDict(hide_input_in_errors=True, extra="forbid")
+
+    kind: Literal["chat", "image", "video"]
+    prompt: str = Field(min_length=1, pattern=r"\S", description="not only white space")
+    user_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Discord user id")
+    channel: str = Field(min_length=1, max_length=100, description="channel name")
+    guild: str | None = Field(default=None, max_length=64)
+    destination: str | None = Field(
+        default=None, max_length=128, description="name of a Discord destination block"
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Discord webhook or interaction follow-up URL"
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty")
+        return value.strip()
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _valid_webhook(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        hosts = allowed_hosts()
+        # The OpenAPI document states this pattern: what it says is what intake accepts.
+        if not re.fullmatch(webhook_url_pattern(hosts), value):
+            raise ValueError(
+                "webhook_url must be a Discord webhook URL "
+                "(https://discord.com/api/webhooks/<id>/<token>) or a URL on a host of "
+                "RELAY_WEBHOOK_ALLOWED_HOSTS"
+            )
+        return validate_webhook_url(value, hosts)
+
+
+class BotAccepted(BaseModel):
+    request_id: str
+    status: str
+    kind: str
+    route: str
+    pool: str
+    status_url: str
+
+
+class AnswerFile(BaseModel):
+    name: str
+    size: int
+    mime_type: str
+
+
+class BotRequestView(BaseModel):
+    request_id: str
+    kind: str
+    status: str = Field(description="queued, running, completed, failed or refused")
+    user_id: str
+    channel: str
+    route: str
+    pool: str
+    destination: str | None = Field(description="block name or redacted webhook URL")
+    provider: str | None
+    model: str | None
+    key_name: str | None = Field(description="which key of the pool answered (its name)")
+    upstream_calls: int
+    upstream_seconds: float | None
+    answer_text: str | None
+    answer_files: list[AnswerFile]
+    error: str | None
+    retry_at: UtcDatetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    delivery_status: str = Field(description="pending, delivered, retrying or failed")
+    delivery_attempts: int
+    delivery_error: str | None
+
+
+class Refusal(BaseModel):
+    """A request over a cooldown or daily limit: recorded (and told on Discord), not run."""
+
+    error: str = Field(description="cooldown, user_daily_limit or global_daily_limit")
+    message: str
+    request_id: str
+    retry_at: UtcDatetime
+    retry_after_seconds: float
