@@ -13,6 +13,7 @@ from tests.audio import (
     FFMPEG,
     encode,
     save,
+    silence,
     speech_samples,
     video_without_sound,
     with_video,
@@ -151,3 +152,21 @@ def test_decoding_in_blocks_gives_the_same_audio_and_the_same_refusals(tmp_path)
     assert len(first) == 16000
     with pytest.raises(MediaError, match=r"cut\.mp3: file is truncated or corrupt"):
         list(stream)
+
+
+def test_estimated_lengths_are_not_held_against_a_file(tmp_path):
+    """Raw ADTS AAC and an MP3 without a Xing frame state no length: ffmpeg guesses it from
+    the first frames' bitrate, here silence, far over the real one. The flow's decode may
+    not call such a file truncated."""
+    speech = speech_samples("The budget was approved on Monday.", tmp_path)
+    quiet_start = np.concatenate([silence(20), speech])
+    wav = save(quiet_start, tmp_path / "quiet-start.wav")
+    for name, options in [
+        ("raw.aac", ("-c:a", "aac")),
+        ("vbr.mp3", ("-c:a", "libmp3lame", "-q:a", "2", "-write_xing", "0")),
+    ]:
+        path = encode(wav, tmp_path / name, *options)
+        info = probe(path)
+        assert not info.exact_duration
+        assert info.duration > 1.3 * len(quiet_start) / 16000, "the estimate is far off"
+        assert len(decode(info)) / 16000 == pytest.approx(len(quiet_start) / 16000, abs=0.2)
