@@ -36,7 +36,8 @@ from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus, TranscriptionJob, new_id, utcnow
 from tasks.asr import JobOptions
-from tasks.media import AudioTooLongError, MediaError, probe
+from tasks.media import AudioTooLongError, MediaError, MediaProblem
+from tasks.media_check import check
 
 router = APIRouter(
     prefix="/api/transcriptions", tags=["transcriptions"], dependencies=[Depends(require_token)]
@@ -45,7 +46,9 @@ router = APIRouter(
 # Share of a job's progress that decoding and splitting stand for (about what they take of a
 # job's time on CPU); transcription is the rest, as the workers decode the audio.
 PREPARED_PERCENT = 3.0
-_MEDIA_STATUS = {"too_long": 413, "not_media": 415, "no_audio": 415, "undecodable": 415}
+# Over-long audio is 413 and a file that is not media at all 415; media Relay cannot use
+# (empty, no audio track, truncated, corrupt, a length it cannot tell) is 422.
+_MEDIA_STATUS = {MediaProblem.TOO_LONG: 413, MediaProblem.NOT_MEDIA: 415}
 _CONTENT_TYPES = {
     "txt": "text/plain",
     "srt": "application/x-subrip",
@@ -65,14 +68,25 @@ def _settings(request: Request) -> RelaySettings:
     response_model=Accepted,
     summary="Submit audio or video for transcription",
     description="Either a multipart upload (field `file`, plus optional option fields) or JSON "
-    '`{"path": ...}` naming a file inside RELAY_SOURCE_ROOTS. The file is probed first: '
-    "over-long audio gets 413, unreadable media 415 or 422.",
+    '`{"path": ...}` naming a file inside RELAY_SOURCE_ROOTS. Its whole audio track is decoded '
+    "before a job is made: over-long audio gets 413, a file that is not media 415, media that "
+    "cannot be used 422; a refused upload is not kept.",
     responses={
-        413: {"description": "audio or upload too long"},
-        415: {"description": "not audio or video"},
+        413: {
+            "description": "audio over RELAY_MAX_AUDIO_SECONDS (`too_long`), or upload over "
+            "RELAY_MAX_UPLOAD_BYTES (`upload_too_large`)"
+        },
+        415: {
+            "description": "not audio or video at all: text, an unknown container "
+            "(`not_media`); or a body neither multipart nor JSON"
+        },
         401: {},
         403: {},
-        422: {},
+        422: {
+            "description": "media that cannot be transcribed: `empty`, `no_audio` (no audio "
+            "track), `truncated` or `undecodable` (its audio does not decode to its end, "
+            "or far from the length it declares); or invalid options or path"
+        },
     },
 )
 async def submit(request: Request) -> Accepted:
@@ -90,11 +104,13 @@ async def submit(request: Request) -> Accepted:
             "unsupported_content_type",
             "send multipart/form-data with a 'file' field or JSON with a 'path'",
         )
-    try:
-        info = await run_in_threadpool(probe, source, settings.max_audio_seconds)
-    except MediaError as err:
-        if uploaded:
-            shutil.rmtree(source.parent, ignore_errors=True)
+    try:  # decodes the whole audio track: off the event loop
+        info = await run_in_threadpool(check, source, settings.max_audio_seconds)
+    except Exception as err:
+        if uploaded:  # a refused file is not kept, whatever refused it
+            await run_in_threadpool(shutil.rmtree, source.parent, ignore_errors=True)
+        if not isinstance(err, MediaError):
+            raise
         extra = {}
         if isinstance(err, AudioTooLongError):
             extra = {"duration_seconds": round(err.duration, 1), "max_seconds": err.limit}
