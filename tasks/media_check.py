@@ -32,7 +32,7 @@ from tasks.media import (
     probe,
 )
 
-# Audio may decode this much shorter than the file states before it counts as cut short:
+# Audio may decode this much shorter (or, against the limit, longer) than the file states:
 # encoders' priming and padding, and fragmented MP4s, differ from the stated length by a
 # fraction of a second; a lost stretch of sound is longer.
 SHORTFALL_SECONDS = 1.0
@@ -89,7 +89,8 @@ def check(path: str | Path, max_seconds: float | None = None) -> MediaInfo:
             "— the file is truncated or corrupt",
             MediaProblem.UNDECODABLE,
         ) from err
-    audio = decode_track(file, stop_after=max_seconds)
+    limit = None if max_seconds is None else max_seconds + SHORTFALL_SECONDS
+    audio = decode_track(file, stop_after=limit)
     judge(info, audio, max_seconds)
     return dataclasses.replace(info, duration=audio.seconds)
 
@@ -131,7 +132,8 @@ def decode_track(path: str | Path, stop_after: float | None = None) -> DecodedAu
 def judge(info: MediaInfo, audio: DecodedAudio, max_seconds: float | None = None) -> None:
     """Raise MediaError when ``audio``, decoded from the file ``info`` describes, falls short."""
     name = Path(info.path).name
-    if max_seconds is not None and audio.seconds > max_seconds:
+    # The stated length met the limit (probe checked it); the decode may run a little over it.
+    if max_seconds is not None and audio.seconds > max_seconds + SHORTFALL_SECONDS:
         raise AudioTooLongError(name, audio.seconds, max_seconds, at_least=not audio.complete)
     if audio.seconds == 0:
         why = audio.damage or audio.read_error or "the track holds no sound"

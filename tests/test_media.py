@@ -253,7 +253,8 @@ def test_check_stops_decoding_past_the_limit(tmp_path):
     path.write_bytes(first.read_bytes() + second.read_bytes())
     assert probe(path, max_seconds=61).duration == pytest.approx(60, abs=0.1)
     assert check(path).duration == pytest.approx(63, abs=0.2)
+    assert check(path, max_seconds=62.5).duration == pytest.approx(63, abs=0.2)  # within 1 s
     with pytest.raises(AudioTooLongError) as caught:
         check(path, max_seconds=61)
-    assert 61 < caught.value.duration < 61.5
-    assert str(caught.value).startswith("joined.mp3: audio is at least 1:01")
+    assert 62 < caught.value.duration < 62.5  # decoding stopped a second past the limit
+    assert str(caught.value).startswith("joined.mp3: audio is at least 1:02")
