@@ -8,9 +8,10 @@ once decoded (``too_long``); ``probe`` has already refused ``empty``, ``not_medi
 ``no_audio`` files.
 
 It decodes with PyAV in this process, not with the ffmpeg command line: the same decoders, a
-third of the CPU (ffmpeg's threads hand every frame on from demuxer to decoder to filter to
-encoder to muxer, and that handing costs more than an MP3 decode; ``make bench-intake``), and
-PyAV lets go of the GIL while it reads and decodes, so a server's other threads run meanwhile.
+quarter to a third of the CPU (ffmpeg's threads hand every frame on from demuxer to decoder
+to filter to encoder to muxer, and that handing costs more than an MP3 decode; ``make
+bench-intake``), and PyAV lets go of the GIL while it reads and decodes, so a server's other
+threads run meanwhile.
 """
 
 from __future__ import annotations
