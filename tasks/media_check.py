@@ -48,12 +48,14 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (4, b"ftyp", "an MP4/MOV file"),
     (4, b"moov", "an MP4/MOV file"),
     (4, b"mdat", "an MP4/MOV file"),
-    (0, b"RIFF", "a RIFF (WAV/AVI) file"),
+    (8, b"WAVE", "a WAV file"),
+    (8, b"AVI ", "an AVI file"),
     (0, b"OggS", "an Ogg file"),
     (0, b"fLaC", "a FLAC file"),
     (0, b"ID3", "an MP3 file"),
     (0, b"\x1a\x45\xdf\xa3", "a Matroska/WebM file"),
-    (0, b"FORM", "an AIFF file"),
+    (8, b"AIFF", "an AIFF file"),
+    (8, b"AIFC", "an AIFF file"),
     (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "a WMA/WMV file"),
 )
 
