@@ -34,7 +34,8 @@ from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus, TranscriptionJob, new_id, utcnow
 from tasks.asr import JobOptions
-from tasks.media import AudioTooLongError, MediaError, probe
+from tasks.media import AudioTooLongError, MediaError, MediaProblem
+from tasks.media_check import check
 
 router = APIRouter(
     prefix="/api/transcriptions", tags=["transcriptions"], dependencies=[Depends(require_token)]
@@ -43,7 +44,9 @@ router = APIRouter(
 # Share of a job's progress that decoding and splitting stand for (about what they take of a
 # job's time on CPU); transcription is the rest, as the workers decode the audio.
 PREPARED_PERCENT = 3.0
-_MEDIA_STATUS = {"too_long": 413, "not_media": 415, "no_audio": 415, "undecodable": 415}
+# Over-long audio is 413 and a file that is not media at all 415; media Relay cannot use
+# (empty, no audio track, truncated, corrupt, a length it cannot tell) is 422.
+_MEDIA_STATUS = {MediaProblem.TOO_LONG: 413, MediaProblem.NOT_MEDIA: 415}
 _CONTENT_TYPES = {
     "txt": "text/plain",
     "srt": "application/x-subrip",
@@ -78,9 +81,9 @@ def _settings(request: Request) -> RelaySettings:
     operation_id="submitTranscription",
     summary="Submit audio or video for transcription",
     description="Either a multipart upload (field `file`, plus optional option fields) or JSON "
-    '`{"path": ...}` naming a file inside RELAY_SOURCE_ROOTS. The file is checked first: '
-    "over-long audio gets 413, something that is not media 415, media that does not decode "
-    "to its end or has no sound 422.",
+    '`{"path": ...}` naming a file inside RELAY_SOURCE_ROOTS. Its whole audio track is decoded '
+    "before a job is made: over-long audio gets 413, a file that is not media 415, media that "
+    "cannot be used 422; a refused upload is not kept.",
     openapi_extra=upload_request_body(),
     responses={
         202: {"links": _JOB_LINKS},
@@ -95,11 +98,14 @@ def _settings(request: Request) -> RelaySettings:
             503,
             _403="the path is outside RELAY_SOURCE_ROOTS",
             _409="a request with the same Idempotency-Key is still being handled",
-            _413="the audio is over RELAY_MAX_AUDIO_SECONDS, or the upload over "
-            "RELAY_MAX_UPLOAD_BYTES",
-            _415="not audio or video, or neither multipart/form-data nor JSON",
-            _422="media that cannot be decoded to its end or has no audio track; an invalid "
-            "option or path; an Idempotency-Key used for a different request",
+            _413="audio over RELAY_MAX_AUDIO_SECONDS (`too_long`), or upload over "
+            "RELAY_MAX_UPLOAD_BYTES (`upload_too_large`)",
+            _415="not audio or video at all: text, an unknown container (`not_media`); or a "
+            "body neither multipart nor JSON",
+            _422="media that cannot be transcribed: `empty`, `no_audio` (no audio track), "
+            "`truncated` or `undecodable` (its audio does not decode to its end, or far from "
+            "the length it declares); invalid options or path; an Idempotency-Key used for a "
+            "different request",
             _503="the job could not be handed to Prefect",
         ),
     },
@@ -130,11 +136,13 @@ async def _accept(
 ) -> Accepted:
     """Check the media, record the job and hand it to Prefect."""
     source, options, uploaded = submission.source, submission.options, submission.uploaded
-    try:
-        info = await run_in_threadpool(probe, source, settings.max_audio_seconds)
-    except MediaError as err:
-        if uploaded:
-            shutil.rmtree(source.parent, ignore_errors=True)
+    try:  # decodes the whole audio track: off the event loop
+        info = await run_in_threadpool(check, source, settings.max_audio_seconds)
+    except Exception as err:
+        if uploaded:  # a refused file is not kept, whatever refused it
+            await run_in_threadpool(shutil.rmtree, source.parent, ignore_errors=True)
+        if not isinstance(err, MediaError):
+            raise
         extra = {}
         if isinstance(err, AudioTooLongError):
             extra = {"duration_seconds": round(err.duration, 1), "max_seconds": err.limit}

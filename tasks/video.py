@@ -20,7 +20,7 @@ import fsspec
 
 from tasks.asr import AsrOptions, recognise
 from tasks.formats import remove_outputs, write_outputs
-from tasks.media import MediaError, decode, probe
+from tasks.media import MediaError, MediaProblem, decode, probe
 from tasks.merge import merge
 from tasks.split import SplitOptions, cut_points, write_chunks
 
@@ -83,6 +83,6 @@ def _local(source: str) -> Iterator[str]:
             with fsspec.open(source, "rb") as remote:
                 shutil.copyfileobj(remote, copy)
         except FileNotFoundError as err:
-            raise MediaError(f"{source}: no such file", "missing") from err
+            raise MediaError(f"{source}: no such file", MediaProblem.MISSING) from err
         copy.flush()
         yield copy.name

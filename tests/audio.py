@@ -127,3 +127,12 @@ def video_without_sound(path: Path, seconds: float = 1.0) -> Path:
     command = [FFMPEG, "-v", "error", "-f", "lavfi", "-i", colour, "-c:v", "libx264", str(path)]
     subprocess.run(command, check=True)
     return path
+
+
+def speech_mp3(path: Path, seconds: float, workdir: Path) -> Path:
+    """A real MP3 (64 kbit/s, with the Xing frame that states its length) of ``seconds`` of
+    espeak-ng speech, the meeting text over and over."""
+    spoken = speech_samples(LONG_TEXT, workdir)
+    repeats = int(np.ceil(seconds * SAMPLE_RATE / len(spoken)))
+    samples = np.tile(spoken, repeats)[: int(seconds * SAMPLE_RATE)]
+    return save(samples, path, "-c:a", "libmp3lame", "-b:a", "64k")

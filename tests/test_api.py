@@ -246,10 +246,11 @@ def test_not_media_is_415_and_empty_is_422(client, tmp_path):
     assert response.status_code == 422 and response.json()["error"] == "empty"
 
 
-def test_video_without_sound_is_415(client, tmp_path):
+def test_video_without_sound_is_422(client, tmp_path):
+    """Media, so not 415, but nothing to transcribe (tests/test_intake.py has every refusal)."""
     path = video_without_sound(tmp_path / "mute.mp4")
     response = upload(client, path)
-    assert response.status_code == 415 and response.json()["error"] == "no_audio"
+    assert response.status_code == 422 and response.json()["error"] == "no_audio"
 
 
 def test_malformed_and_invalid_json(client):
