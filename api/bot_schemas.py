@@ -17,7 +17,12 @@ class BotRequestIn(BaseModel):
     model_config = ConfigDict(hide_input_in_errors=True, extra="forbid")
 
     kind: Literal["chat", "image", "video"]
-    prompt: str = Field(min_length=1, pattern=r"\S", description="not only white space")
+    # The pattern documents what _not_blank enforces (with a message that says so).
+    prompt: str = Field(
+        min_length=1,
+        description="not only white space",
+        json_schema_extra={"pattern": r"\S"},
+    )
     user_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Discord user id")
     channel: str = Field(min_length=1, max_length=100, description="channel name")
     guild: str | None = Field(default=None, max_length=64)
@@ -41,14 +46,15 @@ class BotRequestIn(BaseModel):
         if value is None:
             return None
         hosts = allowed_hosts()
+        url = validate_webhook_url(value, hosts)  # its messages name what is wrong
         # The OpenAPI document states this pattern: what it says is what intake accepts.
         if not re.fullmatch(webhook_url_pattern(hosts), value):
             raise ValueError(
                 "webhook_url must be a Discord webhook URL "
-                "(https://discord.com/api/webhooks/<id>/<token>) or a URL on a host of "
-                "RELAY_WEBHOOK_ALLOWED_HOSTS"
+                "(https://discord.com/api/webhooks/<id>/<token>, no query) or a URL on a host "
+                "of RELAY_WEBHOOK_ALLOWED_HOSTS"
             )
-        return validate_webhook_url(value, hosts)
+        return url
 
 
 class BotAccepted(BaseModel):
