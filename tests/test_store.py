@@ -22,7 +22,7 @@ def test_migrations_build_the_schema_and_are_idempotent(database_url):
     migrate(engine_for(database_url))  # a second upgrade changes nothing and loses nothing
     with engine.connect() as connection:
         assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0006"
         )
     assert jobs.get_job(job.id).source_name == "a.wav"
 
