@@ -17,15 +17,23 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.auth import require_token
+from api.callbacks import (
+    CALLBACK_URL_FIELD,
+    CallbackUrl,
+    CallbackView,
+    callback_routes,
+    callback_view,
+    checked_callback_url,
+)
 from api.errors import ApiError, error_body
 from api.submit import dispatch
 from blocks.discord import allowed_hosts, redact_webhook_url, validate_webhook_url
 from bot_config import get_bot_config
 from store import bot as requests
-from store import usage
+from store import callbacks, usage
 from store.bot import RequestIntake
 from store.leases import Lease
-from store.models import BotRequest, BotRequestStatus, DeliveryStatus
+from store.models import BotRequest, BotRequestStatus, Callback, CallbackSubject, DeliveryStatus
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
 
@@ -46,6 +54,7 @@ class BotRequestIn(BaseModel):
     webhook_url: str | None = Field(
         default=None, description="Discord webhook or interaction follow-up URL"
     )
+    callback_url: CallbackUrl | None = CALLBACK_URL_FIELD
 
     @field_validator("prompt")
     @classmethod
@@ -99,6 +108,7 @@ class BotRequestView(BaseModel):
     delivery_status: str = Field(description="pending, delivered, retrying or failed")
     delivery_attempts: int
     delivery_error: str | None
+    callback: CallbackView | None = None
 
 
 @router.post(
@@ -108,6 +118,7 @@ class BotRequestView(BaseModel):
     dependencies=[Depends(require_token)],
     summary="Queue a chat, image or video request from the Discord bot",
     responses={429: {"description": "over a cooldown or daily limit; says when to retry"}},
+    callbacks=callback_routes("submit_bot_request"),
 )
 async def submit(
     body: BotRequestIn, request: Request, background: BackgroundTasks
@@ -119,6 +130,8 @@ async def submit(
             "prompt_too_long",
             f"the prompt has {len(body.prompt)} characters; the limit is {config.max_prompt_chars}",
         )
+    settings = request.app.state.settings
+    callback_url = await checked_callback_url(settings, body.callback_url)
     route, pool = config.route(body.kind, body.channel)
     limits = config.limits[body.kind]
     admission = await run_in_threadpool(
@@ -134,6 +147,7 @@ async def submit(
         refused = await run_in_threadpool(
             requests.create_request,
             **fields,
+            callback_url=callback_url,
             deliver=True,  # this process posts the refusal
             status=BotRequestStatus.REFUSED,
             error=admission.message,
@@ -144,14 +158,19 @@ async def submit(
         if lease is not None:  # always, with deliver=True
             background.add_task(_deliver, refused.id, lease)  # a sync task: run in a thread
         return _refusal(refused.id, admission)
-    settings = request.app.state.settings
     dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot.request_lease_seconds)
     stored = await run_in_threadpool(
-        requests.create_request, **fields, dispatch_seconds=dispatch_seconds, dispatched_at=_now()
+        requests.create_request,
+        **fields,
+        callback_url=callback_url,
+        dispatch_seconds=dispatch_seconds,
+        dispatched_at=_now(),
     )
     try:
         await _dispatch(request, stored.id, pool)
     except Exception as err:
+        # The client hears of it now (503): no callback for a request it was told failed.
+        await run_in_threadpool(callbacks.forget, CallbackSubject.BOT_REQUEST, stored.id)
         await run_in_threadpool(
             requests.finish_request,
             stored.id,
@@ -185,7 +204,8 @@ async def status(request_id: str) -> BotRequestView:
     stored = await run_in_threadpool(requests.get_request, request_id)
     if stored is None:
         raise ApiError(404, "not_found", f"no bot request {request_id!r}")
-    return _view(stored)
+    called = await run_in_threadpool(callbacks.get, CallbackSubject.BOT_REQUEST, request_id)
+    return _view(stored, called)
 
 
 @router.get("/{request_id}/files/{name}", summary="A file of an answer (signed link or token)")
@@ -234,8 +254,10 @@ def _now() -> datetime:
 
 def _deliver(request_id: str, lease: Lease) -> None:
     from tasks.bot_handling import deliver
+    from tasks.callbacks import deliver_now
 
     deliver(request_id, lease)
+    deliver_now(CallbackSubject.BOT_REQUEST, request_id)
 
 
 def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:
@@ -251,7 +273,7 @@ def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:
     return JSONResponse(body, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
 
 
-def _view(stored: BotRequest) -> BotRequestView:
+def _view(stored: BotRequest, callback: Callback | None = None) -> BotRequestView:
     return BotRequestView(
         request_id=stored.id,
         kind=stored.kind,
@@ -276,4 +298,5 @@ def _view(stored: BotRequest) -> BotRequestView:
         delivery_status=stored.delivery_status,
         delivery_attempts=stored.delivery_attempts,
         delivery_error=stored.delivery_error,
+        callback=callback_view(callback),
     )

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
 from tasks.asr import RequestOptions
 
 
@@ -13,7 +14,13 @@ class TranscriptionOptions(RequestOptions):
     """Per-job recognition options; anything left out uses Relay's settings."""
 
 
-class PathSubmission(TranscriptionOptions):
+class UploadFields(TranscriptionOptions):
+    """The fields of a multipart upload besides its file."""
+
+    callback_url: CallbackUrl | None = CALLBACK_URL_FIELD
+
+
+class PathSubmission(UploadFields):
     """A file the workers can already read, inside one of the allowed source folders."""
 
     path: str = Field(min_length=1, max_length=4096)
@@ -52,6 +59,7 @@ class JobStatusView(BaseModel):
     flow_run_id: str | None
     flow_run_url: str | None
     work_pool: str | None
+    callback: CallbackView | None = None
 
 
 class JobPage(BaseModel):

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import fsspec
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.auth import require_token
+from api.callbacks import callback_routes, callback_view, checked_callback_url
 from api.errors import ApiError
 from api.schemas import (
     Accepted,
@@ -24,6 +25,7 @@ from api.schemas import (
     JobStatusView,
     PathSubmission,
     TranscriptionOptions,
+    UploadFields,
 )
 from api.submit import (
     cancel_flow_run,
@@ -33,9 +35,10 @@ from api.submit import (
 )
 from api.uploads import allowed_path, save_upload
 from relay_settings import RelaySettings
-from store import jobs, status
-from store.models import JobStatus, TranscriptionJob, new_id, utcnow
+from store import callbacks, jobs, status
+from store.models import Callback, CallbackSubject, JobStatus, TranscriptionJob, new_id, utcnow
 from tasks.asr import JobOptions
+from tasks.callbacks import deliver_now
 from tasks.media import AudioTooLongError, MediaError, probe
 
 router = APIRouter(
@@ -74,6 +77,7 @@ def _settings(request: Request) -> RelaySettings:
         403: {},
         422: {},
     },
+    callbacks=callback_routes("submit_transcription"),
 )
 async def submit(request: Request) -> Accepted:
     settings = _settings(request)
@@ -90,6 +94,12 @@ async def submit(request: Request) -> Accepted:
             "unsupported_content_type",
             "send multipart/form-data with a 'file' field or JSON with a 'path'",
         )
+    try:
+        callback_url = await checked_callback_url(settings, options.callback_url)
+    except ApiError:
+        if uploaded:
+            shutil.rmtree(source.parent, ignore_errors=True)
+        raise
     try:
         info = await run_in_threadpool(probe, source, settings.max_audio_seconds)
     except MediaError as err:
@@ -116,6 +126,7 @@ async def submit(request: Request) -> Accepted:
         info.duration,
         chosen.model_dump_json(exclude_none=True),
         token,
+        callback_url,
     )
     flow_run_id = task_run_id = None
     try:
@@ -131,6 +142,8 @@ async def submit(request: Request) -> Accepted:
                 queue,
             )
     except ApiError as err:
+        # The client hears of it now: no callback for a job it was told was not accepted.
+        await run_in_threadpool(callbacks.forget, CallbackSubject.TRANSCRIPTION, job_id)
         await run_in_threadpool(jobs.fail_job, job_id, err.message)
         raise
     if flow_run_id:
@@ -147,14 +160,14 @@ async def submit(request: Request) -> Accepted:
 
 async def _from_upload(
     request: Request, settings: RelaySettings, job_id: str
-) -> tuple[Path, TranscriptionOptions, bool]:
+) -> tuple[Path, UploadFields, bool]:
     form = await request.form(max_files=1, max_fields=20)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ApiError(422, "missing_file", "multipart body needs a 'file' field with the media")
     fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
     try:
-        options = TranscriptionOptions.model_validate(fields)
+        options = UploadFields.model_validate(fields)
     except ValidationError as err:
         raise ApiError(422, "invalid_options", _problems(err)) from err
     folder = Path(settings.data_dir) / "uploads" / job_id
@@ -186,8 +199,8 @@ def _job_or_404(job_id: str) -> TranscriptionJob:
     return job
 
 
-def view(job: TranscriptionJob) -> JobStatusView:
-    """The job as clients see it: progress, ETA and links."""
+def view(job: TranscriptionJob, callback: Callback | None = None) -> JobStatusView:
+    """The job as clients see it: progress, ETA, links, and its callback's delivery."""
     duration = job.duration_seconds or 0.0
     if job.status == JobStatus.COMPLETED:
         progress = 100.0
@@ -214,6 +227,7 @@ def view(job: TranscriptionJob) -> JobStatusView:
         flow_run_id=job.flow_run_id,
         flow_run_url=flow_run_url(job.flow_run_id),
         work_pool=job.work_pool,
+        callback=callback_view(callback),
     )
 
 
@@ -236,7 +250,8 @@ def _eta(job: TranscriptionJob) -> float | None:
     responses={404: {}, 401: {}},
 )
 def read_job(job_id: str) -> JobStatusView:
-    return view(_job_or_404(job_id))
+    job = _job_or_404(job_id)
+    return view(job, callbacks.get(CallbackSubject.TRANSCRIPTION, job_id))
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first", responses={401: {}})
@@ -249,7 +264,8 @@ def list_jobs(
         page, next_cursor = status.list_jobs(status_filter, limit, cursor)
     except ValueError as err:
         raise ApiError(422, "invalid_cursor", str(err)) from err
-    return JobPage(items=[view(job) for job in page], next_cursor=next_cursor)
+    called = callbacks.of(CallbackSubject.TRANSCRIPTION, (job.id for job in page))
+    return JobPage(items=[view(job, called.get(job.id)) for job in page], next_cursor=next_cursor)
 
 
 @router.get(
@@ -290,10 +306,12 @@ def read_transcript(
     summary="Cancel a job, or delete a finished one",
     responses={404: {}, 401: {}},
 )
-async def delete(job_id: str, request: Request) -> Deleted:
+async def delete(job_id: str, request: Request, background: BackgroundTasks) -> Deleted:
     job = await run_in_threadpool(_job_or_404, job_id)
     if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         if await run_in_threadpool(jobs.cancel_job, job_id):
+            # Its run may never start to say so (a queued flow run): announce it from here.
+            background.add_task(deliver_now, CallbackSubject.TRANSCRIPTION, job_id)
             if job.flow_run_id:
                 await cancel_flow_run(job.flow_run_id)
             return Deleted(job_id=job_id, status=JobStatus.CANCELLED)
