@@ -53,9 +53,10 @@ def api(database_url, tmp_path, relay_env):
         }
         settings = relay_env(**{**values, **extra})
         pools = {pool: RecordingDispatcher() for pool in ("asr-cpu", "bot-chat", "bot-media")}
-        client = TestClient(create_app(settings, pools))
+        app = create_app(settings, pools)
+        client = TestClient(app)
         client.__enter__()
-        client.app.state.prefect_client = object()  # the dispatchers need none
+        app.state.prefect_client = object()  # the dispatchers need none
         opened.append(client)
         return client, pools
 
