@@ -250,8 +250,10 @@ def _eta(job: TranscriptionJob) -> float | None:
     responses={404: {}, 401: {}},
 )
 def read_job(job_id: str) -> JobStatusView:
-    job = _job_or_404(job_id)
-    return view(job, callbacks.get(CallbackSubject.TRANSCRIPTION, job_id))
+    found = callbacks.job_and_callback(job_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no transcription job {job_id}")
+    return view(*found)
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first", responses={401: {}})

@@ -15,13 +15,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import ColumnElement, Delete, Update, delete, select, update
+from sqlalchemy import ColumnElement, Delete, Update, bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
 from store import leases
 from store.db import get_engine, reader
 from store.leases import Lease, LeasedRows, db_now, process_owner
-from store.models import Callback, CallbackStatus, CallbackSubject, table_of, utcnow
+from store.models import (
+    Callback,
+    CallbackStatus,
+    CallbackSubject,
+    TranscriptionJob,
+    table_of,
+    utcnow,
+)
 from store.sealed import seal, unseal
 
 _CALLBACK = table_of(Callback)
@@ -115,6 +122,31 @@ def of(subject: CallbackSubject, subject_ids: Iterable[str]) -> dict[str, Callba
     with reader().connect() as connection:
         rows = connection.execute(query).mappings().all()
     return {row["subject_id"]: Callback(**row) for row in rows}
+
+
+_JOB = table_of(TranscriptionJob)
+_CALLED = [column.label(f"callback_{column.name}") for column in _CALLBACK.c]
+_JOB_AND_CALLBACK = (
+    select(_JOB, *_CALLED)
+    .outerjoin(
+        _CALLBACK,
+        (_CALLBACK.c.subject == CallbackSubject.TRANSCRIPTION)
+        & (_CALLBACK.c.subject_id == _JOB.c.id),
+    )
+    .where(_JOB.c.id == bindparam("job_id"))
+)
+
+
+def job_and_callback(job_id: str) -> tuple[TranscriptionJob, Callback | None] | None:
+    """A transcription job and its callback in one round trip (the status read is the API's
+    hot path); None when there is no such job."""
+    with reader().connect() as connection:
+        row = connection.execute(_JOB_AND_CALLBACK, {"job_id": job_id}).mappings().first()
+    if row is None:
+        return None
+    job = TranscriptionJob(**{column.name: row[column] for column in _JOB.c})
+    called = {column.name: row[f"callback_{column.name}"] for column in _CALLBACK.c}
+    return job, Callback(**called) if called["id"] is not None else None
 
 
 def url_of(callback: Callback) -> str:

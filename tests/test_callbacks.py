@@ -13,10 +13,18 @@ from sqlalchemy import update
 from standardwebhooks.webhooks import Webhook
 
 from relay_settings import reload_settings
+from store import bot as bot_requests
 from store import callbacks, jobs
 from store.callbacks import CALLBACK_LEASES
 from store.db import get_engine
-from store.models import Callback, CallbackStatus, CallbackSubject, JobStatus, table_of
+from store.models import (
+    BotRequestStatus,
+    Callback,
+    CallbackStatus,
+    CallbackSubject,
+    JobStatus,
+    table_of,
+)
 from tasks import safe_http
 from tasks.callbacks import deliver_due, deliver_now, message_id
 from tests.callback_receiver import Received, receiver
@@ -278,3 +286,32 @@ def test_a_name_with_any_private_address_is_refused(monkeypatch):
     target = safe_http.check("https://hooks.example/x?a=1", allow_private=False)
     assert target.pinned_url == "https://93.184.216.34:443/x?a=1"
     assert target.host_header == "hooks.example"
+
+
+def test_a_bot_request_refused_at_intake_is_due_at_once(calls):
+    refused = bot_requests.create_request(
+        kind="chat",
+        prompt="hi",
+        user_id="u1",
+        channel="chat-x",
+        route="chat-channels",
+        pool="bot-chat",
+        status=BotRequestStatus.REFUSED,
+        error="over the daily limit",
+        callback_url=calls.url,
+    )
+    subject = CallbackSubject.BOT_REQUEST
+    assert callbacks.get(subject, refused.id).status == CallbackStatus.PENDING
+    assert deliver_now(subject, refused.id) == CallbackStatus.DELIVERED
+    event = verified(calls.wait_for(1)[0])
+    assert event["type"] == "bot_request.refused"
+    assert event["data"]["error"] == "over the daily limit"
+
+
+def test_the_status_read_brings_the_job_and_its_callback_together(calls):
+    plain = jobs.create_job("/in/a.wav", "a.wav")
+    assert callbacks.job_and_callback(plain.id) == (jobs.get_job(plain.id), None)
+    job_id = ended_job(calls.url)
+    job, callback = callbacks.job_and_callback(job_id)
+    assert job == jobs.get_job(job_id) and callback == callbacks.get(TRANSCRIPTION, job_id)
+    assert callbacks.job_and_callback("no-such-job") is None

@@ -98,7 +98,8 @@ def test_without_a_signing_key_a_callback_url_is_refused(api):
 
 
 def test_the_jobs_get_follows_its_callback_and_a_failing_one_never_fails_the_job(api):
-    client, pools = api(CALLBACK_ALLOW_PRIVATE="true")
+    # A retry due in 1 s: long enough for the reads below to see it waiting.
+    client, pools = api(CALLBACK_ALLOW_PRIVATE="true", CALLBACK_BACKOFF_SECONDS="1")
     with receiver() as hook:
         hook.script = [503]
         accepted = upload(client, callback_url=hook.url)
@@ -123,6 +124,7 @@ def test_the_jobs_get_follows_its_callback_and_a_failing_one_never_fails_the_job
         while callback["status"] != "delivered":
             assert time.monotonic() < deadline, callback
             deliver_due()
+            time.sleep(0.1)
             callback = client.get(f"/api/transcriptions/{job_id}", headers=AUTH).json()["callback"]
         first, second = hook.wait_for(2)
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == callback["webhook_id"]
