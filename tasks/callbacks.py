@@ -123,12 +123,17 @@ def deliver_now(subject: CallbackSubject, subject_id: str) -> CallbackStatus | N
         return None
 
 
-def deliver_due(limit: int = 20) -> list[str]:
+def deliver_due(limit: int = 20, budget_seconds: float = 30.0) -> list[str]:
     """One attempt at each due callback (the workers' maintenance passes): retries, and
-    callbacks whose process died mid-delivery. Returns those attempted. Never raises."""
+    callbacks whose process died mid-delivery. Returns those attempted. Never raises.
+    Takes no new one after ``budget_seconds``: receivers that time out must not hold up the
+    rest of the pass (recovering stranded jobs); the next pass goes on."""
     settings, attempted = get_settings().callback, []
+    started = time.monotonic()
     try:
         for callback_id in callbacks.due(limit):
+            if attempted and time.monotonic() - started > budget_seconds:
+                break
             claimed = callbacks.claim(callback_id, _hold(settings, 1))
             if claimed is not None:
                 _deliver(claimed, 1, settings)

@@ -315,3 +315,12 @@ def test_the_status_read_brings_the_job_and_its_callback_together(calls):
     job, callback = callbacks.job_and_callback(job_id)
     assert job == jobs.get_job(job_id) and callback == callbacks.get(TRANSCRIPTION, job_id)
     assert callbacks.job_and_callback("no-such-job") is None
+
+
+def test_a_maintenance_pass_takes_no_new_callback_once_its_budget_is_spent(calls):
+    first, second = ended_job(calls.url), ended_job(calls.url)
+    assert len(deliver_due(budget_seconds=0)) == 1
+    assert len(deliver_due(budget_seconds=0)) == 1
+    assert deliver_due() == [] and len(calls.wait_for(2)) == 2
+    for job_id in (first, second):
+        assert callbacks.get(TRANSCRIPTION, job_id).status == CallbackStatus.DELIVERED
