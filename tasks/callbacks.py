@@ -128,7 +128,7 @@ def deliver_due(limit: int = 20, budget_seconds: float = 30.0) -> list[str]:
     callbacks whose process died mid-delivery. Returns those attempted. Never raises.
     Takes no new one after ``budget_seconds``: receivers that time out must not hold up the
     rest of the pass (recovering stranded jobs); the next pass goes on."""
-    settings, attempted = get_settings().callback, []
+    settings, attempted = get_settings().callback, list[str]()
     started = time.monotonic()
     try:
         for callback_id in callbacks.due(limit):
