@@ -28,6 +28,7 @@ from store.models import (
 from tasks import safe_http
 from tasks.callbacks import deliver_due, deliver_now, message_id
 from tests.callback_receiver import Received, receiver
+from tests.tls_receiver import certificates
 
 SECRET = "whsec_" + base64.b64encode(b"relay-callback-test-key-32-bytes").decode()
 TRANSCRIPTION = CallbackSubject.TRANSCRIPTION
@@ -324,3 +325,24 @@ def test_a_maintenance_pass_takes_no_new_callback_once_its_budget_is_spent(calls
     assert deliver_due() == [] and len(calls.wait_for(2)) == 2
     for job_id in (first, second):
         assert callbacks.get(TRANSCRIPTION, job_id).status == CallbackStatus.DELIVERED
+
+
+def test_https_goes_to_the_checked_address_with_the_name_in_sni_and_the_certificate(
+    calls, monkeypatch, tmp_path
+):
+    server_tls, client_tls = certificates("hooks.example", tmp_path)
+    monkeypatch.setattr(safe_http, "TLS_VERIFY", client_tls)
+    monkeypatch.setattr(safe_http, "resolve", resolving_to(["127.0.0.1"]))
+    with receiver(tls=server_tls) as secure:
+        job_id = ended_job(f"https://hooks.example:{secure.port}/in")
+        assert deliver_now(TRANSCRIPTION, job_id) == CallbackStatus.DELIVERED
+        (got,) = secure.wait_for(1)
+    assert got.headers["host"] == f"hooks.example:{secure.port}"
+    assert verified(got)["data"]["job_id"] == job_id
+    # A certificate for another name is refused: the check is against the name, not the IP.
+    server_tls, _ = certificates("elsewhere.example", tmp_path)
+    with receiver(tls=server_tls) as impostor:
+        job_id = ended_job(f"https://hooks.example:{impostor.port}/in")
+        assert deliver_now(TRANSCRIPTION, job_id) == CallbackStatus.RETRYING
+        assert "could not connect" in callbacks.get(TRANSCRIPTION, job_id).last_error
+    assert calls.received == []
