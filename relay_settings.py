@@ -184,6 +184,41 @@ class WebhookSettings(_Group):
     )
 
 
+class CallbackSettings(_Group):
+    """Completion callbacks: the POST Relay sends to a job's ``callback_url`` when it ends
+    (Standard Webhooks; docs/callbacks.md)."""
+
+    signing_key: SecretStr = Field(
+        default=SecretStr(""),
+        description="Key that signs callbacks (HMAC-SHA256), as 'whsec_<base64 key>' or the "
+        "base64 key alone; give receivers the same. Never the key that seals stored secrets "
+        "(RELAY_SECRET_KEY). Empty: a callback_url is refused at intake (422).",
+    )
+    allow_private: bool = Field(
+        default=False,
+        description="Let callbacks go to private, loopback and link-local addresses (a lab or "
+        "a test); off, only globally routable addresses are posted to, checked after DNS.",
+    )
+    attempts: int = Field(
+        default=8, ge=1, le=50, description="POSTs of one callback tried before giving up."
+    )
+    inline_attempts: int = Field(
+        default=2,
+        ge=1,
+        description="Of those, how many the process that ends the job tries at once; the "
+        "rest are left due for the workers' maintenance passes.",
+    )
+    timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Timeout of one POST (connect, send, answer)."
+    )
+    backoff_seconds: float = Field(
+        default=5.0, gt=0, description="Wait before the first retry; doubled after each failure."
+    )
+    backoff_max_seconds: float = Field(
+        default=600.0, gt=0, description="Longest wait between two retries."
+    )
+
+
 class DiscordSettings(_Group):
     """Discord notifications."""
 
@@ -202,6 +237,7 @@ GROUPS: tuple[str, ...] = (
     "batch",
     "bot",
     "webhook",
+    "callback",
     "discord",
 )
 
@@ -268,6 +304,7 @@ class RelaySettings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     bot: BotSettings = Field(default_factory=BotSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    callback: CallbackSettings = Field(default_factory=CallbackSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
 
     @model_validator(mode="before")

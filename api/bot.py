@@ -17,16 +17,21 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api.auth import check_token, require_token
 from api.bot_schemas import AnswerFile, BotAccepted, BotRequestIn, BotRequestView, Refusal
+from api.callbacks import (
+    callback_routes,
+    callback_view,
+    checked_callback_url,
+)
 from api.errors import ApiError, error_body, error_responses
 from api.idempotency import IdempotencyKey, KeyedRequest, fingerprint
 from api.submit import dispatch
 from blocks.discord import redact_webhook_url
 from bot_config import get_bot_config
 from store import bot as bot_store
-from store import usage
+from store import callbacks, usage
 from store.bot import RequestIntake
 from store.leases import Lease
-from store.models import BotRequest, BotRequestStatus, DeliveryStatus
+from store.models import BotRequest, BotRequestStatus, Callback, CallbackSubject, DeliveryStatus
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
 _REQUEST_LINKS = {
@@ -44,6 +49,7 @@ SIGNATURE_PATTERN = r"^[0-9a-f]{32}$"
     response_model=BotAccepted,
     dependencies=[Depends(require_token)],
     operation_id="submitBotRequest",
+    callbacks=callback_routes("submit_bot_request"),
     summary="Queue a chat, image or video request from the Discord bot",
     responses={
         202: {"links": _REQUEST_LINKS},
@@ -85,6 +91,8 @@ async def _submit(
             "prompt_too_long",
             f"the prompt has {len(body.prompt)} characters; the limit is {config.max_prompt_chars}",
         )
+    settings = request.app.state.settings
+    callback_url = await checked_callback_url(settings, body.callback_url)
     route, pool = config.route(body.kind, body.channel)
     limits = config.limits[body.kind]
     admission = await run_in_threadpool(
@@ -100,6 +108,7 @@ async def _submit(
         refused = await run_in_threadpool(
             bot_store.create_request,
             **fields,
+            callback_url=callback_url,
             deliver=True,  # this process posts the refusal
             status=BotRequestStatus.REFUSED,
             error=admission.message,
@@ -110,14 +119,19 @@ async def _submit(
         if lease is not None:  # always, with deliver=True
             background.add_task(_deliver, refused.id, lease)  # a sync task: run in a thread
         return _refusal(refused.id, admission)
-    settings = request.app.state.settings
     dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot.request_lease_seconds)
     stored = await run_in_threadpool(
-        bot_store.create_request, **fields, dispatch_seconds=dispatch_seconds, dispatched_at=_now()
+        bot_store.create_request,
+        **fields,
+        callback_url=callback_url,
+        dispatch_seconds=dispatch_seconds,
+        dispatched_at=_now(),
     )
     try:
         await _dispatch(request, stored.id, pool)
     except Exception as err:
+        # The client hears of it now (503): no callback for a request it was told failed.
+        await run_in_threadpool(callbacks.forget, CallbackSubject.BOT_REQUEST, stored.id)
         await run_in_threadpool(
             bot_store.finish_request,
             stored.id,
@@ -153,7 +167,8 @@ async def status(request_id: str) -> BotRequestView:
     stored = await run_in_threadpool(bot_store.get_request, request_id)
     if stored is None:
         raise ApiError(404, "not_found", f"no bot request {request_id!r}")
-    return _view(stored)
+    called = await run_in_threadpool(callbacks.get, CallbackSubject.BOT_REQUEST, request_id)
+    return _view(stored, called)
 
 
 @router.get(
@@ -221,8 +236,10 @@ def _now() -> datetime:
 
 def _deliver(request_id: str, lease: Lease) -> None:
     from tasks.bot_handling import deliver
+    from tasks.callbacks import deliver_now
 
     deliver(request_id, lease)
+    deliver_now(CallbackSubject.BOT_REQUEST, request_id)
 
 
 def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:
@@ -238,7 +255,7 @@ def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:
     return JSONResponse(body, status_code=429, headers={"Retry-After": str(int(wait) + 1)})
 
 
-def _view(stored: BotRequest) -> BotRequestView:
+def _view(stored: BotRequest, callback: Callback | None = None) -> BotRequestView:
     return BotRequestView(
         request_id=stored.id,
         kind=stored.kind,
@@ -263,4 +280,5 @@ def _view(stored: BotRequest) -> BotRequestView:
         delivery_status=stored.delivery_status,
         delivery_attempts=stored.delivery_attempts,
         delivery_error=stored.delivery_error,
+        callback=callback_view(callback),
     )

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
 from api.schemas import UtcDatetime
 from blocks.discord import allowed_hosts, validate_webhook_url, webhook_url_pattern
 
@@ -32,6 +33,7 @@ class BotRequestIn(BaseModel):
     webhook_url: str | None = Field(
         default=None, description="Discord webhook or interaction follow-up URL"
     )
+    callback_url: CallbackUrl | None = CALLBACK_URL_FIELD
 
     @field_validator("prompt")
     @classmethod
@@ -96,6 +98,7 @@ class BotRequestView(BaseModel):
     delivery_status: str = Field(description="pending, delivered, retrying or failed")
     delivery_attempts: int
     delivery_error: str | None
+    callback: CallbackView | None = None
 
 
 class Refusal(BaseModel):

@@ -9,14 +9,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from api.errors import DESCRIPTIONS as _DESCRIPTIONS
-from api.schemas import PathSubmission, TranscriptionOptions
+from api.schemas import PathSubmission, UploadFields
 from blocks.discord import allowed_hosts, webhook_url_pattern
 from bot_config import get_bot_config
 
 
 def upload_request_body() -> dict[str, Any]:
     """``openapi_extra`` of ``POST /api/transcriptions``: a multipart upload or a JSON path."""
-    options = TranscriptionOptions.model_json_schema()["properties"]
+    options = UploadFields.model_json_schema()["properties"]
     fields = {name: _without_null(prop) for name, prop in options.items()}
     file = {
         "type": "string",

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
 from tasks.asr import RequestOptions
 
 
@@ -25,7 +26,13 @@ class TranscriptionOptions(RequestOptions):
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not ignored
 
 
-class PathSubmission(TranscriptionOptions):
+class UploadFields(TranscriptionOptions):
+    """The fields of a multipart upload besides its file."""
+
+    callback_url: CallbackUrl | None = CALLBACK_URL_FIELD
+
+
+class PathSubmission(UploadFields):
     """A file the workers can already read, inside one of the allowed source folders."""
 
     path: str = Field(
@@ -66,6 +73,7 @@ class JobStatusView(BaseModel):
     flow_run_id: str | None
     flow_run_url: str | None
     work_pool: str | None
+    callback: CallbackView | None = None
 
 
 class JobPage(BaseModel):

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import fsspec
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from api.auth import require_token
+from api.callbacks import callback_routes, callback_view, checked_callback_url
 from api.contract import upload_request_body
 from api.errors import ApiError, error_responses
 from api.idempotency import IdempotencyKey, KeyedRequest
@@ -31,9 +32,10 @@ from api.submit import (
 )
 from api.uploads import Submission, read_submission
 from relay_settings import RelaySettings
-from store import jobs, status
-from store.models import JobStatus, TranscriptionJob, new_id, utcnow
+from store import callbacks, jobs, status
+from store.models import Callback, CallbackSubject, JobStatus, TranscriptionJob, new_id, utcnow
 from tasks.asr import JobOptions
+from tasks.callbacks import deliver_now
 from tasks.media import AudioTooLongError, MediaError, MediaProblem
 from tasks.media_check import check
 
@@ -79,6 +81,7 @@ def _settings(request: Request) -> RelaySettings:
     status_code=202,
     response_model=Accepted,
     operation_id="submitTranscription",
+    callbacks=callback_routes("submit_transcription"),
     summary="Submit audio or video for transcription",
     description="Either a multipart upload (field `file`, plus optional option fields) or JSON "
     '`{"path": ...}` naming a file inside RELAY_SOURCE_ROOTS. Its whole audio track is decoded '
@@ -136,6 +139,7 @@ async def _accept(
 ) -> Accepted:
     """Check the media, record the job and hand it to Prefect."""
     source, options, uploaded = submission.source, submission.options, submission.uploaded
+    callback_url = await checked_callback_url(settings, options.callback_url)
     try:  # decodes the whole audio track: off the event loop
         info = await run_in_threadpool(check, source, settings.max_audio_seconds)
     except Exception as err:
@@ -164,6 +168,7 @@ async def _accept(
         info.duration,
         chosen.model_dump_json(exclude_none=True),
         token,
+        callback_url,
     )
     flow_run_id = task_run_id = None
     try:
@@ -179,6 +184,8 @@ async def _accept(
                 queue,
             )
     except ApiError as err:
+        # The client hears of it now: no callback for a job it was told was not accepted.
+        await run_in_threadpool(callbacks.forget, CallbackSubject.TRANSCRIPTION, job_id)
         await run_in_threadpool(jobs.fail_job, job_id, err.message)
         raise
     if flow_run_id:
@@ -200,8 +207,8 @@ def _job_or_404(job_id: str) -> TranscriptionJob:
     return job
 
 
-def view(job: TranscriptionJob) -> JobStatusView:
-    """The job as clients see it: progress, ETA and links."""
+def view(job: TranscriptionJob, callback: Callback | None = None) -> JobStatusView:
+    """The job as clients see it: progress, ETA, links, and its callback's delivery."""
     duration = job.duration_seconds or 0.0
     if job.status == JobStatus.COMPLETED:
         progress = 100.0
@@ -228,6 +235,7 @@ def view(job: TranscriptionJob) -> JobStatusView:
         flow_run_id=job.flow_run_id,
         flow_run_url=flow_run_url(job.flow_run_id),
         work_pool=job.work_pool,
+        callback=callback_view(callback),
     )
 
 
@@ -251,7 +259,10 @@ def _eta(job: TranscriptionJob) -> float | None:
     responses=error_responses(401, 404, _404="no job with this id"),
 )
 def read_job(job_id: str) -> JobStatusView:
-    return view(_job_or_404(job_id))
+    found = callbacks.job_and_callback(job_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no transcription job {job_id}")
+    return view(*found)
 
 
 @router.get(
@@ -270,7 +281,8 @@ def list_jobs(
     ] = None,
 ) -> JobPage:
     page, next_cursor = status.list_jobs(status_filter, limit, cursor)
-    return JobPage(items=[view(job) for job in page], next_cursor=next_cursor)
+    called = callbacks.of(CallbackSubject.TRANSCRIPTION, (job.id for job in page))
+    return JobPage(items=[view(job, called.get(job.id)) for job in page], next_cursor=next_cursor)
 
 
 @router.get(
@@ -328,9 +340,9 @@ def read_transcript(
     summary="Cancel a queued or running job (its flow run too); the job is kept",
     responses=error_responses(401, 404, 409, _409="the job has already completed or failed"),
 )
-async def cancel(job_id: str) -> JobStatusView:
+async def cancel(job_id: str, background: BackgroundTasks) -> JobStatusView:
     job = await run_in_threadpool(_job_or_404, job_id)
-    if job.status != JobStatus.CANCELLED and not await _cancel(job):
+    if job.status != JobStatus.CANCELLED and not await _cancel(job, background):
         job = await run_in_threadpool(_job_or_404, job_id)  # it finished meanwhile
         raise ApiError(409, "already_finished", f"job {job_id} has already {job.status}")
     return view(await run_in_threadpool(_job_or_404, job_id))
@@ -345,7 +357,7 @@ async def cancel(job_id: str) -> JobStatusView:
 )
 async def delete(job_id: str, request: Request) -> Deleted:
     job = await run_in_threadpool(_job_or_404, job_id)
-    await _cancel(job)
+    await _cancel(job)  # deleting it removes its callback too: no one is told
     data = Path(_settings(request).data_dir)
     if not await run_in_threadpool(jobs.delete_job, job_id):
         raise ApiError(404, "not_found", f"no transcription job {job_id}")
@@ -354,12 +366,15 @@ async def delete(job_id: str, request: Request) -> Deleted:
     return Deleted(job_id=job_id, status="deleted")
 
 
-async def _cancel(job: TranscriptionJob) -> bool:
-    """Cancel the job and its flow run if it is queued or running; whether it was."""
+async def _cancel(job: TranscriptionJob, background: BackgroundTasks | None = None) -> bool:
+    """Cancel the job and its flow run if it is queued or running; whether it was. With
+    ``background``, its callback is announced from here (a queued run may never start)."""
     if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return False
     if not await run_in_threadpool(jobs.cancel_job, job.id):
         return False
+    if background is not None:
+        background.add_task(deliver_now, CallbackSubject.TRANSCRIPTION, job.id)
     if job.flow_run_id:
         await cancel_flow_run(job.flow_run_id)
     return True

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError, error_body
 from api.idempotency import fingerprint
-from api.schemas import PathSubmission, TranscriptionOptions
+from api.schemas import PathSubmission, UploadFields
 from relay_settings import RelaySettings
 
 COPY_BLOCK = 1024 * 1024
@@ -50,7 +50,7 @@ class Submission:
     """A file to transcribe with its options, and a digest of what was asked."""
 
     source: Path
-    options: TranscriptionOptions
+    options: UploadFields
     uploaded: bool  # saved under data_dir/uploads/<job id> (removed on refusal)
     fingerprint: str
 
@@ -81,7 +81,7 @@ async def _from_upload(request: Request, settings: RelaySettings, job_id: str) -
         raise ApiError(422, "missing_file", "multipart body needs a 'file' field with the media")
     fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str) and v != ""}
     try:
-        options = TranscriptionOptions.model_validate(fields)
+        options = UploadFields.model_validate(fields)
     except ValidationError as err:
         raise ApiError(422, "invalid_options", problems(err)) from err
     folder = Path(settings.data_dir) / "uploads" / job_id

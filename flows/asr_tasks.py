@@ -25,6 +25,7 @@ from relay_settings import get_settings, reload_settings
 from store import jobs
 from store.leases import LeaseOutcome, process_owner, renewal_interval, renewing
 from tasks.asr import JobOptions
+from tasks.callbacks import deliver_due
 
 log = logging.getLogger("relay.asr")
 
@@ -85,6 +86,13 @@ def pool_options(pool: str) -> JobOptions:
     return JobOptions.model_validate(get_pool(pool).options)
 
 
+def maintain(pool: str) -> None:
+    """The pool's maintenance pass: run stranded jobs again, and retry due completion
+    callbacks (of any workload; each is taken by one process)."""
+    recover_stranded(pool)
+    deliver_due()
+
+
 def recover_stranded(pool: str) -> list[str]:
     """Run again the pool's jobs whose task worker died (their lease ran out). Several
     workers may look at once; each job is taken by one. Returns the jobs taken."""
@@ -138,7 +146,7 @@ def serve_pool(served: PoolTask, limit: int) -> None:
             "no RELAY_DASK_ADDRESS: started a warm LocalCluster at %s", cluster.scheduler_address
         )
     try:
-        serve_warm(served.served, limit, partial(recover_stranded, pool), MAINTENANCE_SECONDS)
+        serve_warm(served.served, limit, partial(maintain, pool), MAINTENANCE_SECONDS)
     finally:
         if cluster is not None:
             cluster.close()

@@ -19,6 +19,7 @@ from flows.pool_tasks import PoolTask, pool_task
 from relay_settings import get_settings
 from store import bot as requests
 from tasks.bot_handling import deliver, handle_request
+from tasks.callbacks import deliver_due
 from tasks.prefect_limits import limits
 
 log = logging.getLogger("relay.bot")
@@ -45,12 +46,14 @@ class MaintenancePass:
 
     delivered: tuple[str, ...] = ()
     redispatched: tuple[str, ...] = ()
+    callbacks: tuple[str, ...] = ()
 
 
 def maintain(pool: str) -> MaintenancePass:
-    """One pass: retry due deliveries, and dispatch again the requests whose lease ran out
-    (their task run never started, or their worker died). Several workers may run it at
-    once: each delivery and each re-dispatch is taken by one."""
+    """One pass: retry due deliveries and completion callbacks (of any workload), and
+    dispatch again the requests whose lease ran out (their task run never started, or their
+    worker died). Several workers may run it at once: each delivery, callback and
+    re-dispatch is taken by one."""
     delivered, redispatched = [], []
     for request_id in requests.deliveries_due(pool=pool):
         lease = requests.claim_delivery(request_id)
@@ -64,7 +67,8 @@ def maintain(pool: str) -> MaintenancePass:
                 log.warning("bot request %s was stranded; dispatching it again", request_id)
                 dispatch(request_id, pool)
                 redispatched.append(request_id)
-    return MaintenancePass(tuple(delivered), tuple(redispatched))
+    called_back = deliver_due()
+    return MaintenancePass(tuple(delivered), tuple(redispatched), tuple(called_back))
 
 
 def serve_pool(served: PoolTask, limit: int) -> None:

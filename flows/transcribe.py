@@ -16,8 +16,9 @@ from flows.chunks import transcribe_chunks
 from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_heartbeat
 from relay_settings import get_settings
 from store import jobs
-from store.models import JobStatus
+from store.models import CallbackSubject, JobStatus
 from tasks.asr import AsrOptions, JobOptions
+from tasks.callbacks import deliver_now
 from tasks.discord_webhook import DeliveryOutcome
 from tasks.formats import store_transcript
 from tasks.media import MediaInfo, probe_media
@@ -51,12 +52,21 @@ def _record_cancellation(flow, flow_run, state: State) -> None:  # noqa: ARG001
         jobs.cancel_job(job_id)
 
 
+def _call_back(flow, flow_run, state: State) -> None:  # noqa: ARG001
+    """The run is over and the job's final status written: its callback, if it asked for
+    one (a few attempts here; the workers' maintenance passes retry the rest)."""
+    if job_id := (flow_run.parameters or {}).get("job_id"):
+        deliver_now(CallbackSubject.TRANSCRIPTION, job_id)
+
+
 @flow(
     name="transcribe",
     log_prints=True,
     persist_result=False,
-    on_crashed=[_record_crash],
-    on_cancellation=[_record_cancellation],
+    on_completion=[_call_back],
+    on_failure=[_call_back],
+    on_crashed=[_record_crash, _call_back],
+    on_cancellation=[_record_cancellation, _call_back],
 )
 def transcribe(
     source: str,

@@ -17,13 +17,21 @@ from sqlalchemy import true
 from sqlmodel import select
 
 from relay_settings import get_settings
-from store import leases
+from store import callbacks, leases
 from store.db import get_engine, reader
 from store.leases import Lease, LeasedRows, db_now, process_owner
-from store.models import BotRequest, BotRequestStatus, DeliveryStatus, table_of, utcnow
+from store.models import (
+    BotRequest,
+    BotRequestStatus,
+    CallbackSubject,
+    DeliveryStatus,
+    table_of,
+    utcnow,
+)
 
 FINISHED = (BotRequestStatus.COMPLETED, BotRequestStatus.FAILED, BotRequestStatus.REFUSED)
 UNDELIVERED = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+SUBJECT = CallbackSubject.BOT_REQUEST
 _REQUEST = table_of(BotRequest)
 REQUEST_LEASES = LeasedRows.on(
     _REQUEST, _REQUEST.c.status.in_([BotRequestStatus.QUEUED, BotRequestStatus.RUNNING])
@@ -107,12 +115,17 @@ class StoredFile:
 
 
 def create_request(
-    *, dispatch_seconds: float | None = None, deliver: bool = False, **fields: Unpack[RequestFields]
+    *,
+    dispatch_seconds: float | None = None,
+    deliver: bool = False,
+    callback_url: str | None = None,
+    **fields: Unpack[RequestFields],
 ) -> BotRequest:
     """Record a new request (``queued``, or ``refused`` with its reason). A queued one is
     under this process's lease for ``dispatch_seconds`` (its task run's time to start, after
     which another process dispatches it again); with ``deliver``, this process holds its
-    delivery (a refusal it posts itself)."""
+    delivery (a refusal it posts itself). With ``callback_url``, its callback is recorded
+    with it (due at once for a request born finished)."""
     with get_engine().begin() as connection:
         request = BotRequest(**fields)
         if dispatch_seconds is not None:
@@ -122,6 +135,9 @@ def create_request(
             seconds = get_settings().bot.delivery_lease_seconds
             request.sqlmodel_update(DELIVERY_LEASES.values(leases.grant(connection, None, seconds)))
         connection.execute(_REQUEST.insert().values(**request.model_dump()))
+        if callback_url:
+            ended = request.status if request.status in FINISHED else None
+            callbacks.insert(connection, SUBJECT, request.id, callback_url, ended_as=ended)
     return request
 
 
@@ -191,6 +207,8 @@ def finish_request(
         delivery = leases.grant(connection, None, get_settings().bot.delivery_lease_seconds)
         outcome |= DELIVERY_LEASES.values(delivery)
         written = leases.finish(connection, REQUEST_LEASES, {request_id: lease}, outcome)
+        if written:  # its callback is due with the outcome, never without it
+            connection.execute(callbacks.ended(SUBJECT, request_id, status))
     return delivery if written else None
 
 

@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
-from store import leases
+from store import callbacks, leases
 from store.db import get_engine, reader, rows_matched, session_scope
 from store.leases import Lease, LeasedRows
 from store.models import (
+    CallbackSubject,
     ChunkStatus,
     JobStatus,
     TranscriptionChunk,
@@ -24,6 +25,7 @@ _JOB = table_of(TranscriptionJob)
 # A job's lease: its token goes with each dispatch to a task worker (only that task run may
 # run it); the run that starts it holds it, renewed while it coordinates the job.
 JOB_LEASES = LeasedRows.on(_JOB, _JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+SUBJECT = CallbackSubject.TRANSCRIPTION
 
 
 def create_job(
@@ -34,10 +36,12 @@ def create_job(
     duration: float | None = None,
     options: str | None = None,
     dispatch_token: str | None = None,
+    callback_url: str | None = None,
 ) -> TranscriptionJob:
     """A new queued job (or the existing one with this id, e.g. created by the API);
     ``options`` (JSON) are kept for a job that may have to be run again, and only the task
-    run given ``dispatch_token`` may run it."""
+    run given ``dispatch_token`` may run it. With ``callback_url``, its callback is recorded
+    with it (waiting for the job's end)."""
     with session_scope() as session:
         if job_id and (existing := session.get(TranscriptionJob, job_id)):
             return existing
@@ -53,6 +57,9 @@ def create_job(
         if job_id:
             job.id = job_id
         session.add(job)
+        if callback_url:
+            session.flush()  # the job's row first: the callback names it
+            callbacks.insert(session.connection(), SUBJECT, job.id, callback_url)
         return job
 
 
@@ -272,6 +279,7 @@ def complete_job(job_id: str, language: str | None, model: str, token: str | Non
             **JOB_LEASES.values(None),
         },
         token=token,
+        ended=JobStatus.COMPLETED,
     )
 
 
@@ -287,6 +295,7 @@ def fail_job(job_id: str, reason: str, token: str | None = None) -> bool:
             **JOB_LEASES.values(None),
         },
         token=token,
+        ended=JobStatus.FAILED,
     )
 
 
@@ -316,7 +325,10 @@ def cancel_job(job_id: str) -> bool:
                 **JOB_LEASES.values(None),
             )
         )
-        return rows_matched(result) == 1
+        if rows_matched(result) != 1:
+            return False
+        session.execute(callbacks.ended(SUBJECT, job_id, JobStatus.CANCELLED))
+        return True
 
 
 def is_cancelled(job_id: str) -> bool:
@@ -336,6 +348,7 @@ def delete_job(job_id: str) -> bool:
         ):
             session.delete(chunk)
         session.delete(job)
+        session.execute(callbacks.removed(SUBJECT, job_id))
         return True
 
 
@@ -345,9 +358,11 @@ def _update(
     *,
     allow_final: bool = False,
     token: str | None = None,
+    ended: JobStatus | None = None,
 ) -> bool:
     """Update a job; a cancelled job keeps its state unless ``allow_final``; with ``token``,
-    only while the job's lease has that token. True when the row was written."""
+    only while the job's lease has that token. True when the row was written; then, with
+    ``ended`` (the job's final status), its callback is due, in the same transaction."""
     query = update(TranscriptionJob).where(col(TranscriptionJob.id) == job_id)
     if not allow_final:
         query = query.where(col(TranscriptionJob.status) != JobStatus.CANCELLED)
@@ -358,4 +373,6 @@ def _update(
         written = rows_matched(result)
         if written == 0 and session.get(TranscriptionJob, job_id) is None:
             raise LookupError(f"no transcription job {job_id}")
+        if written and ended is not None:
+            session.execute(callbacks.ended(SUBJECT, job_id, ended))
         return written > 0

@@ -14,10 +14,11 @@ from bot_config import get_bot_config
 from relay_settings import get_settings
 from store import bot as bot_store
 from store.leases import Lease, LeaseOutcome, process_owner, renewal_interval, renewing
-from store.models import BotRequest, BotRequestStatus, DeliveryStatus
+from store.models import BotRequest, BotRequestStatus, CallbackSubject, DeliveryStatus
 from store.sealed import seal, signing_key, unseal
 from tasks.bot_answer import answer_folder, ask_provider
 from tasks.bot_reply import BotReply, ReplyFile, deliver_reply
+from tasks.callbacks import deliver_now
 from tasks.providers import UpstreamError
 from tasks.quota import QuotaExhaustedError
 
@@ -73,6 +74,7 @@ def handle_request(request_id: str) -> str:
         log.warning("bot request %s: answered elsewhere meanwhile; not posting", request_id)
     else:
         deliver(request_id, lease)
+        deliver_now(CallbackSubject.BOT_REQUEST, request_id)  # after Discord has the answer
     final = bot_store.get_request(request_id)
     return final.status if final else LeaseOutcome.MISSING
 

@@ -53,8 +53,15 @@ EARLIER_NAMES = {
     "RELAY_JOB_LEASE_SECONDS": ("30.5", lambda s: s.job.lease_seconds),
     "RELAY_BOT_REQUEST_LEASE_SECONDS": ("45.5", lambda s: s.bot.request_lease_seconds),
     "RELAY_BOT_DELIVERY_LEASE_SECONDS": ("300.5", lambda s: s.bot.delivery_lease_seconds),
+    "RELAY_CALLBACK_ALLOW_PRIVATE": ("true", lambda s: s.callback.allow_private),
+    "RELAY_CALLBACK_ATTEMPTS": ("4", lambda s: s.callback.attempts),
+    "RELAY_CALLBACK_INLINE_ATTEMPTS": ("3", lambda s: s.callback.inline_attempts),
+    "RELAY_CALLBACK_TIMEOUT_SECONDS": ("2.5", lambda s: s.callback.timeout_seconds),
+    "RELAY_CALLBACK_BACKOFF_SECONDS": ("1.5", lambda s: s.callback.backoff_seconds),
+    "RELAY_CALLBACK_BACKOFF_MAX_SECONDS": ("60.5", lambda s: s.callback.backoff_max_seconds),
 }
-SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY"}  # checked by the secrets test below
+# Checked by the secrets test below.
+SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY", "RELAY_CALLBACK_SIGNING_KEY"}
 
 
 def test_every_setting_is_in_the_list_above():
@@ -70,12 +77,18 @@ def test_every_earlier_variable_keeps_its_name(name):
 
 
 def test_secrets_are_secret_strings_that_never_print():
-    with environment({"RELAY_API_TOKEN": "tok-123", "RELAY_SECRET_KEY": "key-456"}) as settings:
+    secrets = {
+        "RELAY_API_TOKEN": "tok-123",
+        "RELAY_SECRET_KEY": "key-456",
+        "RELAY_CALLBACK_SIGNING_KEY": "whsec_c2lnbi03ODk=",
+    }
+    with environment(secrets) as settings:
         assert isinstance(settings.api.token, SecretStr)
         assert settings.api.token.get_secret_value() == "tok-123"
         assert settings.secret_key.get_secret_value() == "key-456"
+        assert settings.callback.signing_key.get_secret_value() == "whsec_c2lnbi03ODk="
         shown = repr(settings) + str(settings) + settings.model_dump_json()
-    assert "tok-123" not in shown and "key-456" not in shown
+    assert not any(value in shown for value in secrets.values())
 
 
 def test_a_choice_outside_its_literal_is_refused_by_name():
