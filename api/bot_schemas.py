@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
-from api.schemas import UtcDatetime
+from api.schemas import NO_NUL, NOT_BLANK, UtcDatetime
 from blocks.discord import allowed_hosts, validate_webhook_url, webhook_url_pattern
 
 
@@ -21,14 +21,17 @@ class BotRequestIn(BaseModel):
     # The pattern documents what _not_blank enforces (with a message that says so).
     prompt: str = Field(
         min_length=1,
-        description="not only white space",
-        json_schema_extra={"pattern": r"\S"},
+        description="not only white space; no NUL character",
+        json_schema_extra={"pattern": NOT_BLANK},
     )
     user_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Discord user id")
-    channel: str = Field(min_length=1, max_length=100, description="channel name")
-    guild: str | None = Field(default=None, max_length=64)
+    channel: str = Field(min_length=1, max_length=100, pattern=NO_NUL, description="channel name")
+    guild: str | None = Field(default=None, max_length=64, pattern=NO_NUL)
     destination: str | None = Field(
-        default=None, max_length=128, description="name of a Discord destination block"
+        default=None,
+        max_length=128,
+        pattern=NO_NUL,
+        description="name of a Discord destination block",
     )
     webhook_url: str | None = Field(
         default=None, description="Discord webhook or interaction follow-up URL"
@@ -38,7 +41,9 @@ class BotRequestIn(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
+        if "\x00" in value:
+            raise ValueError("the prompt contains a NUL character")
+        if not re.fullmatch(NOT_BLANK, value):
             raise ValueError("the prompt is empty")
         return value.strip()
 

@@ -10,6 +10,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
 from tasks.asr import RequestOptions
 
+# What str.strip() removes (str.isspace), spelled out: ECMA's \s (the OpenAPI reader's) and
+# Python's differ, so the documented pattern and the check use this one class.
+_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# PostgreSQL stores no NUL in text: a string field refuses it at the door.
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
+
 
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every one Relay stores is UTC."""
@@ -36,7 +43,10 @@ class PathSubmission(UploadFields):
     """A file the workers can already read, inside one of the allowed source folders."""
 
     path: str = Field(
-        min_length=1, max_length=4096, pattern="^/", description="an absolute path on the workers"
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/[^\x00]*$",
+        description="an absolute path on the workers",
     )
 
 

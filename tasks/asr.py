@@ -30,7 +30,7 @@ class RequestOptions(BaseModel):
     language: str | None = Field(default=None, max_length=8, pattern=r"^[a-z]{2,3}$")
     beam_size: int | None = Field(default=None, ge=1, le=20)
     vad_filter: bool | None = None
-    initial_prompt: str | None = Field(default=None, max_length=1000)
+    initial_prompt: str | None = Field(default=None, max_length=1000, pattern=r"^[^\x00]*$")
     word_timestamps: bool | None = None
 
 

@@ -1,17 +1,25 @@
 """schemathesis hooks for tests/test_contract.py (loaded through SCHEMATHESIS_HOOKS).
 
+A positive case should be a request a correct client could send. Three values the schema
+cannot pin down are made so:
+
 - Random bytes are never media, so an upload would only ever be refused and the stateful
   phase could not follow a job's links: half the schema-valid uploads carry real speech
   instead, and half the JSON submissions name a real file inside the allowed folder.
-- A generated ``Idempotency-Key`` may repeat for a different request, which Relay rightly
-  refuses (422): a positive case sends what a correct client sends, a key made from its
-  request (tests/test_idempotency.py covers the refusal).
+- A generated ``callback_url`` names a host that does not resolve (nothing resolves here),
+  which Relay refuses at intake (422, checked after DNS): positive cases name a local
+  receiver the test allows (RELAY_CALLBACK_ALLOW_PRIVATE). tests/test_callbacks*.py cover
+  the refusals.
+- A generated ``Idempotency-Key`` repeats across different requests, which Relay rightly
+  refuses (422), and a repeat of an earlier request is answered with that request's job
+  even after it was deleted: positive cases send a fresh key each, as a client does for a
+  new request. tests/test_idempotency.py covers replays and refusals.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import schemathesis
@@ -20,21 +28,42 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.transport.serialization import Binary
 
 SPEECH = Path(__file__).parent / "data" / "weather.mp3"
-KEYED = {"/api/transcriptions", "/api/bot/requests"}
+UPLOAD = "/api/transcriptions"
+CREATING = {UPLOAD, "/api/bot/requests"}
+
+
+def _positive_post(case, paths: set[str]) -> bool:
+    return (
+        case.operation.method.upper() == "POST"
+        and case.operation.path in paths
+        and case.meta is not None
+        and case.meta.generation.mode == GenerationMode.POSITIVE
+    )
+
+
+def _set_body(case, body) -> None:
+    # Set directly: schemathesis would re-validate a changed body and cannot validate binary
+    # parts (any bytes are a valid `format: binary` file), calling the case negative.
+    object.__setattr__(case, "body", body)
 
 
 @schemathesis.hook
-def flatmap_case(context, case):  # noqa: ARG001 - the hook's signature
-    """Real media for half the positive uploads; keys that belong to their request."""
-    if (
-        case.operation.method.upper() != "POST"
-        or case.operation.path not in KEYED
-        or case.meta is None
-        or case.meta.generation.mode != GenerationMode.POSITIVE
-    ):
+def map_case(context, case):  # noqa: ARG001 - the hook's signature; runs in every phase
+    """A reachable callback_url and a fresh Idempotency-Key in positive POSTs."""
+    if not _positive_post(case, CREATING):
+        return case
+    if isinstance(case.body, dict) and case.body.get("callback_url") is not None:
+        _set_body(case, {**case.body, "callback_url": os.environ["RELAY_CONTRACT_CALLBACK"]})
+    if case.headers and "Idempotency-Key" in case.headers:
+        case.headers["Idempotency-Key"] = uuid.uuid4().hex
+    return case
+
+
+@schemathesis.hook
+def flatmap_case(context, case):  # noqa: ARG001 - the hook's signature; fuzzing, stateful
+    """Offer real media for half the positive uploads."""
+    if not _positive_post(case, {UPLOAD}) or not isinstance(case.body, dict):
         return st.just(case)
-    if case.operation.path != "/api/transcriptions" or not isinstance(case.body, dict):
-        return st.just(_keyed(case))
     if case.media_type == "multipart/form-data":
         real = {**case.body, "file": Binary(SPEECH.read_bytes())}  # what it generates
     else:
@@ -42,20 +71,7 @@ def flatmap_case(context, case):  # noqa: ARG001 - the hook's signature
 
     def choose(use_real: bool):
         if use_real:
-            # Any bytes are a valid `format: binary` file, so the case stays positive; set
-            # directly, as schemathesis would otherwise re-validate the body and cannot
-            # validate binary parts (it would call the case negative).
-            object.__setattr__(case, "body", real)
-        return _keyed(case)
+            _set_body(case, real)
+        return case
 
     return st.booleans().map(choose)
-
-
-def _keyed(case):
-    """The case with its Idempotency-Key (if it sends one) derived from its body."""
-    if case.headers and "Idempotency-Key" in case.headers:
-        body = case.body
-        if isinstance(body, dict):
-            body = {k: v.data if isinstance(v, Binary) else v for k, v in body.items()}
-        case.headers["Idempotency-Key"] = hashlib.sha256(repr(body).encode()).hexdigest()
-    return case

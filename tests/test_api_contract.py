@@ -3,6 +3,8 @@ datetimes with their zone, and an OpenAPI document that describes every answer."
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -76,3 +78,22 @@ def test_an_unknown_option_is_refused_by_name(client):
         "/api/transcriptions", headers=AUTH, json={"path": "/tmp/x.wav", "beam": 3}
     )
     assert response.status_code == 422 and "beam" in response.json()["message"]
+
+
+@pytest.mark.parametrize("field", ["channel", "prompt", "guild", "destination"])
+def test_a_nul_character_is_refused_never_a_500(client, field):
+    # PostgreSQL stores no NUL in text: it once failed the INSERT with a 500.
+    body = {"kind": "chat", "prompt": "hi", "user_id": "u1", "channel": "general"}
+    response = client.post("/api/bot/requests", headers=AUTH, json={**body, field: "a\x00b"})
+    assert response.status_code == 422, response.text
+    assert field in response.json()["message"]
+
+
+@pytest.mark.parametrize("blank", ["   ", "\x85", "\u3000\t", "\x1c"])
+def test_a_prompt_of_white_space_is_empty_by_the_documented_rule(client, blank):
+    body = {"kind": "chat", "prompt": blank, "user_id": "u1", "channel": "general"}
+    response = client.post("/api/bot/requests", headers=AUTH, json=body)
+    assert response.status_code == 422 and "the prompt is empty" in response.json()["message"]
+    document = client.get("/openapi.json").json()
+    pattern = document["components"]["schemas"]["BotRequestIn"]["properties"]["prompt"]["pattern"]
+    assert re.fullmatch(pattern, blank) is None and re.fullmatch(pattern, f"{blank}a")

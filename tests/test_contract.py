@@ -4,6 +4,7 @@ the real Prefect server. Its configuration is tests/schemathesis.toml."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -60,6 +61,10 @@ def api(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
         "RELAY_API_PORT": str(port),
         "RELAY_TRANSCRIBE_VIA": "task-worker",  # a job is a real task run, left queued
         "RELAY_CONTRACT_MEDIA": str(inbox / "weather.mp3"),
+        # Callbacks go to a closed port on this host: refused connections, retried, recorded.
+        "RELAY_CALLBACK_SIGNING_KEY": "whsec_" + base64.b64encode(b"k" * 32).decode(),
+        "RELAY_CALLBACK_ALLOW_PRIVATE": "true",
+        "RELAY_CONTRACT_CALLBACK": f"http://127.0.0.1:{_free_port()}/relay-callback",
     }
     seed = "from store.batches import start_batch; start_batch(2, 'contract')"
     subprocess.run([sys.executable, "-c", seed], cwd=ROOT, env=env, check=True)
