@@ -342,7 +342,7 @@ def test_cancelling_a_running_job_stops_its_waiting_chunks(client, settings, tas
         assert time.monotonic() < deadline and body["status"] in ("queued", "running"), body
         time.sleep(0.2)
     assert body["chunks"]["total"] >= 3
-    cancelled = client.delete(f"/api/transcriptions/{job_id}", headers=AUTH)
+    cancelled = client.post(f"/api/transcriptions/{job_id}/cancel", headers=AUTH)
     assert cancelled.json()["status"] == "cancelled"
     wait_task_run(accepted["task_run_id"], limit=120)
     with get_client(sync_client=True) as prefect:

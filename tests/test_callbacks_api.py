@@ -137,7 +137,7 @@ def test_cancelling_through_the_api_calls_back(api):
     client, _ = api(CALLBACK_ALLOW_PRIVATE="true")
     with receiver() as hook:
         job_id = upload(client, callback_url=hook.url).json()["job_id"]
-        assert client.delete(f"/api/transcriptions/{job_id}", headers=AUTH).status_code == 200
+        assert client.post(f"/api/transcriptions/{job_id}/cancel", headers=AUTH).status_code == 200
         (got,) = hook.wait_for(1)
     assert Webhook(SECRET).verify(got.body, got.headers)["type"] == "transcription.cancelled"
 
