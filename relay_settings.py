@@ -93,6 +93,13 @@ class ApiSettings(_Group):
     access_log: bool = Field(
         default=True, description="Log one line per API request (uvicorn's access log)."
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes sharing the port (uvicorn workers); more than one needs a "
+        "Prefect server (PREFECT_API_URL): the embedded mode refuses it.",
+    )
 
 
 class TranscribeSettings(_Group):

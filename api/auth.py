@@ -17,8 +17,9 @@ bearer = HTTPBearer(
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def require_token(request: Request, _: BearerCredentials = None) -> None:
-    """Dependency: refuse the request (401) unless it carries the API token."""
+async def require_token(request: Request, _: BearerCredentials = None) -> None:
+    """Dependency: refuse the request (401) unless it carries the API token. ``async`` on
+    purpose: a plain ``def`` dependency costs every request a hop to the thread pool."""
     check_token(request)
 
 

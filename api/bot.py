@@ -15,6 +15,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 
+from api import reads
 from api.auth import check_token, require_token
 from api.bot_schemas import AnswerFile, BotAccepted, BotRequestIn, BotRequestView, Refusal
 from api.callbacks import (
@@ -164,11 +165,17 @@ async def _submit(
     responses=error_responses(401, 404),
 )
 async def status(request_id: str) -> BotRequestView:
-    stored = await run_in_threadpool(bot_store.get_request, request_id)
+    stored, called = await reads.read(_request_and_callback, request_id)
     if stored is None:
         raise ApiError(404, "not_found", f"no bot request {request_id!r}")
-    called = await run_in_threadpool(callbacks.get, CallbackSubject.BOT_REQUEST, request_id)
     return _view(stored, called)
+
+
+def _request_and_callback(request_id: str) -> tuple[BotRequest | None, Callback | None]:
+    stored = bot_store.get_request(request_id)
+    if stored is None:
+        return None, None
+    return stored, callbacks.get(CallbackSubject.BOT_REQUEST, request_id)
 
 
 @router.get(

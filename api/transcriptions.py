@@ -11,6 +11,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
+from api import reads
 from api.auth import require_token
 from api.callbacks import callback_routes, callback_view, checked_callback_url
 from api.contract import upload_request_body
@@ -258,8 +259,8 @@ def _eta(job: TranscriptionJob) -> float | None:
     summary="Status, progress and ETA",
     responses=error_responses(401, 404, _404="no job with this id"),
 )
-def read_job(job_id: str) -> JobStatusView:
-    found = callbacks.job_and_callback(job_id)
+async def read_job(job_id: str) -> JobStatusView:
+    found = await reads.read(callbacks.job_and_callback, job_id)
     if found is None:
         raise ApiError(404, "not_found", f"no transcription job {job_id}")
     return view(*found)

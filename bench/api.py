@@ -3,9 +3,11 @@
 Prints one JSON line per figure. Run: ``make bench-api`` or
 ``.venv/bin/python -m bench.api [--jobs 10000] [--seconds 15] [--connections 32]``.
 
-- ``status_reads``: one API process (uvicorn, as ``make api`` runs it) on a fresh PostgreSQL
-  database holding ``--jobs`` jobs; a keep-alive load generator on 127.0.0.1 (raw asyncio
-  sockets, so the client costs little of the two cores) asks for random jobs' status.
+- ``status_reads``: the API as ``make api`` runs it, with 1 and then 2 worker processes
+  (``RELAY_API_WORKERS``), on a fresh PostgreSQL database holding ``--jobs`` jobs, beside the
+  ceiling ``bench/minimal_app.py`` (one primary-key SELECT) with as many processes,
+  alternating ``--rounds`` times; the same load generator (``bench/load.py``, its own
+  process) asks each for random jobs' status. A line per run, then the medians and ratios.
 - ``submission_to_running``: the embedded mode (temporary Prefect server, serve process,
   API); time from ``202 Accepted`` on an upload to its flow run being RUNNING.
 """
@@ -13,10 +15,8 @@ Prints one JSON line per figure. Run: ``make bench-api`` or
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import random
 import socket
 import statistics
 import subprocess
@@ -34,6 +34,7 @@ from relay_settings import PROJECT_ROOT
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOKEN = "bench-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def emit(**figure: object) -> None:
@@ -87,43 +88,6 @@ def fill(url: str, count: int) -> list[str]:
     return [row["id"] for row in rows]
 
 
-async def _client(port: int, ids: list[str], stop: float, latencies: list[float], errors: list):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while time.perf_counter() < stop:
-            path = f"/api/transcriptions/{random.choice(ids)}"
-            request = (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-            ).encode()
-            sent = time.perf_counter()
-            writer.write(request)
-            status_line = await reader.readline()
-            length = 0
-            while (line := await reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
-            await reader.readexactly(length)
-            latencies.append(time.perf_counter() - sent)
-            if b" 200 " not in status_line:
-                errors.append(status_line)
-    finally:
-        writer.close()
-
-
-async def _load(port: int, ids: list[str], seconds: float, connections: int):
-    latencies: list[float] = []
-    errors: list = []
-    stop = time.perf_counter() + seconds
-    started = time.perf_counter()
-    await asyncio.gather(*(_client(port, ids, stop, latencies, errors) for _ in range(connections)))
-    return latencies, errors, time.perf_counter() - started
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def start_api(env: dict[str, str]) -> subprocess.Popen:
     """``python -m cli api`` as ``make api`` runs it, quiet."""
     return subprocess.Popen(
@@ -135,11 +99,11 @@ def start_api(env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def wait_ready(port: int, limit: float = 60.0) -> None:
+def wait_ready(port: int, path: str = "/api/health", limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
-            httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2, headers=AUTH)
             return
         except httpx.HTTPError:
             pass
@@ -147,46 +111,85 @@ def wait_ready(port: int, limit: float = 60.0) -> None:
     raise RuntimeError("the API did not come up")
 
 
-def status_reads(jobs: int, seconds: float, connections: int) -> None:
+def _contender(name: str, url: str, port: int, workers: int) -> subprocess.Popen:
+    """Relay as ``make api`` runs it, or the minimal app, on ``port`` with ``workers``."""
+    env = {
+        **os.environ,
+        "RELAY_DATABASE_URL": url,
+        "RELAY_API_TOKEN": TOKEN,
+        "RELAY_API_PORT": str(port),
+        "RELAY_API_WORKERS": str(workers),
+        "PREFECT_API_URL": "http://127.0.0.1:9/api",  # status reads never call Prefect
+        # As measured: one line per request costs about a quarter of the throughput.
+        "RELAY_API_ACCESS_LOG": os.environ.get("RELAY_API_ACCESS_LOG", "false"),
+    }
+    if name == "relay":
+        return start_api(env)
+    command = [sys.executable, "-m", "uvicorn", "bench.minimal_app:app", "--port", str(port)]
+    command += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    return subprocess.Popen(
+        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _measure(name: str, url: str, ids_file: Path, workers: int, seconds: float, connections: int):
+    port = free_port()
+    server = _contender(name, url, port, workers)
+    try:
+        wait_ready(port, f"/api/transcriptions/{ids_file.read_text().split()[0]}")
+        load = [sys.executable, "-m", "bench.load", str(port), str(ids_file), str(seconds)]
+        done = subprocess.run(
+            [*load, str(connections), TOKEN], cwd=PROJECT_ROOT, capture_output=True, check=True
+        )
+        return json.loads(done.stdout)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def status_reads(jobs: int, seconds: float, connections: int, rounds: int) -> None:
+    """Relay beside the minimal app (the ceiling), alternating, for 1 and 2 API processes."""
     name = f"relay_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    api = None
     try:
-        ids = fill(url, jobs)
-        port = free_port()
-        env = {
-            **os.environ,
-            "RELAY_DATABASE_URL": url,
-            "RELAY_API_TOKEN": TOKEN,
-            "RELAY_API_PORT": str(port),
-            "PREFECT_API_URL": "http://127.0.0.1:9/api",  # status reads never call Prefect
-            # As measured: one line per request costs about a quarter of the throughput.
-            "RELAY_API_ACCESS_LOG": os.environ.get("RELAY_API_ACCESS_LOG", "false"),
-        }
-        api = start_api(env)
-        wait_ready(port)
-        asyncio.run(_load(port, ids, 2.0, connections))  # warm-up
-        latencies, errors, wall = asyncio.run(_load(port, ids, seconds, connections))
-        emit(
-            figure="status_reads",
-            jobs_in_store=jobs,
-            connections=connections,
-            requests=len(latencies),
-            errors=len(errors),
-            requests_per_second=round(len(latencies) / wall),
-            p50_ms=round(statistics.median(latencies) * 1000, 2),
-            p99_ms=round(_percentile(latencies, 0.99) * 1000, 2),
-            access_log=env["RELAY_API_ACCESS_LOG"],
-            target="≥1000 req/s, p99 < 50 ms, one API process",
-        )
+        ids_file = Path(tempfile.mkstemp(prefix="relay-bench-ids-")[1])
+        ids_file.write_text("\n".join(fill(url, jobs)))
+        for workers in (1, 2):
+            runs: dict[str, list[dict]] = {"relay": [], "minimal": []}
+            for number in range(rounds):
+                order = ("relay", "minimal") if number % 2 == 0 else ("minimal", "relay")
+                for contender in order:
+                    figures = _measure(contender, url, ids_file, workers, seconds, connections)
+                    runs[contender].append(figures)
+                    emit(figure="status_reads_run", contender=contender, workers=workers,
+                         round=number, **figures)  # fmt: skip
+            relay, ceiling = _medians(runs["relay"]), _medians(runs["minimal"])
+            throughput = relay["requests_per_second"] / ceiling["requests_per_second"]
+            emit(
+                figure="status_reads",
+                workers=workers,
+                jobs_in_store=jobs,
+                connections=connections,
+                rounds=rounds,
+                relay=relay,
+                minimal_app=ceiling,
+                throughput_ratio=round(throughput, 3),
+                p99_ratio=round(relay["p99_ms"] / ceiling["p99_ms"], 3),
+                errors=sum(run["errors"] for run in runs["relay"] + runs["minimal"]),
+                load_average=round(os.getloadavg()[0], 2),
+                target="throughput_ratio >= 0.9, p99_ratio <= 1.3",
+            )
+        ids_file.unlink()
     finally:
-        if api is not None:
-            api.terminate()
-            api.wait(timeout=30)
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _medians(runs: list[dict]) -> dict[str, float]:
+    keys = ("requests_per_second", "p50_ms", "p99_ms")
+    return {key: round(statistics.median(run[key] for run in runs), 2) for key in keys}
 
 
 def submission_to_running(runs: int) -> None:
@@ -246,9 +249,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations per worker count")
     parser.add_argument("--submissions", type=int, default=5)
     args = parser.parse_args()
-    status_reads(args.jobs, args.seconds, args.connections)
+    status_reads(args.jobs, args.seconds, args.connections, args.rounds)
     if args.submissions:
         submission_to_running(args.submissions)
 

@@ -7,11 +7,14 @@ import os
 import sys
 import time
 from contextlib import ExitStack
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from relay_pools import task_pools
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("relay.cli")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -73,6 +76,14 @@ def api() -> None:
             settings.api.host,
         )
     embedded = not os.environ.get("PREFECT_API_URL")
+    if embedded and settings.api.workers > 1:
+        print(
+            f"error: RELAY_API_WORKERS={settings.api.workers} needs a Prefect server "
+            "(PREFECT_API_URL): the embedded mode runs its temporary Prefect server and task "
+            "workers inside the one API process",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
     with prefect_api() as api_url, ExitStack() as stack:
         if embedded:
             log.info("embedded mode: Prefect at %s, serving the flows locally", api_url)
@@ -81,12 +92,32 @@ def api() -> None:
             if settings.transcribe.via == "task-worker":  # submissions need the pool's worker
                 pools.append(settings.transcribe.deployment.split("/")[-1])
             stack.enter_context(served_task_workers(tuple(pools)))
+        if settings.api.workers > 1:  # each worker process builds its own app
+            uvicorn.run(
+                "cli.services:api_app",
+                factory=True,
+                workers=settings.api.workers,
+                host=settings.api.host,
+                port=settings.api.port,
+                access_log=settings.api.access_log,
+            )
+            return
         uvicorn.run(
             create_app(settings, dispatchers()),
             host=settings.api.host,
             port=settings.api.port,
             access_log=settings.api.access_log,
         )
+
+
+def api_app() -> FastAPI:
+    """The app one of several API worker processes serves (uvicorn's factory)."""
+    from api.app import create_app
+    from flows.pool_tasks import dispatchers
+    from relay_settings import get_settings
+
+    _logging()
+    return create_app(get_settings(), dispatchers())
 
 
 def serve() -> None:

@@ -20,6 +20,9 @@ from sqlmodel import Session, create_engine
 
 from relay_settings import get_settings
 
+# Connections each process keeps open to PostgreSQL (api/reads.py holds its reads to this).
+POOL_SIZE = 10
+
 
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
@@ -34,7 +37,7 @@ def engine_for(url: str) -> Engine:
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = str(parsed.set(drivername="postgresql+psycopg"))
     # pool_recycle rather than a ping per checkout: a ping is one more round trip per query.
-    return create_engine(url, pool_recycle=300, pool_size=10)
+    return create_engine(url, pool_recycle=300, pool_size=POOL_SIZE)
 
 
 def _sqlite_pragmas(connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

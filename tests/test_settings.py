@@ -41,6 +41,7 @@ EARLIER_NAMES = {
     "RELAY_CHUNK_TIMEOUT_SECONDS": ("600.5", lambda s: s.chunk.timeout_seconds),
     "RELAY_CHUNK_RETRIES": ("1", lambda s: s.chunk.retries),
     "RELAY_API_ACCESS_LOG": ("false", lambda s: s.api.access_log),
+    "RELAY_API_WORKERS": ("2", lambda s: s.api.workers),
     "RELAY_MAX_UPLOAD_BYTES": ("1000", lambda s: s.max_upload_bytes),
     "RELAY_SOURCE_ROOTS": ("/srv/in", lambda s: s.source_roots),
     "RELAY_SHORT_AUDIO_SECONDS": ("120.5", lambda s: s.short_audio_seconds),
