@@ -16,8 +16,8 @@ os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
 
 import pytest  # noqa: E402
 
-# A helper module that test_bot.py also loads as a plugin (its fixtures): rewrite its asserts.
-pytest.register_assert_rewrite("tests.bot_stack")
+# Helper modules that test modules load as plugins (their fixtures): rewrite their asserts.
+pytest.register_assert_rewrite("tests.bot_stack", "tests.api_app")
 
 from relay_settings import reload_settings  # noqa: E402
 from tests.pg import create_database, drop_database  # noqa: E402

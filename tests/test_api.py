@@ -17,29 +17,14 @@ from prefect.settings import PREFECT_API_URL
 
 from api.app import create_app
 from flows.pool_tasks import dispatchers
-from relay_settings import RelaySettings
 from store import jobs, status
 from store.models import JobStatus
 from tasks.wer import word_error_rate
-from tests.audio import DATA, ROOT, video_without_sound
+from tests.api_app import AUTH, SAMPLE, upload
+from tests.audio import DATA, ROOT
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SAMPLE = ROOT / "samples" / "meeting.ogg"
-
-
-@pytest.fixture(scope="module")
-def settings(database_url, tmp_path_factory) -> RelaySettings:
-    data = tmp_path_factory.mktemp("api-data")
-    (data / "inbox").mkdir()
-    return RelaySettings(database_url=database_url, data_dir=str(data), api_token=TOKEN)
-
-
-@pytest.fixture(scope="module")
-def client(settings):
-    with TestClient(create_app(settings, dispatchers())) as test_client:
-        yield test_client
+pytest_plugins = ["tests.api_app"]  # the app and its settings, as fixtures
 
 
 @pytest.fixture(scope="module")
@@ -87,16 +72,6 @@ def wait_for(client: TestClient, job_id: str, limit: float = 180.0) -> dict:
             return body
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not finish: {body}")
-
-
-def upload(client: TestClient, path: Path, name: str | None = None, **fields: str):
-    with path.open("rb") as handle:
-        return client.post(
-            "/api/transcriptions",
-            headers=AUTH,
-            data=fields,
-            files={"file": (name or path.name, handle, "application/octet-stream")},
-        )
 
 
 @pytest.mark.usefixtures("serve_process")
@@ -190,86 +165,7 @@ def test_transcript_of_an_unfinished_job_is_409(client):
     assert status["progress_percent"] == 0.0 and status["eta_seconds"] > 0
 
 
-@pytest.mark.parametrize(
-    ("headers", "message"),
-    [
-        ({}, "missing bearer token"),
-        ({"Authorization": "Bearer nope"}, "wrong bearer token"),
-        ({"Authorization": "Basic abc"}, "missing bearer token"),
-    ],
-)
-def test_token_is_required(client, headers, message):
-    response = client.get("/api/transcriptions", headers=headers)
-    assert response.status_code == 401
-    assert response.json()["error"] == "unauthorized"
-    assert response.json()["message"].startswith(message)
-    assert response.headers["www-authenticate"] == "Bearer"
-
-
-def test_unknown_job_is_404(client):
-    for path in ("/api/transcriptions/abc", "/api/transcriptions/abc/transcript"):
-        response = client.get(path, headers=AUTH)
-        assert response.status_code == 404
-        assert response.json() == {"error": "not_found", "message": "no transcription job abc"}
-
-
-def test_over_long_audio_is_413_with_duration_and_limit(settings):
-    short_limit = settings.model_copy(update={"max_audio_seconds": 10.0})
-    uploads = Path(settings.data_dir) / "uploads"
-    before = set(uploads.iterdir()) if uploads.exists() else set()
-    with TestClient(create_app(short_limit, dispatchers())) as small:
-        response = upload(small, SAMPLE)
-    assert response.status_code == 413
-    body = response.json()
-    assert body["error"] == "too_long"
-    assert body["duration_seconds"] == pytest.approx(24.5, abs=0.5) and body["max_seconds"] == 10.0
-    assert (set(uploads.iterdir()) if uploads.exists() else set()) == before  # nothing kept
-
-
-def test_oversize_upload_is_refused_before_it_is_stored(settings):
-    tiny_cap = settings.model_copy(update={"max_upload_bytes": 10_000})
-    with TestClient(create_app(tiny_cap, dispatchers())) as small:
-        response = upload(small, SAMPLE)
-    assert response.status_code == 413
-    assert response.json()["error"] == "upload_too_large" and response.json()["max_bytes"] == 10_000
-
-
-def test_not_media_is_415_and_empty_is_422(client, tmp_path):
-    text = tmp_path / "notes.wav"
-    text.write_text("meeting notes, not sound\n" * 30)
-    response = upload(client, text)
-    assert response.status_code == 415
-    assert response.json()["error"] == "not_media" and "notes.wav" in response.json()["message"]
-    empty = tmp_path / "empty.mp3"
-    empty.touch()
-    response = upload(client, empty)
-    assert response.status_code == 422 and response.json()["error"] == "empty"
-
-
-def test_video_without_sound_is_422(client, tmp_path):
-    """Media, so not 415, but nothing to transcribe (tests/test_intake.py has every refusal)."""
-    path = video_without_sound(tmp_path / "mute.mp4")
-    response = upload(client, path)
-    assert response.status_code == 422 and response.json()["error"] == "no_audio"
-
-
-def test_malformed_and_invalid_json(client):
-    bad = client.post(
-        "/api/transcriptions",
-        headers={**AUTH, "content-type": "application/json"},
-        content=b"{not json",
-    )
-    assert bad.status_code == 400 and bad.json()["error"] == "malformed_json"
-    missing = client.post("/api/transcriptions", headers=AUTH, json={"language": "en"})
-    assert missing.status_code == 422 and "path" in missing.json()["message"]
-    options = client.post("/api/transcriptions", headers=AUTH, json={"path": "/x", "beam_size": 99})
-    assert options.status_code == 422 and "beam_size" in options.json()["message"]
-    other = client.post(
-        "/api/transcriptions", headers={**AUTH, "content-type": "text/plain"}, content=b"hello"
-    )
-    assert other.status_code == 415
-
-
+@pytest.mark.usefixtures("serve_process")  # the accepted upload is handed to it
 def test_path_traversal_is_refused_or_neutralised(client, settings):
     outside = client.post(
         "/api/transcriptions",
