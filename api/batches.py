@@ -8,9 +8,9 @@ from pydantic import BaseModel, Field
 
 from api.auth import require_token
 from api.errors import ApiError, error_responses
-from api.schemas import UtcDatetime
 from store import batches
 from store.batches import batch_progress
+from store.models import UtcDatetime
 
 _BATCH_LINKS = {
     "batch": {"operationId": "getBatch", "parameters": {"batch_id": "$response.body#/batch_id"}}

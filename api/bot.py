@@ -33,6 +33,7 @@ from store import callbacks, usage
 from store.bot import RequestIntake
 from store.leases import Lease
 from store.models import BotRequest, BotRequestStatus, Callback, CallbackSubject, DeliveryStatus
+from tasks.callback_events import bot_request_ended
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
 _REQUEST_LINKS = {
@@ -264,26 +265,14 @@ def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:
 
 def _view(stored: BotRequest, callback: Callback | None = None) -> BotRequestView:
     return BotRequestView(
-        request_id=stored.id,
-        kind=stored.kind,
-        status=stored.status,
+        **dict(bot_request_ended(stored)),
         user_id=stored.user_id,
         channel=stored.channel,
-        route=stored.route,
-        pool=stored.pool,
         destination=stored.destination_shown,
-        provider=stored.provider,
-        model=stored.model,
         key_name=stored.key_name,
         upstream_calls=stored.upstream_calls,
         upstream_seconds=stored.upstream_seconds,
-        answer_text=stored.answer_text,
         answer_files=[AnswerFile(**f.__dict__) for f in bot_store.answer_files(stored)],
-        error=stored.error,
-        retry_at=stored.retry_at,
-        created_at=stored.created_at,
-        started_at=stored.started_at,
-        finished_at=stored.finished_at,
         delivery_status=stored.delivery_status,
         delivery_attempts=stored.delivery_attempts,
         delivery_error=stored.delivery_error,

@@ -8,8 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
-from api.schemas import NO_NUL, NOT_BLANK, UtcDatetime
+from api.schemas import NO_NUL, NOT_BLANK
 from blocks.discord import allowed_hosts, validate_webhook_url, webhook_url_pattern
+from store.models import UtcDatetime
+from tasks.callback_events import BotRequestEnded
 
 
 class BotRequestIn(BaseModel):
@@ -79,27 +81,17 @@ class AnswerFile(BaseModel):
     mime_type: str
 
 
-class BotRequestView(BaseModel):
-    request_id: str
-    kind: str
+class BotRequestView(BotRequestEnded):
+    """The request as its GET shows it: what its completion callback says, and more."""
+
     status: str = Field(description="queued, running, completed, failed or refused")
     user_id: str
     channel: str
-    route: str
-    pool: str
     destination: str | None = Field(description="block name or redacted webhook URL")
-    provider: str | None
-    model: str | None
     key_name: str | None = Field(description="which key of the pool answered (its name)")
     upstream_calls: int
     upstream_seconds: float | None
-    answer_text: str | None
     answer_files: list[AnswerFile]
-    error: str | None
-    retry_at: UtcDatetime | None
-    created_at: UtcDatetime
-    started_at: UtcDatetime | None
-    finished_at: UtcDatetime | None
     delivery_status: str = Field(description="pending, delivered, retrying or failed")
     delivery_attempts: int
     delivery_error: str | None

@@ -4,7 +4,7 @@ here, and again at delivery), its delivery status in the job's ``GET``, and the 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute
 
 from api.errors import ApiError
 from relay_settings import RelaySettings
-from store.models import Callback, CallbackStatus
+from store.models import Callback, CallbackStatus, as_utc
 from tasks import safe_http
 from tasks.callback_events import CallbackEvent
 from tasks.callbacks import message_id, signing_key
@@ -55,8 +55,8 @@ def callback_view(callback: Callback | None) -> CallbackView | None:
         event=callback.event,
         attempts=callback.attempts,
         last_error=callback.last_error,
-        next_attempt_at=_aware(callback.lease_expires_at) if retrying else None,
-        delivered_at=_aware(callback.delivered_at),
+        next_attempt_at=as_utc(callback.lease_expires_at) if retrying else None,
+        delivered_at=as_utc(callback.delivered_at),
     )
 
 
@@ -80,10 +80,6 @@ async def checked_callback_url(settings: RelaySettings, url: str | None) -> str 
     except safe_http.UrlRefusedError as err:
         raise ApiError(422, "callback_not_allowed", str(err), reason=str(err.reason)) from err
     return url
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment and not moment.tzinfo else moment
 
 
 def callback_routes(operation: str) -> list[BaseRoute]:

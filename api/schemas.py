@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
 from tasks.asr import RequestOptions
+from tasks.callback_events import TranscriptionEnded
 
 # What str.strip() removes (str.isspace), spelled out: ECMA's \s (the OpenAPI reader's) and
 # Python's differ, so the documented pattern and the check use this one class.
@@ -16,15 +14,6 @@ _SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f
 # PostgreSQL stores no NUL in text: a string field refuses it at the door.
 NO_NUL = r"^[^\x00]*$"
 NOT_BLANK = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every one Relay stores is UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-# A datetime that always reaches the client as RFC 3339 with its zone.
-UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class TranscriptionOptions(RequestOptions):
@@ -59,30 +48,15 @@ class Accepted(BaseModel):
     task_run_id: str | None = None
 
 
-class ChunkCounts(BaseModel):
-    total: int
-    done: int
-    failed: int
+class JobStatusView(TranscriptionEnded):
+    """The job as its GET shows it: what its completion callback says, and its progress."""
 
-
-class JobStatusView(BaseModel):
-    job_id: str
-    status: str
-    file_name: str
+    status: str = Field(description="queued, running, completed, failed or cancelled")
     progress_percent: float
     audio_seconds_done: float
-    chunks: ChunkCounts
-    duration_seconds: float | None
-    language: str | None
-    created_at: UtcDatetime
-    started_at: UtcDatetime | None
-    finished_at: UtcDatetime | None
     eta_seconds: float | None
-    error: str | None
     notification_error: str | None
-    flow_run_id: str | None
     flow_run_url: str | None
-    work_pool: str | None
     callback: CallbackView | None = None
 
 

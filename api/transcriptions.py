@@ -19,7 +19,6 @@ from api.errors import ApiError, error_responses
 from api.idempotency import IdempotencyKey, KeyedRequest
 from api.schemas import (
     Accepted,
-    ChunkCounts,
     Deleted,
     JobPage,
     JobStatusView,
@@ -34,8 +33,17 @@ from api.submit import (
 from api.uploads import Submission, read_submission
 from relay_settings import RelaySettings
 from store import callbacks, jobs, status
-from store.models import Callback, CallbackSubject, JobStatus, TranscriptionJob, new_id, utcnow
+from store.models import (
+    Callback,
+    CallbackSubject,
+    JobStatus,
+    TranscriptionJob,
+    as_utc,
+    new_id,
+    utcnow,
+)
 from tasks.asr import JobOptions
+from tasks.callback_events import transcription_ended
 from tasks.callbacks import deliver_now
 from tasks.media import AudioTooLongError, MediaError, MediaProblem
 from tasks.media_check import check
@@ -219,23 +227,12 @@ def view(job: TranscriptionJob, callback: Callback | None = None) -> JobStatusVi
     else:
         progress = 0.0
     return JobStatusView(
-        job_id=job.id,
-        status=job.status,
-        file_name=job.source_name,
+        **dict(transcription_ended(job)),
         progress_percent=round(progress, 1),
         audio_seconds_done=round(min(job.audio_seconds_done, duration), 1),
-        chunks=ChunkCounts(total=job.chunks_total, done=job.chunks_done, failed=job.chunks_failed),
-        duration_seconds=job.duration_seconds,
-        language=job.language,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
         eta_seconds=_eta(job),
-        error=job.error,
         notification_error=job.notification_error,
-        flow_run_id=job.flow_run_id,
         flow_run_url=flow_run_url(job.flow_run_id),
-        work_pool=job.work_pool,
         callback=callback_view(callback),
     )
 
@@ -246,7 +243,7 @@ def _eta(job: TranscriptionJob) -> float | None:
         return None
     left = max(job.duration_seconds - job.audio_seconds_done, 0.0)
     if job.status == JobStatus.RUNNING and job.started_at and job.audio_seconds_done > 0:
-        started = status._aware(job.started_at)
+        started = as_utc(job.started_at)
         pace = job.audio_seconds_done / max((utcnow() - started).total_seconds(), 0.001)
         return round(left / pace, 1)
     return round(status.recent_throughput().seconds_for(left), 1)

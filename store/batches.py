@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func, insert, select, update
@@ -19,6 +19,7 @@ from store.models import (
     VideoAttempt,
     VideoBatch,
     VideoStatus,
+    as_utc,
     utcnow,
 )
 from store.videos import VIDEO_LEASES
@@ -176,8 +177,8 @@ def batch_progress(batch_id: str) -> BatchProgress | None:
         eta_seconds=_eta(left, rate),
         workers_requested=batch["workers_requested"],
         flow_run_id=batch["flow_run_id"],
-        created_at=_aware(batch["created_at"]),
-        finished_at=_aware(batch["finished_at"]) if batch["finished_at"] else None,
+        created_at=as_utc(batch["created_at"]),
+        finished_at=as_utc(batch["finished_at"]) if batch["finished_at"] else None,
         workers=workers,
     )
 
@@ -211,7 +212,7 @@ def _workers(connection: Connection, batch_id: str) -> list[WorkerProgress]:
     workers = []
     for worker, done, failed, retried, lost, running, first, last in rows:
         # Every worker in the log started at least once; it may not have finished yet.
-        started, finished = _aware(first), _aware(last) if last else None
+        started, finished = as_utc(first), as_utc(last) if last else None
         progress = WorkerProgress(
             worker,
             done or 0,
@@ -232,13 +233,8 @@ def _workers(connection: Connection, batch_id: str) -> list[WorkerProgress]:
 def _rate(workers: list[WorkerProgress], started: datetime, until: datetime) -> float:
     """Videos finished per minute since the batch started (all workers together)."""
     finished = sum(w.done + w.failed for w in workers)
-    minutes = (_aware(until) - _aware(started)).total_seconds() / 60.0
+    minutes = (as_utc(until) - as_utc(started)).total_seconds() / 60.0
     return finished / minutes if minutes > 0 else 0.0
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; they were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def failed_videos(batch_id: str, limit: int) -> list[Video]:

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Column, ColumnElement, Table, and_, false, func, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
-from store.models import new_id
+from store.models import as_utc, new_id
 
 log = logging.getLogger("relay.leases")
 
@@ -105,7 +105,7 @@ class LeasedRows:
         if token is None:
             return None
         owner = getattr(row, self.owner.key) if self.owner is not None else None
-        return Lease(owner, _aware(getattr(row, self.expires_at.key)), token)
+        return Lease(owner, as_utc(getattr(row, self.expires_at.key)), token)
 
     def values(self, lease: Lease | None) -> dict[str, object]:
         """The lease columns' values for a row under ``lease`` (None: under no lease)."""
@@ -319,10 +319,3 @@ def renewal_interval(seconds: float) -> float:
     """How often a holder renews a lease of ``seconds``: a third, so two renewals can fail
     before it runs out."""
     return seconds / 3
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back without their zone; the store keeps them in UTC."""
-    if moment is None or moment.tzinfo:
-        return moment
-    return moment.replace(tzinfo=UTC)

@@ -5,13 +5,30 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from typing import Annotated, overload
 
+from pydantic import AfterValidator
 from sqlalchemy import DateTime, Index, String, Table, Text, UniqueConstraint, inspect
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+@overload
+def as_utc(moment: None) -> None: ...
+def as_utc(moment: datetime | None) -> datetime | None:
+    """The moment with its zone: SQLite hands datetimes back naive, and Relay stores UTC."""
+    if moment is None or moment.tzinfo:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+# A datetime that always leaves Relay as RFC 3339 with its zone (API bodies, callbacks).
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 def new_id() -> str:

@@ -10,7 +10,7 @@ from sqlalchemy import and_, func, or_
 from sqlmodel import col, select
 
 from store.db import session_scope
-from store.models import JobStatus, TranscriptionJob
+from store.models import JobStatus, TranscriptionJob, as_utc
 
 # Until Relay has finished a job, estimates assume this speed (tiny.en on two CPU cores).
 DEFAULT_REALTIME_FACTOR = 10.0
@@ -51,7 +51,7 @@ def throughput(recent: int = 20) -> Throughput:
         ).all()
     # The query leaves out rows without these values; the comprehension says so to the types.
     jobs = [
-        (audio, _aware(created), _aware(started), _aware(finished))
+        (audio, as_utc(created), as_utc(started), as_utc(finished))
         for audio, created, started, finished in rows
         if audio is not None and started is not None and finished is not None
     ]
@@ -75,13 +75,9 @@ def recent_throughput(max_age: float = 2.0) -> Throughput:
     return _recent[1]
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def encode_cursor(job: TranscriptionJob) -> str:
     """``<created_at in µs since the epoch>.<job id>``: a position in the newest-first order."""
-    created = _aware(job.created_at)
+    created = as_utc(job.created_at)
     micros = (created - _EPOCH) // timedelta(microseconds=1)
     return f"{micros}.{job.id}"
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from store.db import dialect_insert, get_engine, reader
-from store.models import ApiKeyState, UsageCounter, UserCooldown, table_of
+from store.models import ApiKeyState, UsageCounter, UserCooldown, as_utc, table_of
 
 _USAGE = table_of(UsageCounter)
 _COOLDOWN = table_of(UserCooldown)
@@ -64,10 +64,10 @@ def _start_cooldown(
     ).returning(table.c.last_at)
     if connection.execute(statement).first() is not None:
         return None
-    last = connection.execute(
+    last: datetime = connection.execute(
         select(table.c.last_at).where(table.c.user_id == user_id, table.c.kind == kind)
     ).scalar_one()
-    return _aware(last) + timedelta(seconds=seconds)
+    return as_utc(last) + timedelta(seconds=seconds)
 
 
 def admit(
@@ -158,7 +158,7 @@ def key_rests(provider: str, now: datetime | None = None) -> dict[str, tuple[dat
                 table.c.provider == provider, table.c.cooled_until > now
             )
         ).all()
-    return {name: (_aware(until), reason or "") for name, until, reason in rows}
+    return {name: (as_utc(until), reason or "") for name, until, reason in rows}
 
 
 def clear_key(provider: str, key: str) -> bool:
@@ -169,8 +169,3 @@ def clear_key(provider: str, key: str) -> bool:
             table.delete().where(table.c.provider == provider, table.c.key_name == key)
         )
     return result.rowcount > 0
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes for timezone-aware columns.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -5,22 +5,13 @@ The API describes these models in its OpenAPI ``callbacks``."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
-from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from relay_settings import get_settings
 from store import bot as requests
 from store import jobs
-from store.models import BotRequest, Callback, CallbackSubject, TranscriptionJob
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
-
-
-Moment = Annotated[datetime, AfterValidator(_aware)]
+from store.models import BotRequest, Callback, CallbackSubject, TranscriptionJob, UtcDatetime
 
 
 class ChunkTotals(BaseModel):
@@ -38,9 +29,9 @@ class TranscriptionEnded(BaseModel):
     chunks: ChunkTotals
     duration_seconds: float | None
     language: str | None
-    created_at: Moment
-    started_at: Moment | None
-    finished_at: Moment | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     error: str | None
     flow_run_id: str | None
     work_pool: str | None
@@ -59,10 +50,10 @@ class BotRequestEnded(BaseModel):
     model: str | None
     answer_text: str | None
     error: str | None
-    retry_at: Moment | None
-    created_at: Moment
-    started_at: Moment | None
-    finished_at: Moment | None
+    retry_at: UtcDatetime | None
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     status_url: str
 
 
@@ -74,7 +65,7 @@ class CallbackEvent(BaseModel):
         description="transcription.completed | .failed | .cancelled, "
         "bot_request.completed | .failed | .refused"
     )
-    timestamp: Moment = Field(description="when the job ended")
+    timestamp: UtcDatetime = Field(description="when the job ended")
     data: TranscriptionEnded | BotRequestEnded
 
 
