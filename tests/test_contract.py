@@ -101,14 +101,15 @@ def links_followed(report: Path) -> dict[str, set[int]]:
         if not event or event.get("phase") != "stateful":
             continue
         recorder = event["recorder"]
-        for case_id, case in recorder["cases"].items():
+        # A scenario that made no call (a step skipped, say) records no cases.
+        for case_id, case in recorder.get("cases", {}).items():
             transition = case.get("transition")
             if not (transition and case.get("is_transition_applied")):
                 continue
             if transition["is_inferred"]:
                 continue
             link = transition["id"].rsplit(" -> ", 1)[0]
-            response = (recorder["interactions"].get(case_id) or {}).get("response")
+            response = (recorder.get("interactions", {}).get(case_id) or {}).get("response")
             if response:
                 followed.setdefault(link, set()).add(response["status_code"])
     return followed
