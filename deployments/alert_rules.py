@@ -17,13 +17,14 @@ from typing import Any
 import yaml
 
 from bot_config import KINDS
+from deployments.prometheus import Job
 from relay_objectives import ObjectivesSettings, overrides
 from relay_pools import load_pools
 from relay_settings import PROJECT_ROOT, RelaySettings
 
 RULES_FILE = PROJECT_ROOT / "infra" / "prometheus" / "rules.yml"
 # The scrape jobs of Relay's own processes (docs/ops-alerts.md, the metric catalogue).
-JOBS = ("relay-api", "relay-task-workers", "dask-scheduler", "dask-workers")
+JOBS = tuple(str(job) for job in Job)
 QUEUE_OBJECTIVE = "relay:objective_queue_oldest_age_seconds"
 LATENCY_OBJECTIVE = "relay:objective_bot_added_latency_p95_seconds"
 HEADER = (

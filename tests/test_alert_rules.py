@@ -90,7 +90,8 @@ def test_promtool_unit_tests_pass():
 
 
 def test_every_alert_has_unit_tests_that_see_it_fire_and_stay_quiet():
-    fires, quiet = set(), set()
+    fires: set[str] = set()
+    quiet: set[str] = set()
     for path in (PROMETHEUS / "tests").glob("*.yml"):
         for case in yaml.safe_load(path.read_text())["tests"]:
             for check in case.get("alert_rule_test", []):
