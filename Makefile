@@ -22,9 +22,24 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 setup: $(VENV)/.synced ## the locked Python environment
 
-system-deps: ## Debian packages the tests use to make speech (espeak-ng)
+# Debian starts a package's service on install; Relay only wants the binaries (`make stack`
+# runs its own Prometheus). A policy-rc.d that answers 101 forbids the start (left as it was
+# when one exists: Docker images ship one); where systemd runs, the unit is then disabled.
+NO_SERVICE := /usr/sbin/policy-rc.d
+
+system-deps: ## Debian packages the tests use: espeak-ng (speech), prometheus (promtool, the stack's Prometheus), prometheus-alertmanager (amtool)
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
 		$(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
+	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
+		made=; if [ ! -e $(NO_SERVICE) ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $(NO_SERVICE) >/dev/null && \
+			$(SUDO) chmod +x $(NO_SERVICE) && made=1; fi; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends \
+			prometheus prometheus-alertmanager; status=$$?; \
+		if [ -n "$$made" ]; then $(SUDO) rm -f $(NO_SERVICE); fi; \
+		if [ -d /run/systemd/system ]; then \
+			$(SUDO) systemctl disable --now prometheus prometheus-alertmanager || true; fi; \
+		exit $$status; fi
 
 run: setup ## transcribe the bundled sample on the embedded default (temporary Prefect, SQLite, local Dask)
 	$(PY) -m cli transcribe $(SAMPLE) --out out/
@@ -54,7 +69,7 @@ api: setup ## the REST API on RELAY_API_HOST:RELAY_API_PORT (embedded Prefect wh
 bootstrap: setup ## make the Prefect server at PREFECT_API_URL ready for Relay (idempotent)
 	$(PY) -m cli bootstrap
 
-stack: setup ## the whole system on this machine, no Docker: Prefect on PostgreSQL, warm Dask, a worker per pool, the API
+stack: setup system-deps ## the whole system on this machine, no Docker: Prefect on PostgreSQL, warm Dask, a worker per pool, the API, Prometheus
 	$(PY) -m cli stack up
 
 stack-down: ## stop exactly what `make stack` started

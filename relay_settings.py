@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay_objectives import ObjectivesSettings
+
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".relay"
 BUNDLED_MODEL = "tiny.en"
@@ -246,6 +248,7 @@ GROUPS: tuple[str, ...] = (
     "webhook",
     "callback",
     "discord",
+    "objectives",
 )
 
 
@@ -313,6 +316,7 @@ class RelaySettings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     callback: CallbackSettings = Field(default_factory=CallbackSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    objectives: ObjectivesSettings = Field(default_factory=ObjectivesSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -338,7 +342,7 @@ class RelaySettings(BaseSettings):
         names = set()
         for name, field in cls.model_fields.items():
             group = field.annotation
-            if isinstance(group, type) and issubclass(group, _Group):
+            if name in GROUPS and isinstance(group, type) and issubclass(group, BaseModel):
                 names |= {f"RELAY_{name}_{sub}".upper() for sub in group.model_fields}
             else:
                 names.add(f"RELAY_{name.upper()}")

@@ -8,13 +8,14 @@ python -m cli serve                      serve the deployments from this process
 python -m cli stack up|down|status       the whole system on this machine
 python -m cli bootstrap                  make a Prefect server ready for Relay
 python -m cli db                         migrate the job store, print its revision
+python -m cli alerts render              Prometheus alert rules from RELAY_OBJECTIVES_*
 """
 
 from __future__ import annotations
 
 import typer
 
-from cli import admin, batch, services, transcribe
+from cli import admin, alerts, batch, services, transcribe
 
 app = typer.Typer(
     help="Relay: transcription, batch video reprocessing and Discord bot requests on Prefect.",
@@ -31,6 +32,7 @@ app.command("serve")(services.serve)
 app.add_typer(admin.stack_app, name="stack")
 app.command("bootstrap")(admin.bootstrap)
 app.command("db")(admin.db)
+app.add_typer(alerts.alerts_app, name="alerts")
 
 
 def main(argv: list[str] | None = None) -> int:

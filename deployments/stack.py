@@ -9,7 +9,10 @@
    ``nvidia-smi`` works), for deployment runs, and a task worker per pool that serves a
    background task (``python -m cli worker --pool P``): the transcription pools' take the
    API's submissions, the bot pools' answer bot requests;
-5. the API (``python -m cli api``) against that server.
+5. the API (``python -m cli api``) against that server;
+6. Prometheus (Debian's ``prometheus``, ``make system-deps``) scraping the API, the Dask
+   scheduler and workers and the task workers, with Relay's alert rules
+   (deployments/prometheus.py); its data stays in ``.relay/stack/prometheus/``.
 
 Each runs in its own process group; their ids go to ``.relay/stack/pids.json`` and their
 output to ``.relay/stack/logs/``. ``python -m cli stack down`` stops exactly those
@@ -31,6 +34,16 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from deployments.alert_rules import RULES_FILE
+from deployments.prometheus import (
+    WORKER_METRICS_PORT,
+    Job,
+    ScrapeJob,
+    binary,
+    prometheus_command,
+    scrape_config,
+    write_config,
+)
 from flows.runtime import DASK_CONFIG_FILE, SCHEDULER_SATURATION
 from relay_pools import Pool, Workload, load_pools
 from relay_settings import DEFAULT_STATE_DIR, PROJECT_ROOT
@@ -41,6 +54,11 @@ PG_ADMIN = os.environ.get("RELAY_STACK_PG_ADMIN", "postgresql://postgres@127.0.0
 PREFECT_PORT = int(os.environ.get("RELAY_STACK_PREFECT_PORT", "4200"))
 DASK_PORT = int(os.environ.get("RELAY_STACK_DASK_PORT", "8786"))
 DASK_WORKERS = int(os.environ.get("RELAY_STACK_DASK_WORKERS", "2"))
+PROMETHEUS_PORT = int(os.environ.get("RELAY_STACK_PROMETHEUS_PORT", "9090"))
+# HTTP ports serving /metrics: the scheduler's, then one per Dask worker (base + index),
+# then one per task worker (base + index).
+DASK_HTTP_PORT = int(os.environ.get("RELAY_STACK_DASK_HTTP_PORT", "8787"))
+TASK_METRICS_PORT = int(os.environ.get("RELAY_STACK_TASK_METRICS_PORT", "9401"))
 TRANSCRIPTIONS_PER_HOST = 2  # process worker --limit on the asr pools
 TASK_LIMITS = {"bot-media": 8}  # task worker --limit where it differs from the registry's
 BIN = Path(sys.executable).parent
@@ -79,17 +97,44 @@ def task_worker_command(pool: str, limit: int) -> list[str]:
     return [sys.executable, "-m", "cli", "worker", "--pool", pool, "--limit", str(limit)]
 
 
-def dask_scheduler_command(port: int) -> list[str]:
-    """The stack's Dask scheduler on 127.0.0.1:``port``."""
+def dask_scheduler_command(port: int, http_port: int = DASK_HTTP_PORT) -> list[str]:
+    """The stack's Dask scheduler on 127.0.0.1:``port``; its HTTP server (/health,
+    /metrics; no dashboard) on 127.0.0.1:``http_port``."""
     dask = str(BIN / "dask")
-    return [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    return [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+            "--dashboard-address", f"127.0.0.1:{http_port}"]  # fmt: skip
 
 
-def dask_workers_command(port: int, workers: int) -> list[str]:
-    """The stack's Dask workers: single-threaded processes that preload the model."""
+def dask_workers_command(port: int, workers: int, http_port: int = 0) -> list[str]:
+    """The stack's Dask workers: single-threaded processes that preload the model. Their
+    HTTP server (/metrics) listens on 127.0.0.1:``http_port`` (0: any free port)."""
     dask, address = str(BIN / "dask"), f"tcp://127.0.0.1:{port}"
     return [dask, "worker", address, "--nworkers", str(workers), "--nthreads", "1",
-            "--no-dashboard", "--preload", "deployments.dask_preload"]  # fmt: skip
+            "--no-dashboard", "--dashboard-address", f"127.0.0.1:{http_port}",
+            "--preload", "deployments.dask_preload"]  # fmt: skip
+
+
+def scrape_jobs(
+    api_port: int, task_ports: list[int], dask_http_port: int, dask_worker_ports: list[int]
+) -> list[ScrapeJob]:
+    """What the stack's Prometheus scrapes: every process that serves /metrics."""
+    local = "127.0.0.1:{}".format
+    return [
+        ScrapeJob(Job.API, (local(api_port),)),
+        ScrapeJob(Job.TASK_WORKERS, tuple(map(local, task_ports))),
+        ScrapeJob(Job.DASK_SCHEDULER, (local(dask_http_port),)),
+        ScrapeJob(Job.DASK_WORKERS, tuple(map(local, dask_worker_ports))),
+    ]
+
+
+def start_prometheus(jobs: list[ScrapeJob], env: dict[str, str], pids: dict[str, int]) -> None:
+    """Prometheus over ``jobs`` with Relay's rules, unless the binary is missing."""
+    if binary() is None:
+        print("  prometheus: not installed (`make system-deps`), the stack runs without it")
+        return
+    folder = STACK_DIR / "prometheus"
+    config = write_config(folder / "prometheus.yml", scrape_config(jobs, RULES_FILE))
+    start("prometheus", prometheus_command(config, folder / "data", PROMETHEUS_PORT), env, pids)
 
 
 def ensure_databases(names: tuple[str, ...] = ("relay_prefect", "relay")) -> None:
@@ -186,7 +231,10 @@ def up() -> int:
         pids,
     )
     start("dask-scheduler", dask_scheduler_command(DASK_PORT), env, pids)
-    start("dask-workers", dask_workers_command(DASK_PORT, DASK_WORKERS), env, pids)
+    # One process per worker: each serves /metrics on a port Prometheus knows.
+    dask_worker_ports = [DASK_HTTP_PORT + 1 + i for i in range(DASK_WORKERS)]
+    for i, http_port in enumerate(dask_worker_ports):
+        start(f"dask-worker-{i}", dask_workers_command(DASK_PORT, 1, http_port), env, pids)
     wait_http(f"http://127.0.0.1:{PREFECT_PORT}/api/health", "the Prefect server")
     subprocess.run(
         [sys.executable, "-m", "cli", "bootstrap"], cwd=PROJECT_ROOT, env=env, check=True
@@ -216,22 +264,30 @@ def up() -> int:
             env,
             pids,
         )
+    task_ports: list[int] = []
     for pool in pools_here():
         if pool.task is None:
             continue
         # bot-media answers wait on slow providers: 8 at once per host is plenty here.
         limit = TASK_LIMITS.get(pool.name, pool.task.limit)
-        start(f"tasks-{pool.name}", task_worker_command(pool.name, limit), env, pids)
+        task_ports.append(TASK_METRICS_PORT + len(task_ports))
+        worker_env = {**env, WORKER_METRICS_PORT: str(task_ports[-1])}
+        start(f"tasks-{pool.name}", task_worker_command(pool.name, limit), worker_env, pids)
     start("api", [sys.executable, "-m", "cli", "api"], env, pids)
+    api_port = int(os.environ.get("RELAY_API_PORT", "8000"))
+    jobs = scrape_jobs(api_port, task_ports, DASK_HTTP_PORT, dask_worker_ports)
+    start_prometheus(jobs, env, pids)
     wait_dask_workers(DASK_WORKERS)
     for name in pids:  # a submission made before its task worker listens waits for it
         if name.startswith("tasks-"):
             wait_log(name, "Subscribing to runs of task(s)")
-    port = os.environ.get("RELAY_API_PORT", "8000")
-    wait_http(f"http://127.0.0.1:{port}/api/health", "the API")
+    wait_http(f"http://127.0.0.1:{api_port}/api/health", "the API")
+    if "prometheus" in pids:
+        wait_http(f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready", "Prometheus")
     print(
-        f"Relay is up: UI http://127.0.0.1:{PREFECT_PORT}, API http://127.0.0.1:{port}, "
-        f"Dask tcp://127.0.0.1:{DASK_PORT} ({DASK_WORKERS} workers, model preloaded).\n"
+        f"Relay is up: UI http://127.0.0.1:{PREFECT_PORT}, API http://127.0.0.1:{api_port}, "
+        f"Dask tcp://127.0.0.1:{DASK_PORT} ({DASK_WORKERS} workers, model preloaded), "
+        f"Prometheus http://127.0.0.1:{PROMETHEUS_PORT}.\n"
         "Try: prefect deployment run 'transcribe/asr-cpu' --param source=$PWD/samples/meeting.ogg"
     )
     return 0

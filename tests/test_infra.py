@@ -43,14 +43,26 @@ def compose() -> dict:
 
 @cache
 def k8s() -> dict:
-    paths = sorted(set((INFRA / "k8s").glob("*.yaml")) - {INFRA / "k8s" / "dask-values.yaml"})
+    paths = sorted((INFRA / "k8s").glob("*.yaml"))
     docs = [doc for path in paths for doc in yaml.safe_load_all(path.read_text()) if doc]
     return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
 
 
-@cache
-def dask_values() -> dict:
-    return yaml.safe_load((INFRA / "k8s" / "dask-values.yaml").read_text())
+def dask_cluster() -> dict:
+    """The DaskCluster the Dask operator runs (infra/k8s/dask-cluster.yaml)."""
+    clusters = [doc for (kind, _), doc in k8s().items() if kind == "DaskCluster"]
+    assert len(clusters) == 1, "infra/k8s needs exactly one DaskCluster"
+    return clusters[0]
+
+
+def dask_pods() -> dict[str, dict]:
+    """The DaskCluster's scheduler and worker pod specs."""
+    spec = dask_cluster()["spec"]
+    return {"dask scheduler": spec["scheduler"]["spec"], "dask workers": spec["worker"]["spec"]}
+
+
+def dask_container(part: str) -> dict:
+    return dask_pods()[f"dask {part}"]["containers"][0]
 
 
 def args(command) -> list[str]:
@@ -101,7 +113,7 @@ def test_files_parse():
     assert compose(), "infra/docker-compose.yml has no services"
     kinds = {kind for kind, _ in k8s()}
     assert {"Namespace", "ConfigMap", "Secret", "Deployment", "Service"} <= kinds, kinds
-    assert dask_values()["worker"]["replicas"] >= 1
+    assert dask_cluster()["spec"]["worker"]["replicas"] >= 1
 
 
 def test_dockerfile_is_multistage_non_root_healthy_and_bakes_the_model():
@@ -144,7 +156,7 @@ def test_every_relay_variable_is_a_setting():
     names |= set(k8s()[("ConfigMap", "relay-config")]["data"])
     names |= set(k8s()[("Secret", "relay-secrets")]["stringData"])
     names |= {k for pod in [*pods().values(), *pods("Job").values()] for k in env_k8s(pod)}
-    names |= {e["name"] for part in ("scheduler", "worker") for e in dask_values()[part]["env"]}
+    names |= {k for pod in dask_pods().values() for k in env_k8s(pod)}
     relay = {n for n in names if n.startswith("RELAY_")}
     assert {"RELAY_DATABASE_URL", "RELAY_DATA_DIR", "RELAY_DASK_ADDRESS"} <= relay
     for name, reader in READ_DIRECTLY.items():
@@ -207,15 +219,18 @@ def test_dask_address_points_at_the_scheduler():
     for name, service in compose().items():
         if runs(service.get("command"), "dask", "worker"):
             assert address in args(service["command"]), f"{name} joins another scheduler"
-    values = dask_values()
-    chart = f"tcp://{values['fullnameOverride']}-scheduler:{values['scheduler']['servicePort']}"
-    assert config("RELAY_DASK_ADDRESS") == chart, "k8s address is not the chart's scheduler"
+    # The operator names the scheduler's Service <cluster>-scheduler.
+    cluster = dask_cluster()
+    ports = {p["name"]: p["port"] for p in cluster["spec"]["scheduler"]["service"]["ports"]}
+    service = f"tcp://{cluster['metadata']['name']}-scheduler:{ports['tcp-comm']}"
+    assert config("RELAY_DASK_ADDRESS") == service, "k8s address is not the operator's scheduler"
+    assert int(flag(dask_container("scheduler")["args"], "--port")) == ports["tcp-comm"]
 
 
 def test_dask_workers_preload_the_model():
     workers = [s["command"] for s in compose().values() if runs(s.get("command"), "dask", "worker")]
     assert workers and all(flag(c, "--preload") == PRELOAD for c in workers), workers
-    assert flag(dask_values()["worker"]["extraArgs"], "--preload") == PRELOAD, "k8s preload"
+    assert flag(dask_container("workers")["args"], "--preload") == PRELOAD, "k8s preload"
     module = PROJECT_ROOT / (PRELOAD.replace(".", "/") + ".py")
     assert module.is_file(), f"{module} is missing"
     hooks = [n for n in ast.parse(module.read_text()).body if isinstance(n, ast.FunctionDef)]
@@ -248,7 +263,7 @@ def test_job_folders_are_shared():
             assert ("relay-data", env(service)["RELAY_DATA_DIR"]) in mounts, f"{name}: no /data"
     claim = k8s()[("PersistentVolumeClaim", "relay-data")]
     assert "ReadWriteMany" in claim["spec"]["accessModes"], "relay-data must be ReadWriteMany"
-    for name, pod in [*pods().items(), ("dask workers", dask_values()["worker"]["mounts"])]:
+    for name, pod in [*pods().items(), ("dask workers", dask_pods()["dask workers"])]:
         claims = {v["name"]: v.get("persistentVolumeClaim", {}) for v in pod["volumes"]}
         pod_mounts = [m for c in pod.get("containers", [pod]) for m in c["volumeMounts"]]
         assert any(
@@ -337,8 +352,7 @@ def test_shared_dask_schedulers_queue_chunks_in_priority_order():
 
     key = "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"
     assert float(env(compose()["dask-scheduler"])[key]) == SCHEDULER_SATURATION
-    chart = {e["name"]: e.get("value") for e in dask_values()["scheduler"]["env"]}
-    assert float(chart[key]) == SCHEDULER_SATURATION
+    assert float(env_k8s(dask_pods()["dask scheduler"])[key]) == SCHEDULER_SATURATION
     from deployments.stack import stack_env
 
     assert float(stack_env()[key]) == SCHEDULER_SATURATION
@@ -363,11 +377,7 @@ def test_every_dask_process_loads_relays_dask_config_without_malloc_trim():
         if str(service.get("image")).startswith("relay:"):
             assert env(service).get("DASK_CONFIG", in_image) == in_image, name
     assert all(str(s.get("image")).startswith("relay:") for s in dask_services)
-    for part in ("scheduler", "worker"):
-        assert dask_values()[part]["image"]["repository"] == "relay", f"helm {part} image"
-        chart_env = {e["name"]: e.get("value") for e in dask_values()[part]["env"]}
-        assert chart_env.get("DASK_CONFIG", in_image) == in_image, f"helm {part}"
-    for name, pod in pods().items():
+    for name, pod in [*pods().items(), *dask_pods().items()]:
         assert all(c["image"].startswith("relay:") for c in pod["containers"]), name
         assert env_k8s(pod).get("DASK_CONFIG", in_image) == in_image, name
 

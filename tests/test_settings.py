@@ -60,6 +60,30 @@ EARLIER_NAMES = {
     "RELAY_CALLBACK_TIMEOUT_SECONDS": ("2.5", lambda s: s.callback.timeout_seconds),
     "RELAY_CALLBACK_BACKOFF_SECONDS": ("1.5", lambda s: s.callback.backoff_seconds),
     "RELAY_CALLBACK_BACKOFF_MAX_SECONDS": ("60.5", lambda s: s.callback.backoff_max_seconds),
+    "RELAY_OBJECTIVES_QUEUE_AGE_SECONDS": ("300.5", lambda s: s.objectives.queue_age_seconds),
+    "RELAY_OBJECTIVES_QUEUE_AGE_BY_POOL": ("bot-chat=30", lambda s: s.objectives.queue_age_by_pool),
+    "RELAY_OBJECTIVES_BOT_LATENCY_P95_SECONDS": (
+        "1.5",
+        lambda s: s.objectives.bot_latency_p95_seconds,
+    ),
+    "RELAY_OBJECTIVES_BOT_LATENCY_BY_KIND": ("chat=1", lambda s: s.objectives.bot_latency_by_kind),
+    "RELAY_OBJECTIVES_ERROR_RATIO": ("0.02", lambda s: s.objectives.error_ratio),
+    "RELAY_OBJECTIVES_ERROR_WINDOW_SECONDS": ("300.5", lambda s: s.objectives.error_window_seconds),
+    "RELAY_OBJECTIVES_QUOTA_LEFT_RATIO": ("0.2", lambda s: s.objectives.quota_left_ratio),
+    "RELAY_OBJECTIVES_WORKER_SILENT_SECONDS": (
+        "45.5",
+        lambda s: s.objectives.worker_silent_seconds,
+    ),
+    "RELAY_OBJECTIVES_DOWN_FOR_SECONDS": ("60.5", lambda s: s.objectives.down_for_seconds),
+    "RELAY_OBJECTIVES_LATE_RUNS_FOR_SECONDS": (
+        "120.5",
+        lambda s: s.objectives.late_runs_for_seconds,
+    ),
+    "RELAY_OBJECTIVES_BEHIND_WINDOW_SECONDS": (
+        "900.5",
+        lambda s: s.objectives.behind_window_seconds,
+    ),
+    "RELAY_OBJECTIVES_RUNBOOK_URL": ("https://x.example/r.md", lambda s: s.objectives.runbook_url),
 }
 # Checked by the secrets test below.
 SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY", "RELAY_CALLBACK_SIGNING_KEY"}
@@ -114,3 +138,13 @@ def test_a_copy_with_a_flat_name_changes_its_groups_field():
     assert settings.transcribe.via == "deployment"  # the original is left as it was
     with pytest.raises(ValidationError, match=r"transcribe\.via"):
         settings.model_copy(update={"transcribe_via": "carrier-pigeon"})
+
+
+def test_objectives_take_per_pool_and_per_kind_overrides_and_refuse_nonsense():
+    settings = RelaySettings(objectives_queue_age_by_pool="asr-cpu=30, bot-chat=5")
+    assert settings.objectives.queue_age_for("asr-cpu") == 30.0
+    assert settings.objectives.queue_age_for("asr-gpu") == settings.objectives.queue_age_seconds
+    assert RelaySettings().objectives.bot_latency_for("video") == 30.0
+    for bad in ("asr-cpu", "asr-cpu=0", "=5", "asr-cpu=soon"):
+        with pytest.raises(ValidationError, match=r"objectives\.queue_age_by_pool"):
+            RelaySettings(objectives_queue_age_by_pool=bad)
