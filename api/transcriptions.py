@@ -257,10 +257,17 @@ def _eta(job: TranscriptionJob) -> float | None:
     responses=error_responses(401, 404, _404="no job with this id"),
 )
 async def read_job(job_id: str) -> JobStatusView:
-    found = await reads.read(callbacks.job_and_callback, job_id)
+    found = await reads.read(_job_view, job_id)
     if found is None:
         raise ApiError(404, "not_found", f"no transcription job {job_id}")
-    return view(*found)
+    return found
+
+
+def _job_view(job_id: str) -> JobStatusView | None:
+    """The whole read in the worker thread: the view's ETA may query the store (every 2 s),
+    and a query on the event loop stalls every request in flight."""
+    found = callbacks.job_and_callback(job_id)
+    return view(*found) if found is not None else None
 
 
 @router.get(

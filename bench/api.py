@@ -88,15 +88,26 @@ def fill(url: str, count: int) -> list[str]:
     return [row["id"] for row in rows]
 
 
-def start_api(env: dict[str, str]) -> subprocess.Popen:
-    """``python -m cli api`` as ``make api`` runs it, quiet."""
+def start_api(env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """``python -m cli api`` as ``make api`` runs it; its output to ``log`` or nowhere."""
+    output = log.open("w") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "cli", "api"],
         cwd=PROJECT_ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
     )
+
+
+def wait_started(log: Path, workers: int, limit: float = 120.0) -> None:
+    """Until every worker process has finished starting (uvicorn says so once per worker):
+    one still importing would take CPU from the measured run."""
+    deadline = time.monotonic() + limit
+    while log.read_text().count("Application startup complete") < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{workers} workers did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
 
 
 def wait_ready(port: int, path: str = "/api/health", limit: float = 60.0) -> None:
@@ -111,7 +122,7 @@ def wait_ready(port: int, path: str = "/api/health", limit: float = 60.0) -> Non
     raise RuntimeError("the API did not come up")
 
 
-def _contender(name: str, url: str, port: int, workers: int) -> subprocess.Popen:
+def _contender(name: str, url: str, port: int, workers: int, log: Path) -> subprocess.Popen:
     """Relay as ``make api`` runs it, or the minimal app, on ``port`` with ``workers``."""
     env = {
         **os.environ,
@@ -124,18 +135,20 @@ def _contender(name: str, url: str, port: int, workers: int) -> subprocess.Popen
         "RELAY_API_ACCESS_LOG": os.environ.get("RELAY_API_ACCESS_LOG", "false"),
     }
     if name == "relay":
-        return start_api(env)
+        return start_api(env, log)
     command = [sys.executable, "-m", "uvicorn", "bench.minimal_app:app", "--port", str(port)]
-    command += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    command += ["--workers", str(workers), "--no-access-log"]
     return subprocess.Popen(
-        command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, cwd=PROJECT_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
 
 
 def _measure(name: str, url: str, ids_file: Path, workers: int, seconds: float, connections: int):
     port = free_port()
-    server = _contender(name, url, port, workers)
+    log = ids_file.with_suffix(".log")
+    server = _contender(name, url, port, workers, log)
     try:
+        wait_started(log, workers)
         wait_ready(port, f"/api/transcriptions/{ids_file.read_text().split()[0]}")
         load = [sys.executable, "-m", "bench.load", str(port), str(ids_file), str(seconds)]
         done = subprocess.run(
@@ -182,6 +195,7 @@ def status_reads(jobs: int, seconds: float, connections: int, rounds: int) -> No
                 target="throughput_ratio >= 0.9, p99_ratio <= 1.3",
             )
         ids_file.unlink()
+        ids_file.with_suffix(".log").unlink(missing_ok=True)
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
