@@ -28,6 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 
 from relay_settings import PROJECT_ROOT
@@ -100,14 +101,25 @@ def start_api(env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
     )
 
 
-def wait_started(log: Path, workers: int, limit: float = 120.0) -> None:
-    """Until every worker process has finished starting (uvicorn says so once per worker):
-    one still importing would take CPU from the measured run."""
+def wait_settled(pid: int, limit: float = 120.0) -> None:
+    """Until the server's processes stop using CPU (every worker has imported and started):
+    one still starting would take CPU from the measured run."""
     deadline = time.monotonic() + limit
-    while log.read_text().count("Application startup complete") < workers:
+    quiet = 0
+    before = _cpu_seconds(pid)
+    while quiet < 2:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{workers} workers did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
+            raise RuntimeError(f"process {pid} kept busy for {limit} s")
+        time.sleep(0.5)
+        now = _cpu_seconds(pid)
+        quiet = quiet + 1 if now - before < 0.05 else 0
+        before = now
+
+
+def _cpu_seconds(pid: int) -> float:
+    parent = psutil.Process(pid)
+    processes = [parent, *parent.children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in processes if p.is_running())
 
 
 def wait_ready(port: int, path: str = "/api/health", limit: float = 60.0) -> None:
@@ -148,7 +160,7 @@ def _measure(name: str, url: str, ids_file: Path, workers: int, seconds: float, 
     log = ids_file.with_suffix(".log")
     server = _contender(name, url, port, workers, log)
     try:
-        wait_started(log, workers)
+        wait_settled(server.pid)
         wait_ready(port, f"/api/transcriptions/{ids_file.read_text().split()[0]}")
         load = [sys.executable, "-m", "bench.load", str(port), str(ids_file), str(seconds)]
         done = subprocess.run(
