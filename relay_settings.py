@@ -227,6 +227,34 @@ class DiscordSettings(_Group):
     )
 
 
+class WorkersSettings(_Group):
+    """Worker heartbeats: how often each long-lived worker says it is alive (docs/ops-health.md)."""
+
+    heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between two heartbeats of a task or batch worker; one silent for "
+        "3 of its heartbeats is shown stale.",
+    )
+    forget_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A worker silent this long is removed from the list of workers.",
+    )
+
+
+class HealthSettings(_Group):
+    """The readiness checks and the worker census of the API and the CLI."""
+
+    timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="How long one check (store, Prefect API, Dask scheduler) may take before "
+        "it counts as failed.",
+    )
+
+
 GROUPS: tuple[str, ...] = (
     "asr",
     "chunk",
@@ -239,6 +267,8 @@ GROUPS: tuple[str, ...] = (
     "webhook",
     "callback",
     "discord",
+    "workers",
+    "health",
 )
 
 
@@ -306,6 +336,8 @@ class RelaySettings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     callback: CallbackSettings = Field(default_factory=CallbackSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    workers: WorkersSettings = Field(default_factory=WorkersSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -59,6 +59,9 @@ EARLIER_NAMES = {
     "RELAY_CALLBACK_TIMEOUT_SECONDS": ("2.5", lambda s: s.callback.timeout_seconds),
     "RELAY_CALLBACK_BACKOFF_SECONDS": ("1.5", lambda s: s.callback.backoff_seconds),
     "RELAY_CALLBACK_BACKOFF_MAX_SECONDS": ("60.5", lambda s: s.callback.backoff_max_seconds),
+    "RELAY_WORKERS_HEARTBEAT_SECONDS": ("2.5", lambda s: s.workers.heartbeat_seconds),
+    "RELAY_WORKERS_FORGET_SECONDS": ("3600.5", lambda s: s.workers.forget_seconds),
+    "RELAY_HEALTH_TIMEOUT_SECONDS": ("1.5", lambda s: s.health.timeout_seconds),
 }
 # Checked by the secrets test below.
 SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY", "RELAY_CALLBACK_SIGNING_KEY"}
