@@ -109,7 +109,7 @@ def test_heartbeating_beats_from_a_thread_with_the_work_in_flight_and_retires():
 def test_a_heartbeat_that_fails_never_stops_the_worker(monkeypatch):
     calls = []
 
-    def broken(me, in_flight=0):
+    def broken(_me, in_flight=0):
         calls.append(in_flight)
         raise ConnectionError("store unreachable")
 
