@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -170,16 +171,45 @@ def _start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pop
     )
 
 
-@pytest.fixture
-def worker_env(store_url) -> dict[str, str]:
-    return {
+@dataclass
+class Fleet:
+    """Real workers against the module's store and the session's Prefect server."""
+
+    killed: subprocess.Popen  # a bot-chat task worker the test kills with SIGKILL
+    stopped: subprocess.Popen  # a bot-chat task worker the test stops with SIGTERM
+    prefect: subprocess.Popen  # a Prefect process worker of batch-video
+    prefect_name: str
+
+
+@pytest.fixture(scope="module")
+def fleet(store_url, tmp_path_factory) -> Iterator[Fleet]:
+    """Started at once (each takes seconds to import Prefect): two task workers beating
+    every 0.5 s and a Prefect worker beating every second."""
+    env = {
         **os.environ,
         "PREFECT_API_URL": PREFECT_API_URL.value(),
         "RELAY_DATABASE_URL": store_url,
         "RELAY_WORKERS_HEARTBEAT_SECONDS": str(HEARTBEAT),
-        # A real Prefect worker that beats every second: offline 3 s after it is killed.
-        "PREFECT_WORKER_HEARTBEAT_SECONDS": "1",
+        "PREFECT_WORKER_HEARTBEAT_SECONDS": "1",  # stale 3 s after it is killed
     }
+    logs = tmp_path_factory.mktemp("fleet")
+    task_worker = [sys.executable, "-m", "cli", "worker", "--pool", "bot-chat", "--limit", "2"]
+    name = f"health-{uuid.uuid4().hex[:8]}"
+    # Its own queue: it never takes a flow run another test left in the pool.
+    prefect_worker = [str(Path(sys.executable).parent / "prefect"), "worker", "start"]
+    prefect_worker += ["--pool", "batch-video", "--type", "process"]
+    prefect_worker += ["--name", name, "--work-queue", name]
+    started = Fleet(
+        _start(task_worker, logs / "killed.log", env),
+        _start(task_worker, logs / "stopped.log", env),
+        _start(prefect_worker, logs / "prefect-worker.log", env),
+        name,
+    )
+    yield started
+    for process in (started.killed, started.stopped, started.prefect):
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=30)
 
 
 def _census(client) -> dict:
@@ -193,75 +223,51 @@ def _by_pid(client, pid: int) -> dict | None:
     return found[0] if found else None
 
 
-def test_workers_lists_real_task_workers_and_marks_a_killed_one_stale(
-    client, worker_env, tmp_path, capsys
-):
-    command = [sys.executable, "-m", "cli", "worker", "--pool", "bot-chat", "--limit", "2"]
-    killed = _start(command, tmp_path / "killed.log", worker_env)
-    stopped = _start(command, tmp_path / "stopped.log", worker_env)
-    try:
-        for pid in (killed.pid, stopped.pid):
-            _wait_for(partial(_by_pid, client, pid), why="a worker never beat")
-        row = _by_pid(client, killed.pid)
-        assert row["kind"] == "task-worker" and row["pool"] == "bot-chat"
-        assert row["host"] == socket.gethostname() and row["name"] == f"{row['host']}:{killed.pid}"
-        assert row["in_flight"] == 0 and row["heartbeat_seconds"] == HEARTBEAT
-        assert not row["stale"] and row["started_at"] <= row["last_heartbeat_at"]
-        assert client.get("/api/health/ready").json()["task_workers"]["bot-chat"] == 2
-        sources = _census(client)["sources"]
-        assert sources["store"]["status"] == sources["prefect"]["status"] == "ok", sources
-        assert sources["dask"] == {"status": "skipped", "detail": "RELAY_DASK_ADDRESS is not set"}
+def test_workers_lists_real_task_workers_and_marks_a_killed_one_stale(client, fleet, capsys):
+    killed, stopped = fleet.killed, fleet.stopped
+    for pid in (killed.pid, stopped.pid):
+        _wait_for(partial(_by_pid, client, pid), 90, "a task worker never beat")
+    row = _by_pid(client, killed.pid)
+    assert row["kind"] == "task-worker" and row["pool"] == "bot-chat"
+    assert row["host"] == socket.gethostname() and row["name"] == f"{row['host']}:{killed.pid}"
+    assert row["in_flight"] == 0 and row["heartbeat_seconds"] == HEARTBEAT
+    assert not row["stale"] and row["started_at"] <= row["last_heartbeat_at"]
+    assert client.get("/api/health/ready").json()["task_workers"]["bot-chat"] == 2
+    sources = _census(client)["sources"]
+    assert sources["store"]["status"] == sources["prefect"]["status"] == "ok", sources
+    assert sources["dask"] == {"status": "skipped", "detail": "RELAY_DASK_ADDRESS is not set"}
 
-        assert main(["workers"]) == 0  # the CLI, in this process: same store, same Prefect
-        header, *rows = capsys.readouterr().out.splitlines()
-        assert header.split()[:3] == ["KIND", "POOL", "HOST"] and "STALE" in header
-        mine = [r for r in rows if f":{killed.pid}" in r]
-        assert len(mine) == 1 and mine[0].split()[:2] == ["task-worker", "bot-chat"]
-        assert mine[0].split()[-1] == "no"
+    assert main(["workers"]) == 0  # the CLI, in this process: same store, same Prefect
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["KIND", "POOL", "HOST"] and "STALE" in header
+    mine = [r for r in rows if f":{killed.pid}" in r]
+    assert len(mine) == 1 and mine[0].split()[:2] == ["task-worker", "bot-chat"]
+    assert mine[0].split()[-1] == "no"
 
-        killed.send_signal(signal.SIGKILL)  # no chance to retire: it must turn stale
-        stopped.terminate()  # a clean exit retires its row
-        stopped.wait(timeout=30)
-        _wait_for(lambda: (_by_pid(client, killed.pid) or {}).get("stale"), 30, "never stale")
-        stale = _by_pid(client, killed.pid)
-        assert stale["seconds_since_heartbeat"] > 3 * HEARTBEAT
-        assert _by_pid(client, stopped.pid) is None, "a stopped worker is still listed"
-        ready = client.get("/api/health/ready")
-        # No listening bot-chat worker is no reason to be unready.
-        assert ready.status_code == 200 and ready.json()["task_workers"]["bot-chat"] == 0
-    finally:
-        for process in (killed, stopped):
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=30)
+    killed.send_signal(signal.SIGKILL)  # no chance to retire: it must turn stale
+    stopped.terminate()  # a clean exit retires its row
+    assert stopped.wait(timeout=30) == 0
+    _wait_for(lambda: (_by_pid(client, killed.pid) or {}).get("stale"), 30, "never stale")
+    stale = _by_pid(client, killed.pid)
+    assert stale["seconds_since_heartbeat"] > 3 * HEARTBEAT
+    assert _by_pid(client, stopped.pid) is None, "a stopped worker is still listed"
+    ready = client.get("/api/health/ready")
+    # No listening bot-chat worker is no reason to be unready.
+    assert ready.status_code == 200 and ready.json()["task_workers"]["bot-chat"] == 0
 
 
-def test_workers_lists_a_real_prefect_worker_and_marks_it_stale_once_killed(
-    client, worker_env, tmp_path
-):
-    name = f"health-{uuid.uuid4().hex[:8]}"
-    # Its own queue: it never takes a flow run another test left in the pool.
-    prefect = str(Path(sys.executable).parent / "prefect")
-    command = [prefect, "worker", "start", "--pool", "batch-video", "--type", "process"]
-    command += ["--name", name, "--work-queue", name]
-    worker = _start(command, tmp_path / "prefect-worker.log", worker_env)
-
+def test_workers_lists_a_real_prefect_worker_and_marks_it_stale_once_killed(client, fleet):
     def listed() -> dict | None:
-        found = [w for w in _census(client)["workers"] if w["name"] == name]
+        found = [w for w in _census(client)["workers"] if w["name"] == fleet.prefect_name]
         return found[0] if found else None
 
-    try:
-        _wait_for(listed, 90, "the Prefect worker never showed")
-        row = listed()
-        assert row["kind"] == "process-worker" and row["pool"] == "batch-video"
-        assert not row["stale"] and row["heartbeat_seconds"] == 1
-        assert row["started_at"] and row["last_heartbeat_at"] and row["in_flight"] is None
-        worker.send_signal(signal.SIGKILL)
-        _wait_for(lambda: (listed() or {}).get("stale"), 30, "Prefect never saw it go")
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        worker.wait(timeout=30)
+    _wait_for(listed, 90, "the Prefect worker never showed")
+    row = listed()
+    assert row["kind"] == "process-worker" and row["pool"] == "batch-video"
+    assert not row["stale"] and row["heartbeat_seconds"] == 1
+    assert row["started_at"] and row["last_heartbeat_at"] and row["in_flight"] is None
+    fleet.prefect.send_signal(signal.SIGKILL)
+    _wait_for(lambda: (listed() or {}).get("stale"), 30, "Prefect never saw it go")
 
 
 def test_a_pool_tasks_runs_count_as_work_in_flight():
