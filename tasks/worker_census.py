@@ -13,6 +13,7 @@ last-seen time and heartbeat interval for Dask workers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime
@@ -73,6 +74,7 @@ class Census(BaseModel):
     sources: Sources
 
 
+log = logging.getLogger("relay.health")
 Found = tuple[list[WorkerView], Source]
 # What a Prefect worker that does not say otherwise beats at (Prefect's own default).
 PREFECT_HEARTBEAT_SECONDS = 30.0
@@ -84,9 +86,9 @@ async def take_census(settings: RelaySettings, engine: Engine | None = None) -> 
     ``engine``: the store to read (default: the configured one)."""
     timeout = settings.health.timeout_seconds
     (stored, stored_ok), (prefect, prefect_ok), (dask, dask_ok) = await asyncio.gather(
-        _bounded(_from_store(engine), timeout),
-        _bounded(_from_prefect(), timeout),
-        _bounded(_from_dask(settings.dask.address), timeout),
+        _bounded("store", _from_store(engine), timeout),
+        _bounded("prefect", _from_prefect(), timeout),
+        _bounded("dask", _from_dask(settings.dask.address), timeout),
     )
     found = sorted(
         [*stored, *prefect, *dask],
@@ -104,10 +106,11 @@ def listening_task_workers(rows: Iterable[workers.Worker]) -> dict[str, int]:
     return counts
 
 
-async def _bounded(read: Awaitable[Found], timeout: float) -> Found:
+async def _bounded(name: str, read: Awaitable[Found], timeout: float) -> Found:
     try:
         return await asyncio.wait_for(read, timeout)
     except Exception as err:
+        log.warning("worker census: %s did not answer: %r", name, err)
         return [], Source(status=SourceStatus.ERROR, detail=reason(err, timeout))
 
 
