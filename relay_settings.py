@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay_objectives import ObjectivesSettings
+from relay_operations import HealthSettings, WorkersSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".relay"
@@ -249,6 +250,8 @@ GROUPS: tuple[str, ...] = (
     "callback",
     "discord",
     "objectives",
+    "workers",
+    "health",
 )
 
 
@@ -317,6 +320,8 @@ class RelaySettings(BaseSettings):
     callback: CallbackSettings = Field(default_factory=CallbackSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     objectives: ObjectivesSettings = Field(default_factory=ObjectivesSettings)
+    workers: WorkersSettings = Field(default_factory=WorkersSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 python -m cli transcribe FILE            transcribe a file (embedded Prefect by default)
 python -m cli batch import|run|work|status|force|cancel
 python -m cli worker --pool POOL         a task worker of one pool
+python -m cli workers                    every live worker, as a table
 python -m cli api                        the REST API (and the embedded pieces it needs)
 python -m cli serve                      serve the deployments from this process
 python -m cli stack up|down|status       the whole system on this machine
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import admin, alerts, batch, services, transcribe
+from cli import admin, alerts, batch, services, transcribe, workers
 
 app = typer.Typer(
     help="Relay: transcription, batch video reprocessing and Discord bot requests on Prefect.",
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.command("transcribe")(transcribe.transcribe)
 app.add_typer(batch.app, name="batch")
 app.command("worker")(services.worker)
+app.command("workers")(workers.workers)
 app.command("api")(services.api)
 app.command("serve")(services.serve)
 app.add_typer(admin.stack_app, name="stack")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -44,8 +45,18 @@ def worker(
     _logging()
     started = time.monotonic()
     log.info("task worker for %s starting", pool)
+    # Prefect's task worker registers its SIGTERM handler only from the main thread, and
+    # serve() runs it in Prefect's loop thread: without this, SIGTERM (docker stop, a pod's
+    # deletion) killed the process outright. Now it stops like Ctrl-C, and the worker
+    # leaves the list of workers on its way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     serve_pool_task(pool, limit)
     log.info("task worker for %s stopped after %.0f s", pool, time.monotonic() - started)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    log.info("signal %d received: stopping", signum)
+    sys.exit(0)
 
 
 def api() -> None:

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 from prefect import flow, get_run_logger
 
+from relay_pools import Workload, pools_serving
 from relay_settings import get_settings
 from store import batches, videos
 from store.leases import Lease, LeaseOutcome, renewal_interval
 from store.models import VideoStatus
+from store.workers import WorkerKind, heartbeating
 from tasks.asr import AsrOptions
 from tasks.media import MediaError
 from tasks.split import SplitOptions
@@ -75,6 +77,11 @@ class LeaseKeeper:
     def holds(self, video_id: int) -> bool:
         with self._lock:
             return video_id in self._held
+
+    def count(self) -> int:
+        """Videos held now: the worker's work in flight."""
+        with self._lock:
+            return len(self._held)
 
     def _run(self) -> None:
         while not self._stop.wait(renewal_interval(self.lease_seconds)):
@@ -164,7 +171,11 @@ def reprocess_worker(
     logger = get_run_logger()
     logger.info("worker %s joins batch %s", worker, batch_id)
     outcomes: dict[str, int] = {}
-    with LeaseKeeper(lease_seconds) as keeper:
+    pool = settings.work_pool or pools_serving(Workload.BATCH)[0]
+    with (
+        LeaseKeeper(lease_seconds) as keeper,
+        heartbeating(WorkerKind.BATCH_WORKER, pool, keeper.count),
+    ):
         while True:
             if not batches.batch_is_running(batch_id):
                 logger.info("batch %s is no longer running; stopping", batch_id)

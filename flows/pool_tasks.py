@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -24,6 +25,29 @@ from prefect.client.orchestration import PrefectClient
 
 from flows.deferred import adefer, defer
 from relay_pools import get_pool, task_pools
+from store.workers import WorkerKind, heartbeating
+
+
+class RunCounter:
+    """How many runs of a pool's task this process is running now (its work in flight,
+    reported with its heartbeat); task runs execute in the worker's threads."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._running += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._running -= 1
+
+    def count(self) -> int:
+        """Runs started and not finished yet."""
+        with self._lock:
+            return self._running
 
 
 @dataclass(frozen=True)
@@ -33,6 +57,7 @@ class PoolTask:
     pool: str
     task: Task
     previous: tuple[Task, ...] = ()
+    running: RunCounter = field(default_factory=RunCounter, compare=False)
 
     @property
     def served(self) -> tuple[Task, ...]:
@@ -56,11 +81,13 @@ def pool_task(pool: str) -> PoolTask:
         raise ValueError(
             f"pool {pool!r} serves no background task; expected one of {', '.join(task_pools())}"
         )
-    run = _bind_pool(_load(spec.run), pool)
+    running = RunCounter()
+    run = _bind_pool(_load(spec.run), pool, running)
     return PoolTask(
         pool,
         _keyed(run, spec.name, spec.name),
         tuple(_keyed(run, spec.name, key) for key in spec.previous_keys),
+        running,
     )
 
 
@@ -70,11 +97,14 @@ def dispatchers() -> dict[str, PoolTask]:
 
 
 def serve_pool_task(pool: str, limit: int | None = None) -> None:
-    """Serve ``pool``'s task with the serve function the registry names, until interrupted."""
+    """Serve ``pool``'s task with the serve function the registry names, until interrupted,
+    beating as one of the pool's task workers (store/workers.py) meanwhile."""
     spec = get_pool(pool).task
     if spec is None:
         raise ValueError(f"pool {pool!r} has no task workers; it runs flow runs only")
-    _load(spec.serve)(pool_task(pool), limit or spec.limit)
+    served = pool_task(pool)
+    with heartbeating(WorkerKind.TASK_WORKER, pool, served.running.count):
+        _load(spec.serve)(served, limit or spec.limit)
 
 
 class KeyedTask(Task):
@@ -94,11 +124,13 @@ def _keyed(run: Callable[..., object], name: str, key: str) -> Task:
     return task
 
 
-def _bind_pool(run: Callable[..., object], pool: str) -> Callable[..., object]:
-    """``run`` with its first argument (the pool) given: the task's parameters are the rest."""
+def _bind_pool(run: Callable[..., object], pool: str, running: RunCounter) -> Callable[..., object]:
+    """``run`` with its first argument (the pool) given: the task's parameters are the rest.
+    Each call counts as work in flight while it runs."""
 
     def run_on_pool(*args: object, **kwargs: object) -> object:
-        return run(pool, *args, **kwargs)
+        with running:
+            return run(pool, *args, **kwargs)
 
     signature = inspect.signature(run)
     run_on_pool.__signature__ = signature.replace(  # type: ignore[attr-defined]  # read by inspect

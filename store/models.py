@@ -354,3 +354,21 @@ class Callback(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     delivered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A long-lived worker process that says it is alive (store/workers.py): one row per
+    process, upserted at each heartbeat, removed when it exits cleanly."""
+
+    __tablename__ = "worker_heartbeat"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    kind: str = Field(sa_type=String(32))  # a store.workers.WorkerKind
+    pool: str = Field(max_length=64)
+    host: str = Field(max_length=255)
+    pid: int
+    heartbeat_seconds: float  # the interval it beats at: stale after 3 of them
+    in_flight: int = 0
+    # Both by the database's clock, like leases: hosts' clocks drift.
+    started_at: datetime = Field(sa_type=DateTime(timezone=True))
+    last_seen_at: datetime = Field(sa_type=DateTime(timezone=True), index=True)

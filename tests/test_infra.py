@@ -34,6 +34,7 @@ READ_DIRECTLY = {
 }
 BOT_POOLS = set(pools_serving(Workload.BOT))
 PRELOAD = "deployments.dask_preload"
+LIVE, READY = "/api/health/live", "/api/health/ready"
 
 
 @cache
@@ -185,15 +186,34 @@ def test_api_port_is_the_same_everywhere():
     port = int(env(api)["RELAY_API_PORT"])
     assert args(api["command"]) == ["python", "-m", "cli", "api"]
     assert port in published(api), f"compose api does not publish RELAY_API_PORT {port}"
-    assert f":{port}/api/health" in " ".join(args(api["healthcheck"]["test"]))
+    assert f":{port}{READY}" in " ".join(args(api["healthcheck"]["test"]))
     pod = pods()["relay-api"]
     assert int(env_k8s(pod)["RELAY_API_PORT"]) == port, "k8s api sets another RELAY_API_PORT"
     container = pod["containers"][0]
     assert [p["containerPort"] for p in container["ports"]] == [port]
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/api/health", "port": port}, probe
+    assert container["readinessProbe"]["httpGet"] == {"path": READY, "port": port}
+    assert container["livenessProbe"]["httpGet"] == {"path": LIVE, "port": port}
     targets = [p["targetPort"] for p in k8s()[("Service", "relay-api")]["spec"]["ports"]]
     assert targets == [port], f"k8s Service targetPort {targets} != RELAY_API_PORT {port}"
+
+
+def test_api_probes_are_the_apis_open_health_endpoints_with_time_for_their_checks():
+    """Liveness checks the process only (a dependency's outage never restarts the API);
+    readiness checks the dependencies, each bounded by RELAY_HEALTH_TIMEOUT_SECONDS, so a
+    probe must wait longer than that before it gives up."""
+    from api.app import create_app
+
+    paths = create_app(RelaySettings(), {}).openapi()["paths"]
+    for path in (LIVE, READY):
+        assert "security" not in paths[path]["get"], f"{path} must answer probes without a token"
+    assert "503" in paths[READY]["get"]["responses"]
+    check_timeout = RelaySettings().health.timeout_seconds
+    probe = pods()["relay-api"]["containers"][0]["readinessProbe"]
+    assert probe.get("timeoutSeconds", 1) > check_timeout, "readiness gives up before its checks"
+    assert "RELAY_HEALTH_TIMEOUT_SECONDS" not in k8s()[("ConfigMap", "relay-config")]["data"]
+    compose_check = compose()["api"]["healthcheck"]
+    assert "timeout=5" in " ".join(args(compose_check["test"])) and check_timeout < 5
+    assert int(str(compose_check["timeout"]).rstrip("s")) >= 5
 
 
 def test_prefect_api_url_points_at_the_server():

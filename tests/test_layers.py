@@ -11,7 +11,13 @@ from pathlib import Path
 
 from relay_settings import PROJECT_ROOT
 
-SETTINGS_MODULES = {"relay_settings", "relay_objectives", "relay_pools", "bot_config"}
+SETTINGS_MODULES = {
+    "relay_settings",
+    "relay_objectives",
+    "relay_operations",
+    "relay_pools",
+    "bot_config",
+}
 # What each room may import besides itself (None: anything).
 ALLOWED: dict[str, set[str] | None] = {
     "cli": None,

@@ -84,6 +84,9 @@ EARLIER_NAMES = {
         lambda s: s.objectives.behind_window_seconds,
     ),
     "RELAY_OBJECTIVES_RUNBOOK_URL": ("https://x.example/r.md", lambda s: s.objectives.runbook_url),
+    "RELAY_WORKERS_HEARTBEAT_SECONDS": ("2.5", lambda s: s.workers.heartbeat_seconds),
+    "RELAY_WORKERS_FORGET_SECONDS": ("3600.5", lambda s: s.workers.forget_seconds),
+    "RELAY_HEALTH_TIMEOUT_SECONDS": ("1.5", lambda s: s.health.timeout_seconds),
 }
 # Checked by the secrets test below.
 SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY", "RELAY_CALLBACK_SIGNING_KEY"}

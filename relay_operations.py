@@ -1,0 +1,42 @@
+"""Settings groups of operating Relay: worker heartbeats and health checks.
+
+Groups of the one settings object (``RELAY_WORKERS_<FIELD>``, ``settings.workers``, ...),
+kept in their own module so that relay_settings.py stays readable. Nothing here reads the
+environment: ``RelaySettings`` does.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _OperationsGroup(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)  # as relay_settings' groups
+
+
+class WorkersSettings(_OperationsGroup):
+    """Worker heartbeats: how often each long-lived worker says it is alive (docs/ops-health.md)."""
+
+    heartbeat_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds between two heartbeats of a task or batch worker; one silent for "
+        "3 of its heartbeats is shown stale.",
+    )
+    forget_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A worker silent this long is removed from the list of workers.",
+    )
+
+
+class HealthSettings(_OperationsGroup):
+    """The readiness checks and the worker census of the API and the CLI."""
+
+    timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="How long one check (store, Prefect API, Dask scheduler) may take before "
+        "it counts as failed.",
+    )
