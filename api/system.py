@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from prefect.client.orchestration import get_client
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 from api.auth import require_token
 from api.errors import error_responses
+from relay_settings import RelaySettings
 from store import status
-from store.db import get_engine
+from store.db import engine_for
+from tasks.health_checks import prefect_answers, store_answers, timed
 
 router = APIRouter(prefix="/api", tags=["system"])
 
@@ -34,33 +35,24 @@ class Queue(BaseModel):
     pools: dict[str, PoolQueue]
 
 
-def _database_ok() -> None:
-    with get_engine().connect() as connection:
-        connection.execute(text("SELECT 1"))
-
-
 @router.get(
     "/health",
     operation_id="getHealth",
-    summary="Database and Prefect API reachable?",
+    summary="Database and Prefect API reachable? (kept; /api/health/ready says more)",
     responses={
         200: {"model": Health, "description": "every dependency answers"},
         503: {"model": Health, "description": "a dependency is down"},
     },
 )
-async def health() -> JSONResponse:
-    checks: dict[str, str] = {}
-    try:
-        await run_in_threadpool(_database_ok)
-        checks["database"] = "ok"
-    except Exception as err:
-        checks["database"] = f"unreachable: {type(err).__name__}"
-    try:
-        async with get_client() as client:
-            problem = await client.api_healthcheck()
-        checks["prefect"] = "ok" if problem is None else f"unhealthy: {problem}"
-    except Exception as err:
-        checks["prefect"] = f"unreachable: {type(err).__name__}"
+async def health(request: Request) -> JSONResponse:
+    settings: RelaySettings = request.app.state.settings
+    timeout = settings.health.timeout_seconds
+    engine = engine_for(settings.database_url)
+    database, prefect = await asyncio.gather(
+        timed("store", lambda: store_answers(engine), timeout),
+        timed("prefect", prefect_answers, timeout),
+    )
+    checks = {"database": database.error or "ok", "prefect": prefect.error or "ok"}
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "degraded", **checks}
     return JSONResponse(body, status_code=200 if healthy else 503)
