@@ -10,6 +10,8 @@ Idempotent: running it twice changes nothing. Against the server at ``PREFECT_AP
 - saves the provider key pools of ``deployments/keys.yaml`` whose keys are set in the
   environment, and gives every key of every saved pool its Prefect rate limit (and
   concurrency limit);
+- keeps the automation that marks a flow run Crashed once its heartbeats stop
+  (deployments/deadruns.py);
 - with a Discord destination saved, keeps an automation that posts to it whenever any
   flow run fails or crashes.
 
@@ -32,6 +34,7 @@ from blocks.discord import DiscordDestination, redact_webhook_url
 from blocks.keys import ApiKeyPool, limits_for
 from blocks.prefect_sync import load_block
 from deployments.alerts import ensure_failure_alert
+from deployments.deadruns import ensure_dead_run_automation
 from relay_pools import Pool, Queue, load_pools
 from relay_settings import PROJECT_ROOT, get_settings
 
@@ -198,6 +201,7 @@ def bootstrap() -> list[tuple[str, str, str]]:
         report.append(("block", where, outcome))
     with get_client(sync_client=True) as client:
         report.extend(ensure_key_pools(client, dict(os.environ)))
+    report.extend(ensure_dead_run_automation())
     destination = load_destination(settings.discord.block)
     if destination is not None:
         report.extend(ensure_failure_alert(destination))
