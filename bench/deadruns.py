@@ -339,6 +339,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-deadruns-"))
     os.environ["RELAY_DATABASE_URL"] = f"sqlite:///{workdir / 'relay.db'}"
     os.environ["RELAY_DATA_DIR"] = str(workdir / "data")
+    # The temporary server's telemetry competes for its SQLite file (as in tests/conftest.py).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
     from deployments.bootstrap import bootstrap
