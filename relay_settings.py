@@ -235,6 +235,20 @@ class DiscordSettings(_Group):
     block: str = Field(
         default="relay-discord", description="Name of the Discord destination block to notify."
     )
+    admin_block: str = Field(
+        default="relay-discord-admin",
+        description="Discord destination block the admin statistics (relay-stats) go to; "
+        "nothing is posted while it does not exist.",
+    )
+    alerts_block: str = Field(
+        default="",
+        description="Discord destination block failed and crashed flow runs and "
+        "Alertmanager alerts go to (empty: the `block` above).",
+    )
+
+    def alerts_destination(self) -> str:
+        """The block alerts are posted to."""
+        return self.alerts_block or self.block
 
 
 GROUPS: tuple[str, ...] = (

@@ -7,7 +7,10 @@ import re
 from typing import Literal
 
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from blocks.prefect_sync import load_block
 
 Provider = Literal["openai", "stability", "minimax"]
 HOLD_SECONDS = 2.0  # a process spends a slot it took from Prefect within this long, or drops it
@@ -108,3 +111,17 @@ def limits_for(pool: ApiKeyPool) -> list[dict[str, object]]:
                 }
             )
     return specs
+
+
+def daily_quotas() -> dict[tuple[str, str], int | None]:
+    """Every saved key pool's keys with their daily quota: ``(provider, key name) ->
+    requests_per_day`` (None: no daily cap). Names and numbers only, never secrets."""
+    quotas: dict[tuple[str, str], int | None] = {}
+    with get_client(sync_client=True) as client:
+        documents = client.read_block_documents_by_type(ApiKeyPool.get_block_type_slug())
+    for document in documents:
+        if document.name is None:  # an anonymous block: no pool of Relay's
+            continue
+        pool = load_block(ApiKeyPool, document.name)
+        quotas |= {(pool.provider, key.name): key.requests_per_day for key in pool.keys}
+    return quotas

@@ -77,16 +77,23 @@ def _ensure_webhook_block(url: str) -> str:
 
 
 def _ensure_automation(block_id) -> str:
-    wanted = Automation(
-        name=ALERT_NAME,
-        description="Posts the failed or crashed flow run and its message to Discord.",
-        enabled=True,
-        trigger=failure_trigger(),
-        actions=[CallWebhook(block_document_id=block_id, payload=PAYLOAD)],
+    return ensure_automation(
+        Automation(
+            name=ALERT_NAME,
+            description="Posts the failed or crashed flow run and its message to Discord.",
+            enabled=True,
+            trigger=failure_trigger(),
+            actions=[CallWebhook(block_document_id=block_id, payload=PAYLOAD)],
+        )
     )
+
+
+def ensure_automation(wanted: Automation) -> str:
+    """Create the automation named ``wanted.name``, or bring it up to date (by name):
+    ``created``, ``updated`` or ``unchanged``."""
     try:
         # Prefect declares read's overloads async; from sync code it reads synchronously.
-        current = cast(Automation | None, Automation.read(name=ALERT_NAME))
+        current = cast(Automation | None, Automation.read(name=wanted.name))
     except ValueError:
         current = None
     if current is None:

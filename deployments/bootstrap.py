@@ -6,12 +6,17 @@ Idempotent: running it twice changes nothing. Against the server at ``PREFECT_AP
   queues in ``work-pools/pools.yaml``;
 - creates or updates the global concurrency / rate limits in ``deployments/quotas.yaml``;
 - registers Relay's block types and, when ``RELAY_DISCORD_WEBHOOK_URL`` is set, saves that
-  webhook as the Discord destination named by ``RELAY_DISCORD_BLOCK``;
+  webhook as the Discord destination named by ``RELAY_DISCORD_BLOCK`` (and likewise
+  ``RELAY_DISCORD_ADMIN_WEBHOOK_URL`` as ``RELAY_DISCORD_ADMIN_BLOCK``, the admin
+  statistics', and ``RELAY_DISCORD_ALERTS_WEBHOOK_URL`` as ``RELAY_DISCORD_ALERTS_BLOCK``);
 - saves the provider key pools of ``deployments/keys.yaml`` whose keys are set in the
   environment, and gives every key of every saved pool its Prefect rate limit (and
   concurrency limit);
-- with a Discord destination saved, keeps an automation that posts to it whenever any
-  flow run fails or crashes.
+- keeps the automation that marks a flow run Crashed once its heartbeats stop
+  (deployments/deadruns.py);
+- with an alerts destination saved (``RELAY_DISCORD_ALERTS_BLOCK``, else
+  ``RELAY_DISCORD_BLOCK``), keeps an automation that posts to it whenever any flow run
+  fails or crashes.
 
 Every line it prints says what it did: ``created``, ``updated`` or ``unchanged``.
 """
@@ -32,8 +37,9 @@ from blocks.discord import DiscordDestination, redact_webhook_url
 from blocks.keys import ApiKeyPool, limits_for
 from blocks.prefect_sync import load_block
 from deployments.alerts import ensure_failure_alert
+from deployments.deadruns import ensure_dead_run_automation
 from relay_pools import Pool, Queue, load_pools
-from relay_settings import PROJECT_ROOT, get_settings
+from relay_settings import PROJECT_ROOT, DiscordSettings, get_settings
 
 log = logging.getLogger("relay.bootstrap")
 QUOTAS_FILE = PROJECT_ROOT / "deployments" / "quotas.yaml"
@@ -116,6 +122,16 @@ def save_discord_destination(webhook_url: str, name: str) -> str:
     return "updated" if current is not None else "created"
 
 
+def destination_variables(discord: DiscordSettings) -> dict[str, str]:
+    """Which webhook variable is saved as which destination block (the alerts' only when
+    ``RELAY_DISCORD_ALERTS_BLOCK`` names a block of their own)."""
+    return {
+        "RELAY_DISCORD_WEBHOOK_URL": discord.block,
+        "RELAY_DISCORD_ADMIN_WEBHOOK_URL": discord.admin_block,
+        "RELAY_DISCORD_ALERTS_WEBHOOK_URL": discord.alerts_block,
+    }
+
+
 def load_destination(name: str) -> DiscordDestination | None:
     """The saved Discord destination, or None when there is none."""
     try:
@@ -191,14 +207,15 @@ def bootstrap() -> list[tuple[str, str, str]]:
             report.append(("limit", limit["name"], ensure_limit(client, limit)))
     for slug in register_blocks():
         report.append(("block type", slug, "registered"))
-    webhook = os.environ.get("RELAY_DISCORD_WEBHOOK_URL")
-    if webhook:
-        outcome = save_discord_destination(webhook, settings.discord.block)
-        where = f"{settings.discord.block} ({redact_webhook_url(webhook)})"
-        report.append(("block", where, outcome))
+    for variable, block in destination_variables(settings.discord).items():
+        webhook = os.environ.get(variable)
+        if webhook and block:
+            outcome = save_discord_destination(webhook, block)
+            report.append(("block", f"{block} ({redact_webhook_url(webhook)})", outcome))
     with get_client(sync_client=True) as client:
         report.extend(ensure_key_pools(client, dict(os.environ)))
-    destination = load_destination(settings.discord.block)
+    report.extend(ensure_dead_run_automation())
+    destination = load_destination(settings.discord.alerts_destination())
     if destination is not None:
         report.extend(ensure_failure_alert(destination))
     return report

@@ -16,6 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from deployments.deadruns import HEARTBEAT_ENV, HEARTBEAT_SECONDS
+
 log = logging.getLogger("relay.serve")
 
 
@@ -39,8 +41,13 @@ def serve_deployments() -> None:
 def served_flows(wait_for: str, limit: float = 120.0) -> Iterator[subprocess.Popen]:
     """Run ``python -m cli serve`` against the current API while the block runs;
     returns once deployment ``wait_for`` exists (or the time limit passed)."""
-    # Poll the local server every second: submissions start within ~1 s, not 10.
-    env = {"PREFECT_RUNNER_POLL_FREQUENCY": "1", **os.environ}
+    # Poll the local server every second: submissions start within ~1 s, not 10. Runs beat
+    # as the pools' runs do: a batch's worker runs are tagged for the dead-run automation.
+    env = {
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        **os.environ,
+        HEARTBEAT_ENV: str(HEARTBEAT_SECONDS),
+    }
     process = subprocess.Popen([sys.executable, "-m", "cli", "serve"], env=env)
     try:
         wait_for_deployment(wait_for, process, limit)

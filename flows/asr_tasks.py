@@ -18,6 +18,7 @@ from functools import partial
 from prefect import runtime as prefect_runtime
 from prefect import tags
 
+from flows.dead_runs import crash_silent_runs
 from flows.deferred import serve_warm
 from flows.pool_tasks import PoolTask, pool_task
 from relay_pools import get_pool
@@ -30,6 +31,7 @@ from tasks.callbacks import deliver_due
 log = logging.getLogger("relay.asr")
 
 MAINTENANCE_SECONDS = 15.0
+LEASE_RAN_OUT = "its lease ran out: the process running it is presumed dead; taken over"
 
 
 def run_job(
@@ -94,15 +96,18 @@ def maintain(pool: str) -> None:
 
 
 def recover_stranded(pool: str) -> list[str]:
-    """Run again the pool's jobs whose task worker died (their lease ran out). Several
-    workers may look at once; each job is taken by one. Returns the jobs taken."""
+    """Run again the pool's jobs whose worker died (their lease ran out): a task worker's,
+    or a deployment run's flow-run process. Several workers may look at once; each job is
+    taken by one. Returns the jobs taken."""
     seconds = get_settings().job.lease_seconds
     taken = []
     for job_id in jobs.expired(pool):
         lease = jobs.take_over(job_id, process_owner(), seconds)
         job = jobs.get_job(job_id) if lease else None
         if lease and job:
-            log.warning("job %s lost its task worker; running it again", job_id)
+            log.warning("job %s lost its worker; running it again", job_id)
+            if job.flow_run_id:  # what the dead process left Running in the Prefect UI
+                crash_silent_runs(job.flow_run_id, f"job {job_id}: {LEASE_RAN_OUT}")
             pool_task(pool).dispatch(
                 job_id=job_id,
                 source=job.source_path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal, cast
 
@@ -16,6 +17,7 @@ from flows.chunks import transcribe_chunks
 from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_heartbeat
 from relay_settings import get_settings
 from store import jobs
+from store.leases import process_owner, renewal_interval, renewing
 from store.models import CallbackSubject, JobStatus
 from tasks.asr import AsrOptions, JobOptions
 from tasks.callbacks import deliver_now
@@ -84,8 +86,8 @@ def transcribe(
     """Transcribe one audio or video file; the job ends completed, or failed with a reason.
 
     ``lease_token`` (set by a task worker, which holds the job's lease) fences the job's
-    final write: once another worker has taken the job over, this run records nothing and
-    announces nothing."""
+    writes: once another worker has taken the job over, this run records nothing and
+    announces nothing. Without one the run takes the job's lease itself."""
     settings = get_settings()
     started = time.perf_counter()
     given = JobOptions(
@@ -100,18 +102,36 @@ def transcribe(
     )
     options = AsrOptions.from_settings(settings, given)
     job = jobs.create_job(source, Path(source).name, job_id, settings.work_pool or None)
+    if lease_token is not None:  # the task worker running it holds the lease and renews it
+        return _transcribe(job.id, source, options, lease_token, started)
+    # A deployment run (or a command line's) holds the job's lease itself, renewed while it
+    # runs: if its process dies with its worker, the lease runs out and a task worker of the
+    # pool runs the job again (flows/asr_tasks.py; docs/ops-deadruns.md).
+    seconds = settings.job.lease_seconds
+    lease = jobs.take_for_run(job.id, process_owner(), seconds)
+    if lease is None:
+        return _not_recorded(job.id, folder=None)
+    renew = partial(jobs.renew, job.id, lease, seconds)
+    with renewing(renew, renewal_interval(seconds), f"job {job.id}"):
+        return _transcribe(job.id, source, options, lease.token, started)
 
+
+def _transcribe(
+    job_id: str, source: str, options: AsrOptions, lease_token: str, started: float
+) -> TranscriptionOutcome | State:
+    """The flow's work, once the run holds the job's lease (``lease_token``)."""
+    settings = get_settings()
     name = Path(source).name
     probed = probe_media(source, settings.max_audio_seconds, return_state=True)
     if probed.is_failed():
-        return _fail(job.id, name, probed.message, folder=None, token=lease_token)
+        return _fail(job_id, name, probed.message, folder=None, token=lease_token)
     # A State the task returned became its own; a completed one holds the MediaInfo.
     info = cast(MediaInfo, probed.result())
 
-    folder = f"{settings.data_dir.rstrip('/')}/jobs/{job.id}"
-    if not jobs.start_job(job.id, runtime.flow_run.get_id(), info.duration, folder, lease_token):
-        return _not_recorded(job.id, folder=None)
-    _notify(JobEvent("started", job.id, name, duration_seconds=info.duration))
+    folder = f"{settings.data_dir.rstrip('/')}/jobs/{job_id}"
+    if not jobs.start_job(job_id, runtime.flow_run.get_id(), info.duration, folder, lease_token):
+        return _not_recorded(job_id, folder=None)
+    _notify(JobEvent("started", job_id, name, duration_seconds=info.duration))
     split_options = SplitOptions(
         settings.chunk.target_seconds,
         settings.chunk.search_seconds,
@@ -124,16 +144,16 @@ def transcribe(
     # The file is split while it decodes: its first chunks are transcribed meanwhile.
     runner = chunk_task_runner(planned_count(info.duration, split_options))
     with without_prefect_heartbeat():  # this flow's own heartbeat covers its subflow
-        mapped = transcribe_chunks.with_options(task_runner=runner)(job.id, [], options, plan)
+        mapped = transcribe_chunks.with_options(task_runner=runner)(job_id, [], options, plan)
     if mapped.split_error:
-        return _fail(job.id, name, mapped.split_error, folder, token=lease_token)
-    if jobs.is_cancelled(job.id):
+        return _fail(job_id, name, mapped.split_error, folder, token=lease_token)
+    if jobs.is_cancelled(job_id):
         _remove(folder)
         return Cancelled(message="cancelled by a user")
     chunks, results = mapped.chunks, mapped.results
     if mapped.failures:
         return _fail(
-            job.id,
+            job_id,
             name,
             f"{len(mapped.failures)} of {len(chunks)} chunks failed: " + "; ".join(mapped.failures),
             folder,
@@ -149,19 +169,19 @@ def transcribe(
         "transcribe_seconds": round(asr_done - prepared, 3),
         "model_seconds": round(sum(r.asr_seconds for r in results), 3),
     }
-    if not jobs.holds_lease(job.id, lease_token):  # another run writes this folder now
-        return _not_recorded(job.id, folder=None)
+    if not jobs.holds_lease(job_id, lease_token):  # another run writes this folder now
+        return _not_recorded(job_id, folder=None)
     files = store_transcript(replace(transcript, timings=timings), folder)
     timings["total_seconds"] = round(time.perf_counter() - started, 3)
-    if not jobs.complete_job(job.id, transcript.language, options.model, token=lease_token):
-        return _not_recorded(job.id, folder)
+    if not jobs.complete_job(job_id, transcript.language, options.model, token=lease_token):
+        return _not_recorded(job_id, folder)
     if not settings.keep_chunks:
         _remove(f"{folder}/chunks")
-    _summary_artifact(job.id, name, transcript, timings, len(chunks))
+    _summary_artifact(job_id, name, transcript, timings, len(chunks))
     _notify(
         JobEvent(
             "completed",
-            job.id,
+            job_id,
             name,
             duration_seconds=duration,
             language=transcript.language,
@@ -170,7 +190,7 @@ def transcribe(
         )
     )
     return TranscriptionOutcome(
-        job.id, transcript.text, transcript.language, duration, files, timings
+        job_id, transcript.text, transcript.language, duration, files, timings
     )
 
 
@@ -199,6 +219,8 @@ def _not_recorded(job_id: str, folder: str | None) -> State:
         if folder:
             _remove(folder)
         return Cancelled(message="cancelled by a user")
+    if job.status in jobs.FINAL_STATES:
+        return Cancelled(message=f"job {job_id} had already ended {job.status}; nothing recorded")
     message = f"job {job_id} was taken over by another worker; this run recorded nothing"
     print(message)
     return Cancelled(message=message)

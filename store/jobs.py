@@ -244,6 +244,15 @@ def start_run(job_id: str, token: str | None, owner: str, seconds: float) -> Lea
         return held.get(job_id)
 
 
+def take_for_run(job_id: str, owner: str, seconds: float) -> Lease | None:
+    """A run that was not handed the job's lease (a deployment run, a flow called from the
+    command line) holds the job while it runs: it takes the lease unless a live one holds
+    it. None then, or when the job is finished."""
+    with get_engine().begin() as connection:
+        taken = leases.claim(connection, JOB_LEASES, JOB_LEASES.key == job_id, owner, seconds)
+        return taken.lease if taken.rows else None
+
+
 def renew(job_id: str, lease: Lease, seconds: float) -> bool:
     """The coordinator lives on: extend its lease; False once it is no longer the job's."""
     with get_engine().begin() as connection:

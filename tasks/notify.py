@@ -124,22 +124,49 @@ def job_message(event: JobEvent) -> WebhookMessage:
 @task(name="notify-discord", retries=0, cache_policy=NO_CACHE, persist_result=False)
 def notify_job(block_name: str, event: JobEvent) -> DeliveryResult:
     """Post ``event`` to the ``DiscordDestination`` block ``block_name``; never raises."""
+    destination = load_destination(block_name, f"job {event.job_id}")
+    if isinstance(destination, DeliveryResult):
+        return destination
+    _take_rate_slot()
+    return deliver(destination, event)
+
+
+def load_destination(block_name: str, label: str) -> DiscordDestination | DeliveryResult:
+    """The ``DiscordDestination`` block, or the result to report instead of posting:
+    ``SKIPPED`` when there is none, ``REJECTED`` when it is invalid, ``GAVE_UP`` when it
+    could not be read (the Prefect API unreachable). Never raises."""
     try:
-        destination = load_block(DiscordDestination, block_name)
+        return load_block(DiscordDestination, block_name)
     except ValueError:
         reason = f"no Discord destination '{block_name}' configured"
-        logger.info("job %s: %s; not notifying", event.job_id, reason)
+        logger.info("%s: %s; not posting", label, reason)
         return DeliveryResult(DeliveryOutcome.SKIPPED, reason=reason)
     except Exception as exc:
         reason = f"could not load Discord destination '{block_name}': {_load_failure(exc)}"
-        logger.warning("job %s: %s", event.job_id, reason)
+        logger.warning("%s: %s", label, reason)
         # An invalid block (its host no longer allowed, ...) needs fixing; anything else
         # (the Prefect API unreachable) may pass.
         invalid = isinstance(exc.__cause__, ValidationError)
         outcome = DeliveryOutcome.REJECTED if invalid else DeliveryOutcome.GAVE_UP
         return DeliveryResult(outcome, reason=reason)
+
+
+def post_to_destination(
+    block_name: str, messages: list[WebhookMessage], label: str, max_attempts: int = 4
+) -> DeliveryResult:
+    """Post ``messages`` to the destination block ``block_name`` as it says (name, avatar,
+    thread), whatever its job events; never raises (admin statistics, alerts)."""
+    destination = load_destination(block_name, label)
+    if isinstance(destination, DeliveryResult):
+        return destination
     _take_rate_slot()
-    return deliver(destination, event)
+    sender = Sender(
+        username=destination.username,
+        avatar_url=destination.avatar_url,
+        thread_id=destination.thread_id,
+    )
+    url = destination.webhook_url.get_secret_value()
+    return post_messages(url, messages, sender=sender, max_attempts=max_attempts, label=label)
 
 
 DISCORD_RATE_LIMIT = "discord-webhook"  # created by `make bootstrap` from deployments/quotas.yaml

@@ -284,7 +284,7 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
         f"/api/transcriptions/{job.id}/transcript", params={"format": "json"}, headers=AUTH
     ).json()
     assert all(segment["words"] for segment in transcript["segments"])  # its own options
-    assert f"job {job.id} lost its task worker" in task_worker.read_text()
+    assert f"job {job.id} lost its worker" in task_worker.read_text()
 
 
 # The one Dask worker runs in this process (processes=False): it records into this list.

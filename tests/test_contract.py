@@ -19,7 +19,10 @@ import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from blocks.discord import DiscordDestination
 from tests.audio import DATA, ROOT
+from tests.environ import environment
+from tests.fake_discord import FakeDiscord
 from tests.pg import create_database, drop_database
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -43,7 +46,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+def alerts_discord() -> Iterator[FakeDiscord]:
+    """The alerts destination POST /api/alerts posts to: a fake Discord, saved as a block."""
+    with FakeDiscord() as fake, environment({"RELAY_WEBHOOK_ALLOWED_HOSTS": fake.host}):
+        DiscordDestination(webhook_url=fake.url_for()).save("contract-alerts", overwrite=True)
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, alerts_discord) -> Iterator[tuple[str, dict[str, str]]]:
     """``python -m cli api`` on a fresh PostgreSQL database holding one video batch."""
     name, url = create_database("relay_contract")
     data = tmp_path_factory.mktemp("contract")
@@ -58,6 +69,8 @@ def api(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
         "RELAY_DATA_DIR": str(data),
         "RELAY_SOURCE_ROOTS": str(inbox),
         "RELAY_API_TOKEN": TOKEN,
+        "RELAY_DISCORD_ALERTS_BLOCK": "contract-alerts",
+        "RELAY_WEBHOOK_ALLOWED_HOSTS": alerts_discord.host,
         "RELAY_API_PORT": str(port),
         "RELAY_TRANSCRIBE_VIA": "task-worker",  # a job is a real task run, left queued
         "RELAY_CONTRACT_MEDIA": str(inbox / "weather.mp3"),

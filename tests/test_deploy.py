@@ -194,6 +194,12 @@ def test_prefect_yaml_deploys_every_flow_to_its_pool():
     [nightly] = batch.schedules
     assert isinstance(nightly.schedule, CronSchedule)
     assert (nightly.slug, nightly.schedule.cron, nightly.active) == ("nightly", "0 2 * * *", True)
+    with get_client(sync_client=True) as client:
+        admin = client.read_deployment_by_name("relay-stats/admin")
+    [hourly] = admin.schedules  # a slug and no `active:`: edits in the UI survive a redeploy
+    assert isinstance(hourly.schedule, CronSchedule)
+    assert (hourly.slug, hourly.schedule.cron, hourly.active) == ("hourly", "0 * * * *", True)
+    assert (admin.work_pool_name, admin.parameters) == ("batch-video", {"hours": 1})
 
 
 def test_a_schedule_paused_in_the_ui_stays_paused_after_a_redeploy(env):

@@ -22,6 +22,8 @@ SETTINGS = RelaySettings.environment_names()
 # RELAY_* variables that are not settings fields, with the file that reads each directly.
 READ_DIRECTLY = {
     "RELAY_DISCORD_WEBHOOK_URL": "deployments/bootstrap.py",
+    "RELAY_DISCORD_ADMIN_WEBHOOK_URL": "deployments/bootstrap.py",
+    "RELAY_DISCORD_ALERTS_WEBHOOK_URL": "deployments/bootstrap.py",
     **{
         f"RELAY_{provider}_KEY_{which}": "deployments/keys.yaml"
         for provider, which in [

@@ -35,6 +35,8 @@ EARLIER_NAMES = {
     "RELAY_BOT_DELIVERY_ATTEMPTS": ("5", lambda s: s.bot.delivery_attempts),
     "RELAY_WEBHOOK_ALLOWED_HOSTS": ("127.0.0.1:1", lambda s: s.webhook.allowed_hosts),
     "RELAY_DISCORD_BLOCK": ("elsewhere", lambda s: s.discord.block),
+    "RELAY_DISCORD_ADMIN_BLOCK": ("admins", lambda s: s.discord.admin_block),
+    "RELAY_DISCORD_ALERTS_BLOCK": ("on-call", lambda s: s.discord.alerts_block),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
     "RELAY_ASR_VAD_FILTER": ("true", lambda s: s.asr.vad_filter),
     "RELAY_CHUNK_SEARCH_SECONDS": ("15.5", lambda s: s.chunk.search_seconds),

@@ -1,0 +1,55 @@
+"""Flow runs a dead process left Running that no heartbeat watches.
+
+Prefect's dead-run automation (deployments/deadruns.py) crashes a deployment run whose
+heartbeats stop. Runs that never beat stay Running after their process died: the chunk
+subflow (its heartbeat is off, flows/runtime.py) and the ``transcribe`` run of a task
+worker (the job's lease is its heartbeat). Relay learns that their process died when the
+job's lease runs out; the recovery that takes the job over marks them Crashed here, so the
+Prefect UI stops showing work that nobody does.
+"""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.states import Crashed
+
+log = logging.getLogger("relay.dead_runs")
+UNFINISHED = [StateType.RUNNING, StateType.PENDING]
+
+
+def crash_silent_runs(flow_run_id: str, reason: str) -> list[str]:
+    """Mark Crashed the unfinished subflow runs of ``flow_run_id``, and the run itself
+    unless it is a deployment run (the dead-run automation crashes those when their
+    heartbeats stop). Returns the ids marked; never raises (recovery goes on without it)."""
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run_id))
+            children = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED)),
+                )
+            )
+            silent = [child for child in children if not child.deployment_id]
+            if run.deployment_id is None and _unfinished(run):
+                silent.append(run)
+            for found in silent:
+                client.set_flow_run_state(found.id, Crashed(message=reason), force=True)
+    except Exception as err:  # the Prefect API unreachable, the run deleted: nothing to tidy
+        log.warning("could not mark the runs of %s Crashed: %s", flow_run_id, err)
+        return []
+    return [str(found.id) for found in silent]
+
+
+def _unfinished(run: FlowRun) -> bool:
+    return run.state_type in UNFINISHED
