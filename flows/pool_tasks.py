@@ -49,6 +49,12 @@ class RunCounter:
         with self._lock:
             return self._running
 
+    def __reduce__(self) -> tuple[type[RunCounter], tuple[()]]:
+        # The pool's task function closes over its counter, and Prefect ships the running
+        # task (context included) with every chunk it hands to Dask: a counter arrives
+        # there new, since what it counts is this process's runs (and a lock cannot travel).
+        return (RunCounter, ())
+
 
 @dataclass(frozen=True)
 class PoolTask:

@@ -138,3 +138,17 @@ def test_a_chat_worker_takes_chat_runs_old_and_new_and_never_a_media_run(chat_wo
     assert "registry-media-1" not in chat_worker.read_text()
     with get_client(sync_client=True) as client:
         client.delete_task_run(UUID(media))  # no later bot-media worker of this session sees it
+
+
+def test_a_pools_task_travels_to_dask_with_its_run_counter():
+    """Prefect ships the running task, context included, with every chunk it hands to Dask;
+    the task's function closes over the pool's run counter (its lock cannot be pickled)."""
+    import cloudpickle
+
+    from flows.pool_tasks import pool_task
+
+    served = pool_task("asr-cpu")
+    with served.running:
+        copy = cloudpickle.loads(cloudpickle.dumps(served.task))
+        assert served.running.count() == 1
+    assert copy.name == served.task.name and copy.task_key == served.task.task_key
