@@ -93,6 +93,7 @@ class ApiSettings(_Group):
     access_log: bool = Field(
         default=True, description="Log one line per API request (uvicorn's access log)."
     )
+    workers: int = Field(default=1, ge=1, description="API processes (metrics: multiprocess).")
 
 
 class TranscribeSettings(_Group):
@@ -227,6 +228,23 @@ class DiscordSettings(_Group):
     )
 
 
+class MetricsSettings(_Group):
+    """Prometheus metrics of the API and the task workers (docs/ops-metrics.md)."""
+
+    token: SecretStr = Field(default=SecretStr(""), description="Bearer token for /metrics.")
+    http: bool = Field(default=True, description="The API's per-route request metrics.")
+    worker_port: int = Field(
+        default=0, ge=0, le=65535, description="A task worker's /metrics port (0: none)."
+    )
+    worker_host: str = Field(default="127.0.0.1", description="Where it binds.")
+    multiproc_dir: str = Field(
+        default="", description="API processes' metric files (default .relay/metrics/api-PORT)."
+    )
+    prefect_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=30, description="A scrape's wait for Prefect before skipping it."
+    )
+
+
 GROUPS: tuple[str, ...] = (
     "asr",
     "chunk",
@@ -239,6 +257,7 @@ GROUPS: tuple[str, ...] = (
     "webhook",
     "callback",
     "discord",
+    "metrics",
 )
 
 
@@ -306,6 +325,7 @@ class RelaySettings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     callback: CallbackSettings = Field(default_factory=CallbackSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="before")
     @classmethod

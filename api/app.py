@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import batches, bot, contract, errors, system, transcriptions
+from api import batches, bot, contract, errors, metrics, system, transcriptions
 from api.submit import Dispatchers, close_app_prefect_client
 from api.uploads import UploadLimit
 from relay_settings import RelaySettings, get_settings
@@ -25,6 +25,7 @@ def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> Fast
         await run_in_threadpool(get_engine)  # migrations run before the first request
         yield
         await close_app_prefect_client(app.state)
+        gauges.prefect.close()
 
     app = FastAPI(
         title="Relay",
@@ -41,5 +42,9 @@ def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> Fast
     app.include_router(batches.router)
     app.include_router(bot.router)
     app.include_router(system.router)
+    # HOOK(store/workers.py, issue 15): give the live workers' heartbeats here for
+    # relay_worker_last_seen_seconds, as (kind, pool, host, last_seen_at) rows, e.g.
+    # workers=lambda: ((w.kind, w.pool, w.host, w.last_seen_at) for w in workers.live()).
+    gauges = metrics.install(app, settings, workers=None)
     contract.install(app)
     return app

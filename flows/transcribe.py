@@ -17,6 +17,7 @@ from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_he
 from relay_settings import get_settings
 from store import jobs
 from store.models import CallbackSubject, JobStatus
+from tasks import metrics
 from tasks.asr import AsrOptions, JobOptions
 from tasks.callbacks import deliver_now
 from tasks.discord_webhook import DeliveryOutcome
@@ -42,14 +43,15 @@ class TranscriptionOutcome:
 # Prefect calls state hooks as hook(flow=..., flow_run=..., state=...).
 def _record_crash(flow, flow_run, state: State) -> None:  # noqa: ARG001
     """The run's process died (or never started the flow): the job must not stay running."""
-    if job_id := (flow_run.parameters or {}).get("job_id"):
-        jobs.fail_job(job_id, f"the flow run crashed: {state.message or 'no reason given'}")
+    reason = f"the flow run crashed: {state.message or 'no reason given'}"
+    if (job_id := (flow_run.parameters or {}).get("job_id")) and jobs.fail_job(job_id, reason):
+        _count_end(job_id, metrics.TranscriptionOutcome.FAILED)
 
 
 def _record_cancellation(flow, flow_run, state: State) -> None:  # noqa: ARG001
     """Cancelled from the Prefect UI or the API: the job says so too."""
-    if job_id := (flow_run.parameters or {}).get("job_id"):
-        jobs.cancel_job(job_id)
+    if (job_id := (flow_run.parameters or {}).get("job_id")) and jobs.cancel_job(job_id):
+        _count_end(job_id, metrics.TranscriptionOutcome.CANCELLED)
 
 
 def _call_back(flow, flow_run, state: State) -> None:  # noqa: ARG001
@@ -155,6 +157,12 @@ def transcribe(
     timings["total_seconds"] = round(time.perf_counter() - started, 3)
     if not jobs.complete_job(job.id, transcript.language, options.model, token=lease_token):
         return _not_recorded(job.id, folder)
+    metrics.transcription_ended(
+        job.work_pool,
+        metrics.TranscriptionOutcome.COMPLETED,
+        audio_seconds=duration,
+        working_seconds=timings["total_seconds"],
+    )
     if not settings.keep_chunks:
         _remove(f"{folder}/chunks")
     _summary_artifact(job.id, name, transcript, timings, len(chunks))
@@ -181,10 +189,17 @@ def _fail(
     reason = reason or "unknown error"
     if not jobs.fail_job(job_id, reason, token=token):
         return _not_recorded(job_id, folder)
+    _count_end(job_id, metrics.TranscriptionOutcome.FAILED)
     if folder:
         _remove(folder)
     _notify(JobEvent("failed", job_id, name, error=reason))
     return Failed(message=reason)
+
+
+def _count_end(job_id: str, outcome: metrics.TranscriptionOutcome) -> None:
+    """This process ended the job: count it under the job's pool."""
+    job = jobs.get_job(job_id)
+    metrics.transcription_ended(job.work_pool if job else None, outcome)
 
 
 def _not_recorded(job_id: str, folder: str | None) -> State:

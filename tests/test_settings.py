@@ -59,9 +59,20 @@ EARLIER_NAMES = {
     "RELAY_CALLBACK_TIMEOUT_SECONDS": ("2.5", lambda s: s.callback.timeout_seconds),
     "RELAY_CALLBACK_BACKOFF_SECONDS": ("1.5", lambda s: s.callback.backoff_seconds),
     "RELAY_CALLBACK_BACKOFF_MAX_SECONDS": ("60.5", lambda s: s.callback.backoff_max_seconds),
+    "RELAY_API_WORKERS": ("3", lambda s: s.api.workers),
+    "RELAY_METRICS_HTTP": ("false", lambda s: s.metrics.http),
+    "RELAY_METRICS_WORKER_PORT": ("9101", lambda s: s.metrics.worker_port),
+    "RELAY_METRICS_WORKER_HOST": ("0.0.0.0", lambda s: s.metrics.worker_host),
+    "RELAY_METRICS_MULTIPROC_DIR": ("/tmp/relay-metrics", lambda s: s.metrics.multiproc_dir),
+    "RELAY_METRICS_PREFECT_TIMEOUT_SECONDS": ("1.5", lambda s: s.metrics.prefect_timeout_seconds),
 }
 # Checked by the secrets test below.
-SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY", "RELAY_CALLBACK_SIGNING_KEY"}
+SECRETS = {
+    "RELAY_API_TOKEN",
+    "RELAY_SECRET_KEY",
+    "RELAY_CALLBACK_SIGNING_KEY",
+    "RELAY_METRICS_TOKEN",
+}
 
 
 def test_every_setting_is_in_the_list_above():
@@ -81,12 +92,14 @@ def test_secrets_are_secret_strings_that_never_print():
         "RELAY_API_TOKEN": "tok-123",
         "RELAY_SECRET_KEY": "key-456",
         "RELAY_CALLBACK_SIGNING_KEY": "whsec_c2lnbi03ODk=",
+        "RELAY_METRICS_TOKEN": "scrape-012",
     }
     with environment(secrets) as settings:
         assert isinstance(settings.api.token, SecretStr)
         assert settings.api.token.get_secret_value() == "tok-123"
         assert settings.secret_key.get_secret_value() == "key-456"
         assert settings.callback.signing_key.get_secret_value() == "whsec_c2lnbi03ODk="
+        assert settings.metrics.token.get_secret_value() == "scrape-012"
         shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert not any(value in shown for value in secrets.values())
 
