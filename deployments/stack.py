@@ -41,6 +41,13 @@ PG_ADMIN = os.environ.get("RELAY_STACK_PG_ADMIN", "postgresql://postgres@127.0.0
 PREFECT_PORT = int(os.environ.get("RELAY_STACK_PREFECT_PORT", "4200"))
 DASK_PORT = int(os.environ.get("RELAY_STACK_DASK_PORT", "8786"))
 DASK_WORKERS = int(os.environ.get("RELAY_STACK_DASK_WORKERS", "2"))
+# HTTP ports of the stack's processes, each its own (docs/ops-metrics.md): the Dask scheduler
+# and workers serve /metrics and /health; the Prefect process workers /health
+# (--with-healthcheck); the task workers /metrics. The n-th process of a kind gets base + n.
+DASK_HTTP_PORT = int(os.environ.get("RELAY_STACK_DASK_HTTP_PORT", "8787"))
+DASK_WORKER_HTTP_PORT = int(os.environ.get("RELAY_STACK_DASK_WORKER_HTTP_PORT", "8790"))
+PROCESS_WORKER_HEALTH_PORT = int(os.environ.get("RELAY_STACK_WORKER_HEALTH_PORT", "8180"))
+TASK_WORKER_METRICS_PORT = int(os.environ.get("RELAY_STACK_TASK_METRICS_PORT", "9110"))
 TRANSCRIPTIONS_PER_HOST = 2  # process worker --limit on the asr pools
 TASK_LIMITS = {"bot-media": 8}  # task worker --limit where it differs from the registry's
 BIN = Path(sys.executable).parent
@@ -74,22 +81,56 @@ def stack_env() -> dict[str, str]:
     }
 
 
-def task_worker_command(pool: str, limit: int) -> list[str]:
-    """The command of a pool's task worker."""
-    return [sys.executable, "-m", "cli", "worker", "--pool", pool, "--limit", str(limit)]
+def task_worker_command(pool: str, limit: int, metrics_port: int = 0) -> list[str]:
+    """The command of a pool's task worker (its /metrics on ``metrics_port``; 0: none)."""
+    return [sys.executable, "-m", "cli", "worker", "--pool", pool, "--limit", str(limit),
+            "--metrics-port", str(metrics_port)]  # fmt: skip
 
 
-def dask_scheduler_command(port: int) -> list[str]:
-    """The stack's Dask scheduler on 127.0.0.1:``port``."""
+def process_worker_command(pool: str, limit: int) -> list[str]:
+    """A pool's Prefect process worker, with Prefect's /health (``process_worker_env``)."""
+    prefect = str(BIN / "prefect")
+    return [prefect, "worker", "start", "--pool", pool, "--type", "process", "--limit",
+            str(limit), "--with-healthcheck"]  # fmt: skip
+
+
+def process_worker_env(env: dict[str, str], health_port: int) -> dict[str, str]:
+    """Where a process worker's /health listens: 200 while it polls Prefect for runs,
+    503 once it has not for 30 polls. Prefect's default (0.0.0.0:8080) would be shared."""
+    return {
+        **env,
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+        "PREFECT_WORKER_WEBSERVER_PORT": str(health_port),
+    }
+
+
+def dask_scheduler_command(port: int, http_port: int = DASK_HTTP_PORT) -> list[str]:
+    """The stack's Dask scheduler on 127.0.0.1:``port``, its /metrics on ``http_port``."""
     dask = str(BIN / "dask")
-    return [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]
+    return [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
+            "--dashboard-address", f"127.0.0.1:{http_port}"]  # fmt: skip
 
 
-def dask_workers_command(port: int, workers: int) -> list[str]:
-    """The stack's Dask workers: single-threaded processes that preload the model."""
+def dask_workers_command(port: int, workers: int, http_port: int = 0) -> list[str]:
+    """The stack's Dask workers: single-threaded processes that preload the model, serving
+    /metrics on ``http_port`` (one worker per command then; 0: a free port each)."""
     dask, address = str(BIN / "dask"), f"tcp://127.0.0.1:{port}"
     return [dask, "worker", address, "--nworkers", str(workers), "--nthreads", "1",
-            "--no-dashboard", "--preload", "deployments.dask_preload"]  # fmt: skip
+            "--no-dashboard", "--dashboard-address", f"127.0.0.1:{http_port}",
+            "--preload", "deployments.dask_preload"]  # fmt: skip
+
+
+def scrape_targets() -> dict[str, list[str]]:
+    """What Prometheus scrapes on the stack, by job (docs/ops-metrics.md)."""
+    task_pools = [pool for pool in pools_here() if pool.task is not None]
+    return {
+        "relay-api": [f"127.0.0.1:{os.environ.get('RELAY_API_PORT', '8000')}"],
+        "relay-task-workers": [
+            f"127.0.0.1:{TASK_WORKER_METRICS_PORT + i}" for i in range(len(task_pools))
+        ],
+        "dask-scheduler": [f"127.0.0.1:{DASK_HTTP_PORT}"],
+        "dask-workers": [f"127.0.0.1:{DASK_WORKER_HTTP_PORT + i}" for i in range(DASK_WORKERS)],
+    }
 
 
 def ensure_databases(names: tuple[str, ...] = ("relay_prefect", "relay")) -> None:
@@ -186,7 +227,9 @@ def up() -> int:
         pids,
     )
     start("dask-scheduler", dask_scheduler_command(DASK_PORT), env, pids)
-    start("dask-workers", dask_workers_command(DASK_PORT, DASK_WORKERS), env, pids)
+    for index in range(DASK_WORKERS):  # one process each: its /metrics on a port of its own
+        command = dask_workers_command(DASK_PORT, 1, DASK_WORKER_HTTP_PORT + index)
+        start(f"dask-worker-{index}", command, env, pids)
     wait_http(f"http://127.0.0.1:{PREFECT_PORT}/api/health", "the Prefect server")
     subprocess.run(
         [sys.executable, "-m", "cli", "bootstrap"], cwd=PROJECT_ROOT, env=env, check=True
@@ -198,30 +241,16 @@ def up() -> int:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    for pool in pools_here():
+    for index, pool in enumerate(pools_here()):
         limit = TRANSCRIPTIONS_PER_HOST if pool.workload is Workload.TRANSCRIPTION else 4
-        start(
-            f"worker-{pool.name}",
-            [
-                str(BIN / "prefect"),
-                "worker",
-                "start",
-                "--pool",
-                pool.name,
-                "--type",
-                "process",
-                "--limit",
-                str(limit),
-            ],
-            env,
-            pids,
-        )
-    for pool in pools_here():
-        if pool.task is None:
-            continue
+        worker_env = process_worker_env(env, PROCESS_WORKER_HEALTH_PORT + index)
+        start(f"worker-{pool.name}", process_worker_command(pool.name, limit), worker_env, pids)
+    task_pools = [pool for pool in pools_here() if pool.task is not None]
+    for index, pool in enumerate(task_pools):  # the order scrape_targets() lists them in
         # bot-media answers wait on slow providers: 8 at once per host is plenty here.
-        limit = TASK_LIMITS.get(pool.name, pool.task.limit)
-        start(f"tasks-{pool.name}", task_worker_command(pool.name, limit), env, pids)
+        limit = TASK_LIMITS.get(pool.name, pool.task.limit if pool.task else 1)
+        command = task_worker_command(pool.name, limit, TASK_WORKER_METRICS_PORT + index)
+        start(f"tasks-{pool.name}", command, env, pids)
     start("api", [sys.executable, "-m", "cli", "api"], env, pids)
     wait_dask_workers(DASK_WORKERS)
     for name in pids:  # a submission made before its task worker listens waits for it
