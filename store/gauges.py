@@ -2,20 +2,19 @@
 keys' use today and the newest video batch, in a handful of grouped reads.
 
 Every read is a GROUP BY over an indexed column or a lookup by key (the plans are in
-docs/ops-metrics.md), on one autocommit connection: a scrape costs a few round trips
-whatever the tables hold, and the counts by state are index-only scans.
+docs/ops-metrics.md), in one read transaction: a scrape costs the same few statements
+whatever the tables hold; only the counts by state grow with the tables (index-only scans).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import Float, case, func, literal, select, union_all
-from sqlalchemy.engine import Connection
+from sqlalchemy import Float, bindparam, case, func, literal, select, text, union_all
 
-from store.db import reader
+from store.db import get_engine
 from store.models import (
     ApiKeyState,
     BotRequest,
@@ -62,82 +61,77 @@ def key_scope(provider: str, key: str) -> str:
     return f"key:{provider}:{key}"
 
 
+# Built once: a scrape only runs them (SQLAlchemy's compiled cache does the rest).
+_BY_STATE = union_all(
+    *(
+        select(literal(workload), table.c.status, func.count()).group_by(table.c.status)
+        for workload, table in (("transcription", _JOB), ("bot", _BOT), ("video", _VIDEO))
+    )
+)
+_LEFT = _JOB.c.duration_seconds - _JOB.c.audio_seconds_done
+_QUEUES = union_all(
+    select(
+        _JOB.c.work_pool,
+        func.sum(case((_JOB.c.status == JobStatus.QUEUED, 1), else_=0)),
+        func.min(case((_JOB.c.status == JobStatus.QUEUED, _JOB.c.created_at))),
+        func.sum(case((_LEFT > 0, _LEFT), else_=0.0)),
+    )
+    .where(_JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+    .group_by(_JOB.c.work_pool),
+    select(_BOT.c.pool, func.count(), func.min(_BOT.c.created_at), literal(0.0, Float))
+    .where(_BOT.c.status == BotRequestStatus.QUEUED)
+    .group_by(_BOT.c.pool),
+)
+_RESTS = select(_KEY_STATE.c.provider, _KEY_STATE.c.key_name, _KEY_STATE.c.cooled_until)
+_USED_TODAY = select(_USAGE.c.scope, _USAGE.c.used).where(
+    _USAGE.c.day == bindparam("day"), _USAGE.c.scope.in_(bindparam("scopes", expanding=True))
+)
+_NEWEST_BATCH = select(_BATCH.c.id).order_by(_BATCH.c.created_at.desc()).limit(1)
+_LATEST_BATCH = (
+    select(_VIDEO.c.status, func.count())
+    .where(_VIDEO.c.batch_id == _NEWEST_BATCH.scalar_subquery())
+    .group_by(_VIDEO.c.status)
+)
+_NO_PARALLEL = text("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
 def read_gauges(keys: Collection[tuple[str, str]] = (), now: datetime | None = None) -> StoreGauges:
     """Everything above; ``keys`` (provider, key name) are the keys with a daily quota,
     whose use today is read."""
     now = now or datetime.now(UTC)
     gauges = StoreGauges()
-    with reader().connect() as connection:
-        _work_items(connection, gauges)
-        _queues(connection, gauges)
-        for provider, key, until in connection.execute(
-            select(_KEY_STATE.c.provider, _KEY_STATE.c.key_name, _KEY_STATE.c.cooled_until)
-        ):
+    with get_engine().connect() as connection, connection.begin():
+        if connection.dialect.name == "postgresql":
+            # Parallel workers cost tens of ms to launch, for reads that take a few.
+            connection.execute(_NO_PARALLEL)
+        # Rows by state: index-only scans of each table's status index.
+        for workload, status, count in connection.execute(_BY_STATE):
+            gauges.work_items[(workload, str(status))] = count
+        # Queued and running rows only, found through the status indexes.
+        for pool, queued, oldest, audio in connection.execute(_QUEUES):
+            _add_queue(gauges, pool, int(queued or 0), oldest, float(audio or 0.0))
+        for provider, key, until in connection.execute(_RESTS):
             gauges.key_rests[(provider, key)] = _aware(until)
-        if keys:
-            _used_today(connection, gauges, keys, now.astimezone(UTC).date())
-        newest = select(_BATCH.c.id).order_by(_BATCH.c.created_at.desc()).limit(1)
-        videos = (
-            select(_VIDEO.c.status, func.count())
-            .where(_VIDEO.c.batch_id == newest.scalar_subquery())
-            .group_by(_VIDEO.c.status)
-        )
-        gauges.latest_batch = {str(status): count for status, count in connection.execute(videos)}
+        if keys:  # primary-key lookups, never a scan of every user's counts
+            scopes = {key_scope(provider, key): (provider, key) for provider, key in keys}
+            day = now.astimezone(UTC).date()
+            for scope, used in connection.execute(_USED_TODAY, {"day": day, "scopes": [*scopes]}):
+                gauges.key_used_today[scopes[scope]] = used
+        for status, count in connection.execute(_LATEST_BATCH):
+            gauges.latest_batch[str(status)] = count
     return gauges
 
 
-def _work_items(connection: Connection, gauges: StoreGauges) -> None:
-    """Rows by state of every workload: three index-only GROUP BYs in one statement."""
-    parts = [
-        select(literal(workload), table.c.status, func.count()).group_by(table.c.status)
-        for workload, table in (("transcription", _JOB), ("bot", _BOT), ("video", _VIDEO))
-    ]
-    for workload, status, count in connection.execute(union_all(*parts)):
-        gauges.work_items[(workload, str(status))] = count
-
-
-def _queues(connection: Connection, gauges: StoreGauges) -> None:
-    """Queued units per pool, the oldest one's age, and the audio still to transcribe;
-    only unfinished rows are read (the status index finds them)."""
-    left = _JOB.c.duration_seconds - _JOB.c.audio_seconds_done
-    queued_job = case((_JOB.c.status == JobStatus.QUEUED, 1), else_=0)
-    jobs = (
-        select(
-            _JOB.c.work_pool,
-            func.sum(queued_job),
-            func.min(case((_JOB.c.status == JobStatus.QUEUED, _JOB.c.created_at))),
-            func.sum(case((left > 0, left), else_=0.0)),
-        )
-        .where(_JOB.c.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-        .group_by(_JOB.c.work_pool)
-    )
-    requests = (
-        select(_BOT.c.pool, func.count(), func.min(_BOT.c.created_at), literal(0.0, Float))
-        .where(_BOT.c.status == BotRequestStatus.QUEUED)
-        .group_by(_BOT.c.pool)
-    )
-    for pool, queued, oldest, audio in connection.execute(union_all(jobs, requests)):
-        queue = gauges.queues.setdefault(pool, PoolQueue())
-        queue.queued += int(queued or 0)
-        queue.audio_seconds += float(audio or 0.0)
-        if oldest is not None:
-            oldest = _aware(oldest)
-            if queue.oldest_queued_at is None or oldest < queue.oldest_queued_at:
-                queue.oldest_queued_at = oldest
-
-
-def _used_today(
-    connection: Connection, gauges: StoreGauges, keys: Collection[tuple[str, str]], day: date
+def _add_queue(
+    gauges: StoreGauges, pool: str | None, queued: int, oldest: datetime | None, audio: float
 ) -> None:
-    """Today's calls of each key: primary-key lookups, never a scan of every user's counts."""
-    scopes = {key_scope(provider, key): (provider, key) for provider, key in keys}
-    rows = connection.execute(
-        select(_USAGE.c.scope, _USAGE.c.used).where(
-            _USAGE.c.day == day, _USAGE.c.scope.in_(list(scopes))
-        )
-    )
-    for scope, used in rows:
-        gauges.key_used_today[scopes[scope]] = used
+    queue = gauges.queues.setdefault(pool, PoolQueue())
+    queue.queued += queued
+    queue.audio_seconds += audio
+    if oldest is not None:
+        oldest = _aware(oldest)
+        if queue.oldest_queued_at is None or oldest < queue.oldest_queued_at:
+            queue.oldest_queued_at = oldest
 
 
 def _aware(value: datetime | str) -> datetime:
