@@ -1,4 +1,4 @@
-"""Settings groups of operating Relay: worker heartbeats and health checks.
+"""Settings groups of operating Relay: worker heartbeats, health checks, metrics.
 
 Groups of the one settings object (``RELAY_WORKERS_<FIELD>``, ``settings.workers``, ...),
 kept in their own module so that relay_settings.py stays readable. Nothing here reads the
@@ -7,7 +7,7 @@ environment: ``RelaySettings`` does.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
 class _OperationsGroup(BaseModel):
@@ -39,4 +39,21 @@ class HealthSettings(_OperationsGroup):
         le=30,
         description="How long one check (store, Prefect API, Dask scheduler) may take before "
         "it counts as failed.",
+    )
+
+
+class MetricsSettings(_OperationsGroup):
+    """Prometheus metrics of the API and the task workers (docs/ops-metrics.md)."""
+
+    token: SecretStr = Field(default=SecretStr(""), description="Bearer token for /metrics.")
+    http: bool = Field(default=True, description="The API's per-route request metrics.")
+    worker_port: int = Field(
+        default=0, ge=0, le=65535, description="A task worker's /metrics port (0: none)."
+    )
+    worker_host: str = Field(default="127.0.0.1", description="Where it binds.")
+    multiproc_dir: str = Field(
+        default="", description="API processes' metric files (default .relay/metrics/api-PORT)."
+    )
+    prefect_timeout_seconds: float = Field(
+        default=2.0, gt=0, le=30, description="A scrape's wait for Prefect before skipping it."
     )

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay_objectives import ObjectivesSettings
-from relay_operations import HealthSettings, WorkersSettings
+from relay_operations import HealthSettings, MetricsSettings, WorkersSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".relay"
@@ -97,11 +97,7 @@ class ApiSettings(_Group):
         default=True, description="Log one line per API request (uvicorn's access log)."
     )
     workers: int = Field(
-        default=1,
-        ge=1,
-        le=64,
-        description="API processes sharing the port (uvicorn workers); more than one needs a "
-        "Prefect server (PREFECT_API_URL): the embedded mode refuses it.",
+        default=1, ge=1, le=64, description="API processes (uvicorn workers); >1 needs a server."
     )
 
 
@@ -266,6 +262,7 @@ GROUPS: tuple[str, ...] = (
     "objectives",
     "workers",
     "health",
+    "metrics",
 )
 
 
@@ -336,6 +333,7 @@ class RelaySettings(BaseSettings):
     objectives: ObjectivesSettings = Field(default_factory=ObjectivesSettings)
     workers: WorkersSettings = Field(default_factory=WorkersSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @model_validator(mode="before")
     @classmethod

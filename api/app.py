@@ -9,10 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import alerts, batches, bot, contract, errors, health, system, transcriptions
+from api import alerts, batches, bot, contract, errors, health, metrics, system, transcriptions
 from api.submit import Dispatchers, close_app_prefect_client
 from api.uploads import UploadLimit
 from relay_settings import RelaySettings, get_settings
+from store import workers as worker_rows
 from store.db import get_engine
 
 
@@ -32,6 +33,7 @@ def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> Fast
         gc.freeze()
         yield
         await close_app_prefect_client(app.state)
+        gauges.prefect.close()
 
     app = FastAPI(
         title="Relay",
@@ -50,5 +52,12 @@ def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> Fast
     app.include_router(system.router)
     app.include_router(health.router)
     app.include_router(alerts.router)
+    gauges = metrics.install(
+        app,
+        settings,
+        workers=lambda: (
+            (w.kind, w.pool, w.host, w.last_seen_at) for w in worker_rows.list_workers()
+        ),
+    )
     contract.install(app)
     return app

@@ -33,6 +33,7 @@ from store import callbacks, usage
 from store.bot import RequestIntake
 from store.leases import Lease
 from store.models import BotRequest, BotRequestStatus, Callback, CallbackSubject, DeliveryStatus
+from tasks import metrics
 from tasks.callback_events import bot_request_ended
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
@@ -117,6 +118,7 @@ async def _submit(
             retry_at=admission.retry_at,
             finished_at=datetime.now(UTC),
         )
+        metrics.bot_request_ended(body.kind, metrics.NO_PROVIDER, metrics.BotOutcome.REFUSED)
         lease = bot_store.delivery_lease(refused)
         if lease is not None:  # always, with deliver=True
             background.add_task(_deliver, refused.id, lease)  # a sync task: run in a thread
@@ -144,6 +146,7 @@ async def _submit(
             delivery_status=DeliveryStatus.FAILED,
             delivery_error="not posted: the client was answered 503",
         )
+        metrics.bot_request_ended(body.kind, metrics.NO_PROVIDER, metrics.BotOutcome.FAILED)
         raise ApiError(
             503, "submission_failed", f"could not queue the request: {type(err).__name__}"
         ) from err

@@ -42,6 +42,7 @@ from store.models import (
     new_id,
     utcnow,
 )
+from tasks import metrics
 from tasks.asr import JobOptions
 from tasks.callback_events import transcription_ended
 from tasks.callbacks import deliver_now
@@ -195,7 +196,8 @@ async def _accept(
     except ApiError as err:
         # The client hears of it now: no callback for a job it was told was not accepted.
         await run_in_threadpool(callbacks.forget, CallbackSubject.TRANSCRIPTION, job_id)
-        await run_in_threadpool(jobs.fail_job, job_id, err.message)
+        if await run_in_threadpool(jobs.fail_job, job_id, err.message):
+            metrics.transcription_ended(pool, metrics.TranscriptionOutcome.FAILED)
         raise
     if flow_run_id:
         await run_in_threadpool(jobs.set_flow_run, job_id, flow_run_id)
@@ -378,6 +380,7 @@ async def _cancel(job: TranscriptionJob, background: BackgroundTasks | None = No
         return False
     if not await run_in_threadpool(jobs.cancel_job, job.id):
         return False
+    metrics.transcription_ended(job.work_pool, metrics.TranscriptionOutcome.CANCELLED)
     if background is not None:
         background.add_task(deliver_now, CallbackSubject.TRANSCRIPTION, job.id)
     if job.flow_run_id:

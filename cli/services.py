@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -16,6 +18,8 @@ from relay_pools import task_pools
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from relay_settings import RelaySettings
 
 log = logging.getLogger("relay.cli")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -32,9 +36,15 @@ def worker(
     limit: Annotated[
         int | None, typer.Option(help="task runs at once in this process (default: registry)")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve /metrics on this port (default RELAY_METRICS_WORKER_PORT; 0: no)"),
+    ] = None,
 ) -> None:
     """Serve one pool's background task (work-pools/pools.yaml) until interrupted."""
     from flows.pool_tasks import serve_pool_task
+    from relay_settings import get_settings
+    from tasks.metrics import serve_worker_metrics
 
     if pool not in task_pools():
         print(
@@ -50,6 +60,10 @@ def worker(
     # deletion) killed the process outright. Now it stops like Ctrl-C, and the worker
     # leaves the list of workers on its way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    settings = get_settings().metrics
+    port = settings.worker_port if metrics_port is None else metrics_port
+    if port and serve_worker_metrics(port, settings.worker_host, settings.token.get_secret_value()):
+        log.info("metrics of this worker on http://%s:%d/metrics", settings.worker_host, port)
     serve_pool_task(pool, limit)
     log.info("task worker for %s stopped after %.0f s", pool, time.monotonic() - started)
 
@@ -103,26 +117,40 @@ def api() -> None:
             if settings.transcribe.via == "task-worker":  # submissions need the pool's worker
                 pools.append(settings.transcribe.deployment.split("/")[-1])
             stack.enter_context(served_task_workers(tuple(pools)))
-        if settings.api.workers > 1:  # each worker process builds its own app
-            uvicorn.run(
-                "cli.services:api_app",
-                factory=True,
-                workers=settings.api.workers,
-                host=settings.api.host,
-                port=settings.api.port,
-                access_log=settings.api.access_log,
-            )
-            return
+        workers = settings.api.workers
+        app: FastAPI | str = "cli.services:api_app"
+        if workers == 1:
+            app = create_app(settings, dispatchers())
+        else:
+            # Each process writes its counters to files that any of them adds up at a
+            # scrape. Set before they start (prometheus_client reads it on import), after
+            # the embedded task workers started (they serve their own, as elsewhere).
+            folder = metrics_folder(settings)
+            log.info("%d API processes; their metrics in %s", workers, folder)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
         uvicorn.run(
-            create_app(settings, dispatchers()),
+            app,
+            factory=workers > 1,
+            workers=workers,
             host=settings.api.host,
             port=settings.api.port,
             access_log=settings.api.access_log,
         )
 
 
+def metrics_folder(settings: RelaySettings) -> Path:
+    """The API processes' metrics folder, emptied: counters of an earlier run would be
+    added to this one's."""
+    from api.metrics import multiproc_dir
+
+    folder = multiproc_dir(settings)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
 def api_app() -> FastAPI:
-    """The app one of several API worker processes serves (uvicorn's factory)."""
+    """The app of one API process among several (uvicorn's factory)."""
     from api.app import create_app
     from flows.pool_tasks import dispatchers
     from relay_settings import get_settings

@@ -59,6 +59,8 @@ PROMETHEUS_PORT = int(os.environ.get("RELAY_STACK_PROMETHEUS_PORT", "9090"))
 # then one per task worker (base + index).
 DASK_HTTP_PORT = int(os.environ.get("RELAY_STACK_DASK_HTTP_PORT", "8787"))
 TASK_METRICS_PORT = int(os.environ.get("RELAY_STACK_TASK_METRICS_PORT", "9401"))
+# Prefect process workers' /health (--with-healthcheck), one port each (base + index).
+PROCESS_WORKER_HEALTH_PORT = int(os.environ.get("RELAY_STACK_WORKER_HEALTH_PORT", "8180"))
 TRANSCRIPTIONS_PER_HOST = 2  # process worker --limit on the asr pools
 TASK_LIMITS = {"bot-media": 8}  # task worker --limit where it differs from the registry's
 BIN = Path(sys.executable).parent
@@ -92,9 +94,28 @@ def stack_env() -> dict[str, str]:
     }
 
 
-def task_worker_command(pool: str, limit: int) -> list[str]:
-    """The command of a pool's task worker."""
-    return [sys.executable, "-m", "cli", "worker", "--pool", pool, "--limit", str(limit)]
+def task_worker_command(pool: str, limit: int, metrics_port: int | None = None) -> list[str]:
+    """The command of a pool's task worker: its /metrics on ``metrics_port`` (0: none; None:
+    RELAY_METRICS_WORKER_PORT's, as the stack sets it per worker)."""
+    command = [sys.executable, "-m", "cli", "worker", "--pool", pool, "--limit", str(limit)]
+    return command if metrics_port is None else [*command, "--metrics-port", str(metrics_port)]
+
+
+def process_worker_command(pool: str, limit: int) -> list[str]:
+    """A pool's Prefect process worker, with Prefect's /health (``process_worker_env``)."""
+    prefect = str(BIN / "prefect")
+    return [prefect, "worker", "start", "--pool", pool, "--type", "process", "--limit",
+            str(limit), "--with-healthcheck"]  # fmt: skip
+
+
+def process_worker_env(env: dict[str, str], health_port: int) -> dict[str, str]:
+    """Where a process worker's /health listens: 200 while it polls Prefect for runs,
+    503 once it has not for 30 polls. Prefect's default (0.0.0.0:8080) would be shared."""
+    return {
+        **env,
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+        "PREFECT_WORKER_WEBSERVER_PORT": str(health_port),
+    }
 
 
 def dask_scheduler_command(port: int, http_port: int = DASK_HTTP_PORT) -> list[str]:
@@ -246,24 +267,10 @@ def up() -> int:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    for pool in pools_here():
+    for index, pool in enumerate(pools_here()):
         limit = TRANSCRIPTIONS_PER_HOST if pool.workload is Workload.TRANSCRIPTION else 4
-        start(
-            f"worker-{pool.name}",
-            [
-                str(BIN / "prefect"),
-                "worker",
-                "start",
-                "--pool",
-                pool.name,
-                "--type",
-                "process",
-                "--limit",
-                str(limit),
-            ],
-            env,
-            pids,
-        )
+        worker_env = process_worker_env(env, PROCESS_WORKER_HEALTH_PORT + index)
+        start(f"worker-{pool.name}", process_worker_command(pool.name, limit), worker_env, pids)
     task_ports: list[int] = []
     for pool in pools_here():
         if pool.task is None:

@@ -19,6 +19,7 @@ from relay_settings import get_settings
 from store import jobs
 from store.leases import process_owner, renewal_interval, renewing
 from store.models import CallbackSubject, JobStatus
+from tasks import metrics
 from tasks.asr import AsrOptions, JobOptions
 from tasks.callbacks import deliver_now
 from tasks.discord_webhook import DeliveryOutcome
@@ -44,14 +45,15 @@ class TranscriptionOutcome:
 # Prefect calls state hooks as hook(flow=..., flow_run=..., state=...).
 def _record_crash(flow, flow_run, state: State) -> None:  # noqa: ARG001
     """The run's process died (or never started the flow): the job must not stay running."""
-    if job_id := (flow_run.parameters or {}).get("job_id"):
-        jobs.fail_job(job_id, f"the flow run crashed: {state.message or 'no reason given'}")
+    reason = f"the flow run crashed: {state.message or 'no reason given'}"
+    if (job_id := (flow_run.parameters or {}).get("job_id")) and jobs.fail_job(job_id, reason):
+        _count_end(job_id, metrics.TranscriptionOutcome.FAILED)
 
 
 def _record_cancellation(flow, flow_run, state: State) -> None:  # noqa: ARG001
     """Cancelled from the Prefect UI or the API: the job says so too."""
-    if job_id := (flow_run.parameters or {}).get("job_id"):
-        jobs.cancel_job(job_id)
+    if (job_id := (flow_run.parameters or {}).get("job_id")) and jobs.cancel_job(job_id):
+        _count_end(job_id, metrics.TranscriptionOutcome.CANCELLED)
 
 
 def _call_back(flow, flow_run, state: State) -> None:  # noqa: ARG001
@@ -103,7 +105,7 @@ def transcribe(
     options = AsrOptions.from_settings(settings, given)
     job = jobs.create_job(source, Path(source).name, job_id, settings.work_pool or None)
     if lease_token is not None:  # the task worker running it holds the lease and renews it
-        return _transcribe(job.id, source, options, lease_token, started)
+        return _transcribe(job.id, job.work_pool, source, options, lease_token, started)
     # A deployment run (or a command line's) holds the job's lease itself, renewed while it
     # runs: if its process dies with its worker, the lease runs out and a task worker of the
     # pool runs the job again (flows/asr_tasks.py; docs/ops-deadruns.md).
@@ -113,11 +115,16 @@ def transcribe(
         return _not_recorded(job.id, folder=None)
     renew = partial(jobs.renew, job.id, lease, seconds)
     with renewing(renew, renewal_interval(seconds), f"job {job.id}"):
-        return _transcribe(job.id, source, options, lease.token, started)
+        return _transcribe(job.id, job.work_pool, source, options, lease.token, started)
 
 
 def _transcribe(
-    job_id: str, source: str, options: AsrOptions, lease_token: str, started: float
+    job_id: str,
+    work_pool: str | None,
+    source: str,
+    options: AsrOptions,
+    lease_token: str,
+    started: float,
 ) -> TranscriptionOutcome | State:
     """The flow's work, once the run holds the job's lease (``lease_token``)."""
     settings = get_settings()
@@ -175,6 +182,12 @@ def _transcribe(
     timings["total_seconds"] = round(time.perf_counter() - started, 3)
     if not jobs.complete_job(job_id, transcript.language, options.model, token=lease_token):
         return _not_recorded(job_id, folder)
+    metrics.transcription_ended(
+        work_pool,
+        metrics.TranscriptionOutcome.COMPLETED,
+        audio_seconds=duration,
+        working_seconds=timings["total_seconds"],
+    )
     if not settings.keep_chunks:
         _remove(f"{folder}/chunks")
     _summary_artifact(job_id, name, transcript, timings, len(chunks))
@@ -201,10 +214,17 @@ def _fail(
     reason = reason or "unknown error"
     if not jobs.fail_job(job_id, reason, token=token):
         return _not_recorded(job_id, folder)
+    _count_end(job_id, metrics.TranscriptionOutcome.FAILED)
     if folder:
         _remove(folder)
     _notify(JobEvent("failed", job_id, name, error=reason))
     return Failed(message=reason)
+
+
+def _count_end(job_id: str, outcome: metrics.TranscriptionOutcome) -> None:
+    """This process ended the job: count it under the job's pool."""
+    job = jobs.get_job(job_id)
+    metrics.transcription_ended(job.work_pool if job else None, outcome)
 
 
 def _not_recorded(job_id: str, folder: str | None) -> State:

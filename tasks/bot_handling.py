@@ -5,22 +5,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 from blocks.discord import DiscordDestination, redact_text
 from blocks.prefect_sync import load_block
-from bot_config import get_bot_config
+from bot_config import get_bot_config, is_kind
 from relay_settings import get_settings
 from store import bot as bot_store
 from store.leases import Lease, LeaseOutcome, process_owner, renewal_interval, renewing
 from store.models import BotRequest, BotRequestStatus, CallbackSubject, DeliveryStatus
 from store.sealed import seal, signing_key, unseal
-from tasks.bot_answer import answer_folder, ask_provider
+from tasks import metrics
+from tasks.bot_answer import Answer, answer_folder, ask_provider
 from tasks.bot_reply import BotReply, ReplyFile, deliver_reply
 from tasks.callbacks import deliver_now
 from tasks.providers import UpstreamError
-from tasks.quota import QuotaExhaustedError
+from tasks.quota import QuotaExhaustedError, loaded_provider
 
 log = logging.getLogger("relay.bot")
 WORKER = process_owner()
@@ -40,6 +41,7 @@ def handle_request(request_id: str) -> str:
         return current.status if current else LeaseOutcome.MISSING
     request, held = claimed
     seconds = get_settings().bot.request_lease_seconds
+    answer, provider = None, None
     try:
         with renewing(
             lambda: bot_store.renew_request(request_id, held),
@@ -48,16 +50,20 @@ def handle_request(request_id: str) -> str:
         ):
             answer = ask_provider(request, get_bot_config())
     except QuotaExhaustedError as err:
+        provider = err.provider
         lease = _finish_failed(request, held, str(err), retry_at=err.next_slot_at)
     except UpstreamError as err:
+        provider = _provider_of(request.kind)
         message = err.args[0] if err.kind == "refused" else USER_MESSAGES[err.kind]
         lease = _finish_failed(request, held, message, detail=f"{err.kind}: {err}")
     except Exception as err:  # a bug or a broken configuration: still answer the user
         log.exception("bot request %s failed", request_id)
+        provider = _provider_of(request.kind)
         detail = redact_text(repr(err))
         message = "Relay could not answer this request"
         lease = _finish_failed(request, held, message, detail=detail)
     else:
+        provider = answer.provider
         lease = bot_store.finish_request(
             request_id,
             status=BotRequestStatus.COMPLETED,
@@ -73,10 +79,36 @@ def handle_request(request_id: str) -> str:
     if lease is None:  # taken from us as stranded: the other worker's answer is posted
         log.warning("bot request %s: answered elsewhere meanwhile; not posting", request_id)
     else:
-        deliver(request_id, lease)
+        delivered = deliver(request_id, lease) == DeliveryStatus.DELIVERED
+        _count(request, provider, answer, delivered)
         deliver_now(CallbackSubject.BOT_REQUEST, request_id)  # after Discord has the answer
     final = bot_store.get_request(request_id)
     return final.status if final else LeaseOutcome.MISSING
+
+
+def _count(
+    request: BotRequest, provider: str | None, answer: Answer | None, delivered: bool
+) -> None:
+    """The request ended here: count it, and for an answer Discord took, what Relay added
+    to the provider's time (from intake, by the API host's clock)."""
+    if answer is None:
+        metrics.bot_request_ended(request.kind, provider, metrics.BotOutcome.FAILED)
+        return
+    added = None
+    if delivered:
+        created = request.created_at
+        created = created if created.tzinfo else created.replace(tzinfo=UTC)
+        added = (datetime.now(UTC) - created).total_seconds() - answer.upstream_seconds
+    metrics.bot_request_ended(
+        request.kind, provider, metrics.BotOutcome.COMPLETED, added_seconds=added
+    )
+
+
+def _provider_of(kind: str) -> str | None:
+    """The provider of the kind's key pool, if this process has loaded it."""
+    if not is_kind(kind):
+        return None
+    return loaded_provider(get_bot_config().providers[kind].key_pool)
 
 
 def _finish_failed(

@@ -32,6 +32,7 @@ from blocks.keys import (
     rate_limit_shape,
 )
 from store import usage
+from tasks import metrics
 from tasks.key_state import KeyState, Rest, RestBook, next_slot_at
 from tasks.prefect_limits import Grant, MissingLimitError, PrefectLimits, limits
 from tasks.providers.errors import UpstreamError
@@ -94,9 +95,12 @@ class KeyPool:
         while True:
             key, lease_id = self._acquire(deadline)
             calls += 1
+            metrics.provider_called(self.provider, key.name)
             try:
                 return fn(self.block.secret(key.name)), Spent(key.name, calls)
             except UpstreamError as err:
+                if err.kind == "rate_limited":
+                    metrics.provider_throttled(self.provider, key.name)
                 if err.kind == "refused":
                     raise
                 self.rest(key.name, err)
@@ -274,6 +278,13 @@ def key_pool(block_name: str) -> KeyPool:
         pool = KeyPool(block)
         _pools[block_name] = _Loaded(time.monotonic(), pool)
         return pool
+
+
+def loaded_provider(block_name: str) -> str | None:
+    """The provider of a key pool this process has loaded (None: not loaded; never loads)."""
+    with _pools_lock:
+        cached = _pools.get(block_name)
+    return cached.pool.provider if cached else None
 
 
 def _load_block(name: str) -> ApiKeyPool:

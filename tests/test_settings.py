@@ -89,9 +89,19 @@ EARLIER_NAMES = {
     "RELAY_WORKERS_HEARTBEAT_SECONDS": ("2.5", lambda s: s.workers.heartbeat_seconds),
     "RELAY_WORKERS_FORGET_SECONDS": ("3600.5", lambda s: s.workers.forget_seconds),
     "RELAY_HEALTH_TIMEOUT_SECONDS": ("1.5", lambda s: s.health.timeout_seconds),
+    "RELAY_METRICS_HTTP": ("false", lambda s: s.metrics.http),
+    "RELAY_METRICS_WORKER_PORT": ("9101", lambda s: s.metrics.worker_port),
+    "RELAY_METRICS_WORKER_HOST": ("0.0.0.0", lambda s: s.metrics.worker_host),
+    "RELAY_METRICS_MULTIPROC_DIR": ("/tmp/relay-metrics", lambda s: s.metrics.multiproc_dir),
+    "RELAY_METRICS_PREFECT_TIMEOUT_SECONDS": ("1.5", lambda s: s.metrics.prefect_timeout_seconds),
 }
 # Checked by the secrets test below.
-SECRETS = {"RELAY_API_TOKEN", "RELAY_SECRET_KEY", "RELAY_CALLBACK_SIGNING_KEY"}
+SECRETS = {
+    "RELAY_API_TOKEN",
+    "RELAY_SECRET_KEY",
+    "RELAY_CALLBACK_SIGNING_KEY",
+    "RELAY_METRICS_TOKEN",
+}
 
 
 def test_every_setting_is_in_the_list_above():
@@ -111,12 +121,14 @@ def test_secrets_are_secret_strings_that_never_print():
         "RELAY_API_TOKEN": "tok-123",
         "RELAY_SECRET_KEY": "key-456",
         "RELAY_CALLBACK_SIGNING_KEY": "whsec_c2lnbi03ODk=",
+        "RELAY_METRICS_TOKEN": "scrape-012",
     }
     with environment(secrets) as settings:
         assert isinstance(settings.api.token, SecretStr)
         assert settings.api.token.get_secret_value() == "tok-123"
         assert settings.secret_key.get_secret_value() == "key-456"
         assert settings.callback.signing_key.get_secret_value() == "whsec_c2lnbi03ODk="
+        assert settings.metrics.token.get_secret_value() == "scrape-012"
         shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert not any(value in shown for value in secrets.values())
 
