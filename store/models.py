@@ -216,6 +216,7 @@ class BotRequest(SQLModel, table=True):
     __table_args__ = (
         Index("ix_bot_request_delivery", "delivery_status", "next_delivery_at"),
         Index("ix_bot_request_status_created", "status", "created_at"),
+        Index("ix_bot_request_status", "status"),  # the scrape's count by state (0009)
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
