@@ -207,3 +207,35 @@ def test_dask_workers_scale_with_the_operators_adaptive_autoscaler():
     assert set(defaults) <= set(routes), "the scheduler lost a default route (/metrics...)"
     assert "distributed.http.scheduler.api" in routes, "the operator retires through the API"
     assert not (INFRA / "k8s" / "dask-values.yaml").exists(), "one way to run Dask on k8s"
+
+
+def test_every_task_worker_serves_the_metrics_port_prometheus_scrapes():
+    """compose and Kubernetes task workers set RELAY_METRICS_WORKER_PORT to the port the
+    scrape config and the PodMonitor expect, bound to all interfaces (another host scrapes)."""
+    from relay_settings import RelaySettings
+
+    assert "RELAY_METRICS_WORKER_PORT" in RelaySettings.environment_names()
+    compose = yaml.safe_load((INFRA / "docker-compose.yml").read_text())
+    task_services = [
+        service
+        for service in compose["services"].values()
+        if service.get("command", [])[:4] == ["python", "-m", "cli", "worker"]
+    ]
+    assert len(task_services) == 4
+    for service in task_services:
+        assert service["environment"]["RELAY_METRICS_WORKER_PORT"] == "9100"
+        assert service["environment"]["RELAY_METRICS_WORKER_HOST"] == "0.0.0.0"
+    documents = list(yaml.safe_load_all((INFRA / "k8s" / "workers.yaml").read_text()))
+    containers = [
+        container
+        for doc in documents
+        if doc and doc.get("kind") == "Deployment"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        if container.get("command", [])[:4] == ["python", "-m", "cli", "worker"]
+    ]
+    assert len(containers) == 4
+    for container in containers:
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+        assert env["RELAY_METRICS_WORKER_PORT"] == str(port) == "9100"
+        assert env["RELAY_METRICS_WORKER_HOST"] == "0.0.0.0"
