@@ -239,3 +239,30 @@ def test_every_task_worker_serves_the_metrics_port_prometheus_scrapes():
         port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
         assert env["RELAY_METRICS_WORKER_PORT"] == str(port) == "9100"
         assert env["RELAY_METRICS_WORKER_HOST"] == "0.0.0.0"
+
+
+def test_every_prefect_process_worker_is_checked_through_its_health_endpoint():
+    """compose and Kubernetes start each pool's Prefect worker with --with-healthcheck and
+    check its /health (port 8080): a worker that stopped polling is restarted."""
+    compose = yaml.safe_load((INFRA / "docker-compose.yml").read_text())
+    workers = [
+        service
+        for service in compose["services"].values()
+        if service.get("command", [])[:3] == ["prefect", "worker", "start"]
+    ]
+    assert len(workers) == 5
+    for service in workers:
+        assert "--with-healthcheck" in service["command"]
+        assert "127.0.0.1:8080/health" in " ".join(service["healthcheck"]["test"])
+    documents = list(yaml.safe_load_all((INFRA / "k8s" / "workers.yaml").read_text()))
+    containers = [
+        container
+        for doc in documents
+        if doc and doc.get("kind") == "Deployment"
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        if container.get("command", [])[:3] == ["prefect", "worker", "start"]
+    ]
+    assert len(containers) == 5
+    for container in containers:
+        assert "--with-healthcheck" in container["command"]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8080}
