@@ -16,14 +16,7 @@ from api.errors import error_responses
 from relay_settings import RelaySettings
 from store import workers
 from store.db import engine_for
-from tasks.health_checks import (
-    Check,
-    CheckStatus,
-    dask_answers,
-    prefect_answers,
-    store_answers,
-    timed,
-)
+from tasks.health_checks import Check, CheckStatus, run_checks
 from tasks.worker_census import Census, listening_task_workers, take_census
 
 router = APIRouter(prefix="/api", tags=["system"])
@@ -80,15 +73,9 @@ async def ready(request: Request) -> JSONResponse:
     settings: RelaySettings = request.app.state.settings
     timeout = settings.health.timeout_seconds
     engine = engine_for(settings.database_url)
-    probes = [
-        timed("store", lambda: store_answers(engine), timeout),
-        timed("prefect", prefect_answers, timeout),
-    ]
-    address = settings.dask.address
-    if address:
-        probes.append(timed("dask", lambda: dask_answers(address), timeout))
-    store, prefect, *dask = await asyncio.gather(*probes)
-    checks = Checks(store=store, prefect=prefect, dask=dask[0] if dask else None)
+    found = await run_checks(settings)
+    store, prefect, dask = found["store"], found["prefect"], found.get("dask")
+    checks = Checks(store=store, prefect=prefect, dask=dask)
     task_workers = None
     if store.status is CheckStatus.OK:
         try:
@@ -96,7 +83,7 @@ async def ready(request: Request) -> JSONResponse:
             task_workers = listening_task_workers(rows)
         except Exception:  # reported as null: the workers are information, not a check
             task_workers = None
-    failed = any(c.status is CheckStatus.ERROR for c in (store, prefect, *dask))
+    failed = any(check.status is CheckStatus.ERROR for check in found.values())
     body = Ready(
         status=Readiness.NOT_READY if failed else Readiness.READY,
         checks=checks,

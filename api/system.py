@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from api.auth import require_token
 from api.errors import error_responses
-from relay_settings import RelaySettings
 from store import status
-from store.db import engine_for
-from tasks.health_checks import prefect_answers, store_answers, timed
+from tasks.health_checks import run_checks
 
 router = APIRouter(prefix="/api", tags=["system"])
 
@@ -45,13 +41,8 @@ class Queue(BaseModel):
     },
 )
 async def health(request: Request) -> JSONResponse:
-    settings: RelaySettings = request.app.state.settings
-    timeout = settings.health.timeout_seconds
-    engine = engine_for(settings.database_url)
-    database, prefect = await asyncio.gather(
-        timed("store", lambda: store_answers(engine), timeout),
-        timed("prefect", prefect_answers, timeout),
-    )
+    found = await run_checks(request.app.state.settings, with_dask=False)
+    database, prefect = found["store"], found["prefect"]
     checks = {"database": database.error or "ok", "prefect": prefect.error or "ok"}
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "degraded", **checks}

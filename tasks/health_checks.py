@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from relay_settings import RelaySettings
+from store.db import engine_for
+
 log = logging.getLogger("relay.health")
 
 
@@ -33,6 +36,22 @@ class Check(BaseModel):
         default=None,
         description="why it failed: the error's type, or the timeout; no addresses or secrets",
     )
+
+
+async def run_checks(settings: RelaySettings, with_dask: bool = True) -> dict[str, Check]:
+    """The store and the Prefect API, and the Dask scheduler when one is configured (and
+    ``with_dask``), checked at once, each within the health timeout: name -> outcome."""
+    timeout = settings.health.timeout_seconds
+    engine = engine_for(settings.database_url)
+    address = settings.dask.address
+    probes: dict[str, Callable[[], Awaitable[object]]] = {
+        "store": lambda: store_answers(engine),
+        "prefect": prefect_answers,
+    }
+    if with_dask and address:
+        probes["dask"] = lambda: dask_answers(address)
+    done = await asyncio.gather(*(timed(name, probe, timeout) for name, probe in probes.items()))
+    return dict(zip(probes, done, strict=True))
 
 
 async def timed(name: str, probe: Callable[[], Awaitable[object]], timeout: float) -> Check:
