@@ -49,6 +49,7 @@ from prefect.settings import PREFECT_API_URL
 
 from blocks.prefect_sync import settled
 from relay_settings import PROJECT_ROOT
+from store.models import as_utc
 
 POOL = "asr-cpu"
 DEPLOYMENT = "transcribe/asr-cpu"
@@ -91,6 +92,7 @@ class Figures:
     subflow_state: str
     subflow_message: str
     job_status: str
+    job_options: str  # what the run that took the job over runs it with
     heartbeats: dict[str, int]  # flow run id -> heartbeat events the server received
 
 
@@ -182,7 +184,8 @@ def kill_run(
     from store import jobs
 
     source = str(long_input(Path(tempfile.mkdtemp(prefix="relay-deadrun-"))))
-    parameters = {"source": source, "job_id": job_id}
+    # A non-default option: the run that takes the job over must run it with it too.
+    parameters = {"source": source, "job_id": job_id, "beam_size": 3}
     run_id = str(settled(run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)).id)
 
     def under_way() -> tuple[str, datetime] | None:
@@ -262,12 +265,13 @@ def follow(dead: DeadRun, limit: float, since: datetime) -> Figures:
         subflow_id=dead.subflow_id,
         seconds_to_crashed=_after(dead.killed_at, run.state.timestamp),
         seconds_to_taken_over=_after(dead.killed_at, taken_at),
-        seconds_to_running_again=_after(dead.killed_at, _aware(job.started_at)),
+        seconds_to_running_again=_after(dead.killed_at, as_utc(job.started_at)),
         seconds_since_heartbeat_at_kill=_after(dead.last_heartbeat_at, dead.killed_at),
         crash_message=run.state.message or "",
         subflow_state=(subflow.state.name or "") if subflow.state else "",
         subflow_message=(subflow.state.message or "") if subflow.state else "",
         job_status=str(job.status),
+        job_options=job.options or "",
         heartbeats={key: len(value) for key, value in heartbeats_since(since).items()},
     )
 
@@ -280,12 +284,6 @@ def _if_final(flow_run_id: str) -> FlowRun | None:
 
 def _after(start: datetime, end: datetime | None) -> float:
     return round((end - start).total_seconds(), 1) if end else -1.0
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def run_scenario(env: dict[str, str], workdir: Path, limit: float = 150.0) -> Figures:

@@ -103,7 +103,14 @@ def transcribe(
         word_timestamps=word_timestamps,
     )
     options = AsrOptions.from_settings(settings, given)
-    job = jobs.create_job(source, Path(source).name, job_id, settings.work_pool or None)
+    # Its options are kept with it: a run taken over after this one dies runs with them too.
+    job = jobs.create_job(
+        source,
+        Path(source).name,
+        job_id,
+        settings.work_pool or None,
+        options=given.model_dump_json(exclude_none=True),
+    )
     if lease_token is not None:  # the task worker running it holds the lease and renews it
         return _transcribe(job.id, job.work_pool, source, options, lease_token, started)
     # A deployment run (or a command line's) holds the job's lease itself, renewed while it

@@ -24,8 +24,10 @@ from store.models import (
     UsageCounter,
     Video,
     VideoBatch,
+    as_utc,
     table_of,
 )
+from store.usage import key_scope
 
 _JOB = table_of(TranscriptionJob)
 _BOT = table_of(BotRequest)
@@ -54,11 +56,6 @@ class StoreGauges:
     key_rests: dict[tuple[str, str], datetime] = field(default_factory=dict)  # until
     key_used_today: dict[tuple[str, str], int] = field(default_factory=dict)
     latest_batch: dict[str, int] = field(default_factory=dict)  # video status -> videos
-
-
-def key_scope(provider: str, key: str) -> str:
-    """The usage counter a key's daily calls are counted under (``store.usage``)."""
-    return f"key:{provider}:{key}"
 
 
 # Built once: a scrape only runs them (SQLAlchemy's compiled cache does the rest).
@@ -139,4 +136,4 @@ def _aware(value: datetime | str) -> datetime:
     # aggregate of a CASE over one.
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return as_utc(value)

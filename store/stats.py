@@ -25,11 +25,12 @@ from store.models import (
     JobStatus,
     TranscriptionJob,
     UsageCounter,
+    as_utc,
     table_of,
 )
+from store.usage import KEY_SCOPE, key_of_scope
 
 TRANSCRIPTION = "transcription"  # the kind of a transcription job among the bot's kinds
-KEY_SCOPE = "key:"  # usage_counter scopes of provider keys: key:<provider>:<key name>
 _BOT = table_of(BotRequest)
 _JOB = table_of(TranscriptionJob)
 _USAGE = table_of(UsageCounter)
@@ -132,7 +133,7 @@ def added_latencies(connection: Connection, since: datetime, until: datetime) ->
         )
     ).all()
     return [
-        max((_aware(delivered) - _aware(created)).total_seconds() - (upstream or 0.0), 0.0)
+        max((as_utc(delivered) - as_utc(created)).total_seconds() - (upstream or 0.0), 0.0)
         for created, delivered, upstream in rows
     ]
 
@@ -155,7 +156,7 @@ def keys_used(connection: Connection, day: date) -> tuple[KeyUse, ...]:
     ).all()
     found = []
     for scope, used in rows:
-        provider, _, key = scope.removeprefix(KEY_SCOPE).partition(":")
+        provider, key = key_of_scope(scope)
         found.append(KeyUse(provider, key, int(used)))
     return tuple(sorted(found, key=lambda k: (k.provider, k.key)))
 
@@ -182,8 +183,3 @@ def transcription_hours(
         )
     ).scalar_one()
     return round(float(done) / 3600, 3), round(float(queued) / 3600, 3)
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; the store keeps them in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -114,11 +114,25 @@ def admit(
     return Admission(True)
 
 
+KEY_SCOPE = "key:"  # usage counters of provider keys: key:<provider>:<key name>
+
+
+def key_scope(provider: str, key: str) -> str:
+    """The usage counter a key's daily calls are counted under."""
+    return f"{KEY_SCOPE}{provider}:{key}"
+
+
+def key_of_scope(scope: str) -> tuple[str, str]:
+    """``(provider, key name)`` of a key's usage counter scope."""
+    provider, _, key = scope.removeprefix(KEY_SCOPE).partition(":")
+    return provider, key
+
+
 def spend_key_day(provider: str, key: str, limit: int, now: datetime | None = None) -> bool:
     """Count one call against a key's daily quota; False when today's quota is spent."""
     day = (now or datetime.now(UTC)).astimezone(UTC).date()
     with get_engine().begin() as connection:
-        return _spend(connection, f"key:{provider}:{key}", day, limit)
+        return _spend(connection, key_scope(provider, key), day, limit)
 
 
 def used_today(scope: str, now: datetime | None = None) -> int:

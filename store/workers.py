@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, Row
 from relay_settings import get_settings
 from store.db import dialect_insert, get_engine, reader
 from store.leases import db_now
-from store.models import WorkerHeartbeat, new_id, table_of
+from store.models import WorkerHeartbeat, as_utc, new_id, table_of
 
 log = logging.getLogger("relay.workers")
 TABLE = table_of(WorkerHeartbeat)
@@ -145,7 +145,7 @@ def list_workers(engine: Engine | None = None) -> list[Worker]:
 
 
 def _worker(row: Row[Any], now: datetime) -> Worker:
-    last_seen = _aware(row.last_seen_at)
+    last_seen = as_utc(row.last_seen_at)
     silent = max(0.0, (now - last_seen).total_seconds())
     return Worker(
         id=row.id,
@@ -153,7 +153,7 @@ def _worker(row: Row[Any], now: datetime) -> Worker:
         pool=row.pool,
         host=row.host,
         pid=row.pid,
-        started_at=_aware(row.started_at),
+        started_at=as_utc(row.started_at),
         last_seen_at=last_seen,
         seconds_since_seen=silent,
         heartbeat_seconds=row.heartbeat_seconds,
@@ -202,8 +202,3 @@ def heartbeating(
             retire(me)
         except Exception:
             log.warning("could not retire %s %s; it will show as stale", kind, pool)
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back without their zone; the store keeps them in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -14,7 +14,7 @@ from bot_config import get_bot_config, is_kind
 from relay_settings import get_settings
 from store import bot as bot_store
 from store.leases import Lease, LeaseOutcome, process_owner, renewal_interval, renewing
-from store.models import BotRequest, BotRequestStatus, CallbackSubject, DeliveryStatus
+from store.models import BotRequest, BotRequestStatus, CallbackSubject, DeliveryStatus, as_utc
 from store.sealed import seal, signing_key, unseal
 from tasks import metrics
 from tasks.bot_answer import Answer, answer_folder, ask_provider
@@ -96,8 +96,7 @@ def _count(
         return
     added = None
     if delivered:
-        created = request.created_at
-        created = created if created.tzinfo else created.replace(tzinfo=UTC)
+        created = as_utc(request.created_at)
         added = (datetime.now(UTC) - created).total_seconds() - answer.upstream_seconds
     metrics.bot_request_ended(
         request.kind, provider, metrics.BotOutcome.COMPLETED, added_seconds=added

@@ -9,6 +9,7 @@ served. Keys are labelled by their configured name, never their secret.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +27,7 @@ from blocks.keys import ApiKeyPool
 from bot_config import get_bot_config
 from relay_pools import Workload, load_pools, pools_serving
 from store.gauges import StoreGauges, read_gauges
-from store.models import BotRequestStatus, JobStatus, VideoStatus
+from store.models import BotRequestStatus, JobStatus, VideoStatus, as_utc
 from tasks.metrics import OTHER, pool_label
 
 log = logging.getLogger("relay.metrics")
@@ -76,22 +77,26 @@ class PrefectReader:
         self._client: Any = None
         self._stack = ExitStack()
         self._closed = False
+        # Scrapes run in the API's thread pool, two at once when two Prometheus servers ask:
+        # one at a time decides what to ask Prefect, so a hanging Prefect is asked once.
+        self._lock = threading.Lock()
 
     def read(self, pools: tuple[str, ...], key_pools: tuple[str, ...]) -> PrefectView:
         """Prefect's answers within the timeout; ``late_runs`` None when it did not answer."""
         if self._closed:
             return PrefectView(None, self._keys)
         deadline = time.monotonic() + self.timeout
-        late = self._late
-        if late is None or late.done():
-            late = self._late = self._submit(self._late_runs, pools)
-        else:
-            _log_once("prefect-busy", "metrics: Prefect has not answered an earlier scrape")
-        if time.monotonic() - self._keys_at > BLOCKS_CACHE_SECONDS and (
-            self._loading is None or self._loading.done()
-        ):
-            self._keys_at = time.monotonic()
-            self._loading = self._submit(self._quota_keys, key_pools)
+        with self._lock:
+            late = self._late
+            if late is None or late.done():
+                late = self._late = self._submit(self._late_runs, pools)
+            else:
+                _log_once("prefect-busy", "metrics: Prefect has not answered an earlier scrape")
+            if time.monotonic() - self._keys_at > BLOCKS_CACHE_SECONDS and (
+                self._loading is None or self._loading.done()
+            ):
+                self._keys_at = time.monotonic()
+                self._loading = self._submit(self._quota_keys, key_pools)
         counts = _result(late, deadline, "late runs")
         if self._keys is None and self._loading is not None:
             _result(self._loading, deadline, "key pools")
@@ -180,13 +185,20 @@ class RelayGauges(Collector):
         view = self.prefect.read(pools, key_pools)
         keys = view.keys or []
         now = datetime.now(UTC)
-        store = read_gauges([(k.provider, k.name) for k in keys if k.per_day], now)
-        yield _work_items(store)
-        yield from _queues(store, now)
-        yield from _keys(store, keys, now)
-        yield _batch(store)
-        if self.workers is not None:
-            yield worker_ages(self.workers(), now)
+        # A store that cannot be read leaves its families out (logged), as a silent Prefect
+        # does: the scrape still carries the request counters that show the outage.
+        try:
+            store = read_gauges([(k.provider, k.name) for k in keys if k.per_day], now)
+            rows = list(self.workers()) if self.workers is not None else None
+        except Exception as err:
+            _log_once("store-failed", f"metrics: the store's gauges not read: {err!r}")
+        else:
+            yield _work_items(store)
+            yield from _queues(store, now)
+            yield from _keys(store, keys, now)
+            yield _batch(store)
+            if rows is not None:
+                yield worker_ages(rows, now)
         if view.late_runs is not None:
             late = GaugeMetricFamily(
                 "relay_prefect_late_runs", "Prefect flow runs in a Late state.", labels=["pool"]
@@ -201,7 +213,7 @@ def worker_ages(rows: Iterable[WorkerRow], now: datetime) -> GaugeMetricFamily:
     of one kind and pool on a host are one series: the stalest, so a silent one shows."""
     ages: dict[tuple[str, str, str], float] = {}
     for kind, pool, host, last_seen_at in rows:
-        seen = last_seen_at if last_seen_at.tzinfo else last_seen_at.replace(tzinfo=UTC)
+        seen = as_utc(last_seen_at)
         labels = (kind, pool_label(pool), host)
         ages[labels] = max(ages.get(labels, 0.0), (now - seen).total_seconds(), 0.0)
     family = GaugeMetricFamily(

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from relay_settings import get_settings
 from store.stats import RequestCount, StoreFigures
 from store.workers import WorkerKind
 from tasks.discord_limits import FIELD_VALUE_LIMIT, FOOTER_LIMIT, TITLE_LIMIT, truncate
@@ -25,7 +26,12 @@ from tasks.notify import post_to_destination
 
 logger = logging.getLogger("relay.stats")
 COLOUR_OK, COLOUR_WARN = 0x5865F2, 0xE67E22
-LOW_QUOTA = 0.10  # a key with less than this share of its daily quota left is flagged
+
+
+def _low(share_left: float | None) -> bool:
+    """Under the share of its daily quota the key-quota alert holds keys to
+    (``RELAY_OBJECTIVES_QUOTA_LEFT_RATIO``): flagged here as the alert would fire."""
+    return share_left is not None and share_left < get_settings().objectives.quota_left_ratio
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class StatsSummary:
     @property
     def needs_attention(self) -> bool:
         """A stale worker, or a key close to its daily quota."""
-        low = any(k.share_left is not None and k.share_left < LOW_QUOTA for k in self.keys)
+        low = any(_low(k.share_left) for k in self.keys)
         return low or any(not worker.up for worker in self.workers)
 
 
@@ -201,7 +207,7 @@ def _keys(keys: Sequence[KeyQuota]) -> str:
         line = f"{key.provider}/{key.key}: {key.used:,}"
         if key.daily_quota:
             line += f" of {key.daily_quota:,} ({100 * key.used / key.daily_quota:.1f} %)"
-            if key.share_left is not None and key.share_left < LOW_QUOTA:
+            if _low(key.share_left):
                 line += " (low)"
         lines.append(line)
     return "\n".join(lines) or "no key used"

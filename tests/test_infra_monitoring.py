@@ -170,9 +170,16 @@ def test_keda_scales_every_task_worker_on_its_pools_queue_depth():
         deployment = k8s()[("Deployment", name)]
         assert "replicas" not in deployment["spec"], f"{name}: KEDA owns replicas"
         pool = task_worker_pool(container["command"])
-        (trigger,) = spec["triggers"]
+        trigger, *more = spec["triggers"]
         assert trigger["type"] == "prometheus"
         meta = trigger["metadata"]
+        if spec["minReplicaCount"] == 0:  # a job still running keeps one replica
+            (unfinished,) = more
+            assert unfinished["metadata"]["query"] == (
+                f'clamp_max(max(relay_queued_audio_seconds{{pool="{pool}"}}), 1)'
+            ), f"{name}: may scale to zero under a running job"
+        else:
+            assert more == [], name
         assert re.fullmatch(rf'max\(relay_queue_depth\{{pool="{pool}"\}}\)', meta["query"])
         # One replica per --limit queued units: the worker's own capacity.
         assert int(meta["threshold"]) == int(flag(container["command"], "--limit")), name
