@@ -37,7 +37,7 @@ class ObjectivesSettings(BaseModel):
         "not named in queue_age_by_pool).",
     )
     queue_age_by_pool: str = Field(
-        default="bot-chat=60,bot-media=300,batch-video=86400",
+        default="bot-chat=60,bot-media=300",
         description="Per-pool queue age objectives: comma-separated pool=seconds.",
     )
     bot_latency_p95_seconds: float = Field(
