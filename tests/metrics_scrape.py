@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot_config import KINDS
 from relay_pools import load_pools
 from store.models import BotRequestStatus, JobStatus, VideoStatus
+from store.workers import WorkerKind
 from tasks.metrics import METHODS, PROVIDERS
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -20,7 +21,9 @@ POOLS = {*load_pools(), "unassigned", "other"}
 # Every label of Relay's families and the HTTP RED ones, with the values it may take.
 ALLOWED: dict[str, set[str] | re.Pattern[str]] = {
     "pool": POOLS,
-    "kind": {*KINDS, "other"},
+    "kind": {*KINDS, "other", *WorkerKind},  # a bot request's, or a worker's
+    # relay_worker_last_seen_seconds: the heartbeat's host name (a machine, never a user's)
+    "host": re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"),
     "provider": {*PROVIDERS, "none", "unknown", "other"},
     "outcome": {"completed", "failed", "cancelled", "refused"},
     "workload": {"transcription", "bot", "video"},
@@ -76,3 +79,20 @@ def label_problems(samples: Samples, handlers: set[str], keys: set[str]) -> list
 def leaks(text: str, private: Iterable[str]) -> list[str]:
     """The private strings (ids, prompts, user ids, secrets) that appear in ``text``."""
     return [word for word in private if word and word in text]
+
+
+def configured_key_names() -> set[str]:
+    """The key names of every key pool block the bot's providers name, as saved in Prefect
+    now (other tests of the session may have saved more keys than this module's)."""
+    from blocks.keys import ApiKeyPool
+    from bot_config import get_bot_config
+
+    names: set[str] = set()
+    for pool in {provider.key_pool for provider in get_bot_config().providers.values()}:
+        try:
+            block = ApiKeyPool.load(pool, _sync=True)  # type: ignore[call-arg]
+        except ValueError:  # not saved
+            continue
+        if isinstance(block, ApiKeyPool):
+            names |= {key.name for key in block.keys}
+    return names

@@ -23,7 +23,14 @@ from relay_settings import PROJECT_ROOT, reload_settings
 from store import jobs
 from tests.bot_stack import WEBHOOK_TOKEN, _ask, _config, _save_pool, _wait_finished
 from tests.environ import environment
-from tests.metrics_scrape import label_problems, leaks, parse, route_templates, total, value
+from tests.metrics_scrape import (
+    label_problems,
+    leaks,
+    parse,
+    route_templates,
+    total,
+    value,
+)
 from tests.pg import create_database, drop_database
 from tests.test_dask_config import free_port
 
