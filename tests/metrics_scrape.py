@@ -96,3 +96,17 @@ def configured_key_names() -> set[str]:
         if isinstance(block, ApiKeyPool):
             names |= {key.name for key in block.keys}
     return names
+
+
+def known_key_names() -> set[str]:
+    """Every key name Relay may label a series with in this session: the key pool blocks
+    saved in Prefect, and the keys resting in the store (which other tests may have rested
+    under pools saved differently since)."""
+    from sqlalchemy import select
+
+    from store.db import get_engine
+    from store.models import ApiKeyState, table_of
+
+    with get_engine().connect() as connection:
+        stored = connection.execute(select(table_of(ApiKeyState).c.key_name)).scalars()
+        return configured_key_names() | set(stored)

@@ -24,6 +24,7 @@ from store import jobs
 from tests.bot_stack import WEBHOOK_TOKEN, _ask, _config, _save_pool, _wait_finished
 from tests.environ import environment
 from tests.metrics_scrape import (
+    known_key_names,
     label_problems,
     leaks,
     parse,
@@ -128,8 +129,8 @@ def test_each_process_counts_what_ended_in_it_and_labels_stay_closed(worker, fak
     assert grew("http_requests_total", handler="/api/bot/requests", method="POST") == 3
 
     handlers = route_templates(app)
-    # Key names configured here, and by tests/test_metrics.py in this same process.
-    keys = {*SECRETS, "primary", "spare"}
+    # Key names configured here, and those the session's other tests saved or rested.
+    keys = {*SECRETS, *known_key_names()}
     for samples in (at_api, at_worker):
         assert label_problems(samples, handlers, keys=keys) == []
     private = [
