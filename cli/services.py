@@ -135,6 +135,9 @@ def api() -> None:
             host=settings.api.host,
             port=settings.api.port,
             access_log=settings.api.access_log,
+            # uvicorn's supervisor restarts a worker that misses a ping for 5 s; importing
+            # Prefect takes a worker about that on a busy host, so it was killed mid-start.
+            timeout_worker_healthcheck=30,
         )
 
 
