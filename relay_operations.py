@@ -15,7 +15,8 @@ class _OperationsGroup(BaseModel):
 
 
 class WorkersSettings(_OperationsGroup):
-    """Worker heartbeats: how often each long-lived worker says it is alive (docs/ops-health.md)."""
+    """Worker heartbeats (how often each long-lived worker says it is alive) and how a task
+    worker stops (docs/ops-health.md)."""
 
     heartbeat_seconds: float = Field(
         default=10.0,
@@ -27,6 +28,12 @@ class WorkersSettings(_OperationsGroup):
         default=86400.0,
         gt=0,
         description="A worker silent this long is removed from the list of workers.",
+    )
+    stop_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="A task worker told to stop (SIGTERM, Ctrl-C) gives its runs in flight and "
+        "Prefect's unsent events this long, then exits (leases bring back what it left).",
     )
 
 

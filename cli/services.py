@@ -23,12 +23,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("relay.cli")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+RELAY_LOGGERS = ("relay", "api", "cli", "deployments", "flows", "store", "tasks")
 
 
 def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Prefect configures logging again once it starts (its root logger at WARNING): Relay's
+    # own lines (a worker starting, stopping, its metrics port) keep their level.
+    for package in RELAY_LOGGERS:
+        logging.getLogger(package).setLevel(logging.INFO)
 
 
 def worker(
@@ -41,8 +46,10 @@ def worker(
         typer.Option(help="serve /metrics on this port (default RELAY_METRICS_WORKER_PORT; 0: no)"),
     ] = None,
 ) -> None:
-    """Serve one pool's background task (work-pools/pools.yaml) until interrupted."""
-    from flows.pool_tasks import serve_pool_task
+    """Serve one pool's background task (work-pools/pools.yaml) until interrupted; told to
+    stop (SIGTERM, Ctrl-C), exit within RELAY_WORKERS_STOP_SECONDS (flows/stopping.py)."""
+    from flows.pool_tasks import pool_task, serve_pool_task
+    from flows.stopping import stop_within
     from relay_settings import get_settings
     from tasks.metrics import serve_worker_metrics
 
@@ -60,17 +67,23 @@ def worker(
     # deletion) killed the process outright. Now it stops like Ctrl-C, and the worker
     # leaves the list of workers on its way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    settings = get_settings().metrics
-    port = settings.worker_port if metrics_port is None else metrics_port
-    if port and serve_worker_metrics(port, settings.worker_host, settings.token.get_secret_value()):
-        log.info("metrics of this worker on http://%s:%d/metrics", settings.worker_host, port)
-    serve_pool_task(pool, limit)
-    log.info("task worker for %s stopped after %.0f s", pool, time.monotonic() - started)
+    settings = get_settings()
+    metrics = settings.metrics
+    port = metrics.worker_port if metrics_port is None else metrics_port
+    if port and serve_worker_metrics(port, metrics.worker_host, metrics.token.get_secret_value()):
+        log.info("metrics of this worker on http://%s:%d/metrics", metrics.worker_host, port)
+    try:
+        serve_pool_task(pool, limit)
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if isinstance(stop, SystemExit) and stop.code not in (0, None):
+            raise
+        log.info("task worker for %s stopping after %.0f s", pool, time.monotonic() - started)
+        stop_within(settings.workers.stop_seconds, pool_task(pool).running.count)
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    log.info("signal %d received: stopping", signum)
-    sys.exit(0)
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    # Only raise here: a handler that logs could meet a lock the interrupted code holds.
+    raise SystemExit(0)
 
 
 def api() -> None:

@@ -346,3 +346,31 @@ def test_no_deployment_runs_an_old_and_a_new_release_side_by_side():
     assert deployments
     for name, doc in deployments.items():
         assert doc["spec"].get("strategy", {}).get("type") == "Recreate", name
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration (``30s``, ``1m30s``) in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, f"not a duration compose writes: {duration!r}"
+    return int(parts[1] or 0) * 60 + int(parts[2] or 0)
+
+
+def test_every_task_worker_may_stop_within_its_grace_period():
+    """A task worker exits within RELAY_WORKERS_STOP_SECONDS of SIGTERM (flows/stopping.py):
+    its container must not be killed before (compose waits 10 s, Kubernetes 30 s)."""
+    default = RelaySettings().workers.stop_seconds
+    in_compose = [n for n, s in compose().items() if task_worker_pool(s.get("command"))]
+    assert in_compose
+    for name in in_compose:
+        bound = float(env(compose()[name]).get("RELAY_WORKERS_STOP_SECONDS", default))
+        grace = _seconds(compose()[name].get("stop_grace_period", "10s"))
+        assert bound < grace, f"{name}: stops within {bound} s, killed after {grace} s"
+    in_k8s = [
+        n
+        for n, pod in pods().items()
+        if any(task_worker_pool(c["command"]) for c in pod["containers"])
+    ]
+    assert in_k8s
+    for name in in_k8s:
+        bound = float(env_k8s(pods()[name]).get("RELAY_WORKERS_STOP_SECONDS") or default)
+        assert bound < pods()[name].get("terminationGracePeriodSeconds", 30), name

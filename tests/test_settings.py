@@ -88,6 +88,7 @@ EARLIER_NAMES = {
     "RELAY_OBJECTIVES_RUNBOOK_URL": ("https://x.example/r.md", lambda s: s.objectives.runbook_url),
     "RELAY_WORKERS_HEARTBEAT_SECONDS": ("2.5", lambda s: s.workers.heartbeat_seconds),
     "RELAY_WORKERS_FORGET_SECONDS": ("3600.5", lambda s: s.workers.forget_seconds),
+    "RELAY_WORKERS_STOP_SECONDS": ("7.5", lambda s: s.workers.stop_seconds),
     "RELAY_HEALTH_TIMEOUT_SECONDS": ("1.5", lambda s: s.health.timeout_seconds),
     "RELAY_METRICS_HTTP": ("false", lambda s: s.metrics.http),
     "RELAY_METRICS_WORKER_PORT": ("9101", lambda s: s.metrics.worker_port),
