@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay_discord import DiscordSettings
 from relay_objectives import ObjectivesSettings
 from relay_operations import HealthSettings, MetricsSettings, WorkersSettings
 
@@ -223,28 +224,6 @@ class CallbackSettings(_Group):
     backoff_max_seconds: float = Field(
         default=600.0, gt=0, description="Longest wait between two retries."
     )
-
-
-class DiscordSettings(_Group):
-    """Discord notifications."""
-
-    block: str = Field(
-        default="relay-discord", description="Name of the Discord destination block to notify."
-    )
-    admin_block: str = Field(
-        default="relay-discord-admin",
-        description="Discord destination block the admin statistics (relay-stats) go to; "
-        "nothing is posted while it does not exist.",
-    )
-    alerts_block: str = Field(
-        default="",
-        description="Discord destination block failed and crashed flow runs and "
-        "Alertmanager alerts go to (empty: the `block` above).",
-    )
-
-    def alerts_destination(self) -> str:
-        """The block alerts are posted to."""
-        return self.alerts_block or self.block
 
 
 GROUPS: tuple[str, ...] = (

@@ -9,7 +9,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from api import alerts, batches, bot, contract, errors, health, metrics, system, transcriptions
+from api import (
+    alerts,
+    batches,
+    bot,
+    contract,
+    errors,
+    health,
+    interactions,
+    metrics,
+    system,
+    transcriptions,
+)
 from api.submit import Dispatchers, close_app_prefect_client
 from api.uploads import UploadLimit
 from relay_settings import RelaySettings, get_settings
@@ -49,6 +60,7 @@ def create_app(settings: RelaySettings | None, dispatchers: Dispatchers) -> Fast
     app.include_router(transcriptions.router)
     app.include_router(batches.router)
     app.include_router(bot.router)
+    app.include_router(interactions.router)
     app.include_router(system.router)
     app.include_router(health.router)
     app.include_router(alerts.router)

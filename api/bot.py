@@ -17,23 +17,17 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from api import reads
 from api.auth import check_token, require_token
+from api.bot_intake import Refused, take_request
 from api.bot_schemas import AnswerFile, BotAccepted, BotRequestIn, BotRequestView, Refusal
 from api.callbacks import (
     callback_routes,
     callback_view,
-    checked_callback_url,
 )
 from api.errors import ApiError, error_body, error_responses
 from api.idempotency import IdempotencyKey, KeyedRequest, fingerprint
-from api.submit import dispatch
-from blocks.discord import redact_webhook_url
-from bot_config import get_bot_config
 from store import bot as bot_store
 from store import callbacks, usage
-from store.bot import RequestIntake
-from store.leases import Lease
-from store.models import BotRequest, BotRequestStatus, Callback, CallbackSubject, DeliveryStatus
-from tasks import metrics
+from store.models import BotRequest, Callback, CallbackSubject
 from tasks.callback_events import bot_request_ended
 
 router = APIRouter(prefix="/api/bot/requests", tags=["bot"])
@@ -75,89 +69,21 @@ async def submit(
     if replay is not None:  # a retry: the first answer (queued or refused), nothing counted
         return replay
     try:
-        answer = await _submit(body, request, background)
+        taken = await take_request(request, body, background)
     except BaseException:
         await keyed.release()
         raise
-    if isinstance(answer, BotAccepted):
-        answer = JSONResponse(answer.model_dump(mode="json"), status_code=202)
-    return await keyed.answer(answer)
-
-
-async def _submit(
-    body: BotRequestIn, request: Request, background: BackgroundTasks
-) -> BotAccepted | JSONResponse:
-    config = get_bot_config()
-    if len(body.prompt) > config.max_prompt_chars:
-        raise ApiError(
-            422,
-            "prompt_too_long",
-            f"the prompt has {len(body.prompt)} characters; the limit is {config.max_prompt_chars}",
-        )
-    settings = request.app.state.settings
-    callback_url = await checked_callback_url(settings, body.callback_url)
-    route, pool = config.route(body.kind, body.channel)
-    limits = config.limits[body.kind]
-    admission = await run_in_threadpool(
-        usage.admit,
-        body.user_id,
-        body.kind,
-        cooldown_seconds=limits.cooldown_seconds,
-        per_user_daily=limits.per_user_daily,
-        global_daily=limits.global_daily,
+    if isinstance(taken, Refused):
+        return await keyed.answer(_refusal(taken.request_id, taken.admission))
+    accepted = BotAccepted(
+        request_id=taken.request.id,
+        status=taken.request.status,
+        kind=taken.request.kind,
+        route=taken.route,
+        pool=taken.pool,
+        status_url=f"/api/bot/requests/{taken.request.id}",
     )
-    fields = _fields(body, route, pool, request.app.state.settings.discord.block)
-    if not admission.admitted:
-        refused = await run_in_threadpool(
-            bot_store.create_request,
-            **fields,
-            callback_url=callback_url,
-            deliver=True,  # this process posts the refusal
-            status=BotRequestStatus.REFUSED,
-            error=admission.message,
-            retry_at=admission.retry_at,
-            finished_at=datetime.now(UTC),
-        )
-        metrics.bot_request_ended(body.kind, metrics.NO_PROVIDER, metrics.BotOutcome.REFUSED)
-        lease = bot_store.delivery_lease(refused)
-        if lease is not None:  # always, with deliver=True
-            background.add_task(_deliver, refused.id, lease)  # a sync task: run in a thread
-        return _refusal(refused.id, admission)
-    dispatch_seconds = config.dispatch_seconds(body.kind, settings.bot.request_lease_seconds)
-    stored = await run_in_threadpool(
-        bot_store.create_request,
-        **fields,
-        callback_url=callback_url,
-        dispatch_seconds=dispatch_seconds,
-        dispatched_at=_now(),
-    )
-    try:
-        await _dispatch(request, stored.id, pool)
-    except Exception as err:
-        # The client hears of it now (503): no callback for a request it was told failed.
-        await run_in_threadpool(callbacks.forget, CallbackSubject.BOT_REQUEST, stored.id)
-        await run_in_threadpool(
-            bot_store.finish_request,
-            stored.id,
-            status=BotRequestStatus.FAILED,
-            lease=bot_store.request_lease(stored),  # this process's, until a run starts it
-            error="Relay could not queue the request",
-            # The client is told now (503): nothing to post to Discord later.
-            delivery_status=DeliveryStatus.FAILED,
-            delivery_error="not posted: the client was answered 503",
-        )
-        metrics.bot_request_ended(body.kind, metrics.NO_PROVIDER, metrics.BotOutcome.FAILED)
-        raise ApiError(
-            503, "submission_failed", f"could not queue the request: {type(err).__name__}"
-        ) from err
-    return BotAccepted(
-        request_id=stored.id,
-        status=stored.status,
-        kind=stored.kind,
-        route=route,
-        pool=pool,
-        status_url=f"/api/bot/requests/{stored.id}",
-    )
+    return await keyed.answer(JSONResponse(accepted.model_dump(mode="json"), status_code=202))
 
 
 @router.get(
@@ -213,44 +139,6 @@ async def answer_file(
     if name not in files:
         raise ApiError(404, "not_found", f"no file {name!r} in bot request {request_id!r}")
     return FileResponse(answer_folder(request_id) / name, media_type=files[name].mime_type)
-
-
-def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> RequestIntake:
-    from tasks.bot_handling import seal_destination
-
-    fields: RequestIntake = {
-        "kind": body.kind,
-        "prompt": body.prompt,
-        "user_id": body.user_id,
-        "channel": body.channel,
-        "guild": body.guild,
-        "route": route,
-        "pool": pool,
-    }
-    if body.webhook_url:
-        fields["destination_sealed"] = seal_destination(body.webhook_url)
-        fields["destination_shown"] = redact_webhook_url(body.webhook_url)
-    else:
-        block = body.destination or default_block
-        fields["destination_block"] = fields["destination_shown"] = block
-    return fields
-
-
-async def _dispatch(request: Request, request_id: str, pool: str) -> None:
-    """Create the request's background task run with the app's long-lived Prefect client."""
-    await dispatch(request, pool, request_id=request_id)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _deliver(request_id: str, lease: Lease) -> None:
-    from tasks.bot_handling import deliver
-    from tasks.callbacks import deliver_now
-
-    deliver(request_id, lease)
-    deliver_now(CallbackSubject.BOT_REQUEST, request_id)
 
 
 def _refusal(request_id: str, admission: usage.Admission) -> JSONResponse:

@@ -24,9 +24,16 @@ _WEBHOOK_PATH_ANYWHERE = re.compile(r"(/api(?:/v\d+)?/webhooks/[^/\s]+/)[^/?#\s'
 
 def allowed_hosts(settings: RelaySettings | None = None) -> tuple[str, ...]:
     """Extra webhook hosts (``host`` or ``host:port``): the setting ``webhook_allowed_hosts``
-    (``RELAY_WEBHOOK_ALLOWED_HOSTS``) of ``settings``, else of the process."""
-    raw = (settings or get_settings()).webhook.allowed_hosts
-    return tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
+    (``RELAY_WEBHOOK_ALLOWED_HOSTS``) of ``settings``, else of the process, and the host of
+    ``RELAY_DISCORD_API_URL`` when it is not Discord's."""
+    settings = settings or get_settings()
+    raw = settings.webhook.allowed_hosts
+    hosts = [entry.strip().lower() for entry in raw.split(",") if entry.strip()]
+    # Interaction follow-ups go to the configured Discord API (a fake one in tests).
+    api = urlsplit(settings.discord.api_url)
+    if api.hostname and api.hostname.lower() not in DISCORD_HOSTS:
+        hosts.append(api.netloc.lower())
+    return tuple(hosts)
 
 
 _ID = r"[0-9]{1,20}"

@@ -19,6 +19,7 @@ import email.policy
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -39,6 +40,22 @@ _ERRORS = {
 }
 
 
+# Execute Webhook (and an interaction's follow-up: the application's id and the interaction's
+# token), and editing or deleting one of its messages, with or without the API version.
+_WEBHOOK = re.compile(
+    r"/api(?:/v\d+)?/webhooks/(?P<id>\d+)/(?P<token>[^/]+)(?:/messages/(?P<message>[^/]+))?"
+)
+WEBHOOK_METHODS = ("POST", "PATCH", "DELETE")
+# Other routes of Discord's API a test needs: (method, path pattern, handler). A handler
+# gets the fake, the path's match, the headers and the raw body, and returns the status,
+# the JSON answer (None: no body) and extra headers.
+Route = tuple[
+    str,
+    re.Pattern[str],
+    Callable[["FakeDiscord", re.Match[str], Any, bytes], tuple[int, Any, dict[str, str]]],
+]
+
+
 @dataclass
 class WebhookRequest:
     """One request the fake received, as the test wants to inspect it."""
@@ -52,6 +69,7 @@ class WebhookRequest:
     files: dict[str, bytes] = field(default_factory=dict)  # attachment file name -> content
     behaviour: str = "ok"
     received_at: float = field(default_factory=time.monotonic)
+    message: str | None = None  # PATCH / DELETE: the message id, "@original" included
 
 
 class FakeDiscord:
@@ -61,6 +79,7 @@ class FakeDiscord:
         self.retry_after = retry_after
         self.hang_seconds = hang_seconds
         self.requests: list[WebhookRequest] = []
+        self.routes: list[Route] = []
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -81,6 +100,11 @@ class FakeDiscord:
     def url_for(self, webhook_id: str = "1", token: str = "secret-token") -> str:
         """The webhook URL a destination should post to."""
         return f"http://{self.host}/api/webhooks/{webhook_id}/{token}"
+
+    @property
+    def api_url(self) -> str:
+        """The base of Discord's HTTP API here, for ``RELAY_DISCORD_API_URL``."""
+        return f"http://{self.host}/api/v10"
 
     def script(self, *behaviours: str | int) -> None:
         """Queue how the next requests are answered, one behaviour per request."""
@@ -117,28 +141,62 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
+            self._route("POST")
+
+        def do_PATCH(self) -> None:
+            self._route("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._route("DELETE")
+
+        def do_GET(self) -> None:
+            self._route("GET")
+
+        def do_PUT(self) -> None:
+            self._route("PUT")
+
+        def _route(self, method: str) -> None:
             parts = urlsplit(self.path)
-            segments = parts.path.strip("/").split("/")
             query = dict(parse_qsl(parts.query))
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if len(segments) != 4 or segments[:2] != ["api", "webhooks"]:
+            webhook = _WEBHOOK.fullmatch(parts.path)
+            if webhook is None:
+                for route_method, pattern, handle in fake.routes:
+                    found = pattern.fullmatch(parts.path)
+                    if found and route_method == method:
+                        status, answer, headers = handle(fake, found, self.headers, body)
+                        if answer is None:
+                            self._send(status, b"", headers)
+                        else:
+                            self._json(status, answer, headers)
+                        return
                 self._json(404, {"message": "404: Not Found", "code": 0})
+                return
+            message = webhook["message"]
+            if (method == "POST") != (message is None) or method not in WEBHOOK_METHODS:
+                self._json(405, {"message": "405: Method Not Allowed", "code": 0})
                 return
             payload, files = _parse_body(self.headers.get("Content-Type", ""), body)
             behaviour = fake._next_behaviour()
             fake._record(
                 WebhookRequest(
-                    method="POST",
-                    webhook_id=segments[2],
-                    token=segments[3],
+                    method=method,
+                    webhook_id=webhook["id"],
+                    token=webhook["token"],
                     query=query,
                     headers=dict(self.headers.items()),
                     payload=payload,
                     files=files,
                     behaviour=behaviour,
+                    message=message,
                 )
             )
-            self._answer(behaviour, segments[2], query, payload, files)
+            if method == "DELETE" and behaviour == "ok":
+                self._send(204, b"", {})
+                return
+            if method == "PATCH" and behaviour == "ok":
+                query = {**query, "wait": "true"}  # an edit always answers with the message
+            self._answer(behaviour, webhook["id"], query, payload, files)
 
         def _answer(
             self,

@@ -1,0 +1,136 @@
+"""What Discord POSTs to the interactions endpoint and what Relay answers, as far as Relay
+reads them (Discord's "Interaction" and "Interaction Response" objects; unknown fields are
+ignored, as Discord adds some)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EPHEMERAL = 1 << 6  # message flag: only the user who ran the command sees it
+
+
+class InteractionType(IntEnum):
+    PING = 1
+    APPLICATION_COMMAND = 2
+
+
+class ResponseType(IntEnum):
+    PONG = 1
+    CHANNEL_MESSAGE = 4  # CHANNEL_MESSAGE_WITH_SOURCE: the answer, now
+    DEFERRED_CHANNEL_MESSAGE = 5  # "Relay is thinking…": the answer comes as follow-ups
+
+
+class _Discord(BaseModel):
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+
+
+class DiscordUser(_Discord):
+    id: str = Field(pattern=r"^[0-9]{1,20}$")
+    username: str | None = None
+
+
+class GuildMember(_Discord):
+    user: DiscordUser
+    permissions: str = Field(default="0", pattern=r"^[0-9]{1,40}$", description="bit set")
+
+
+class PartialChannel(_Discord):
+    id: str
+    name: str | None = None
+
+
+class CommandOptionValue(_Discord):
+    name: str
+    type: int
+    value: str | int | float | bool | None = None
+
+
+class CommandData(_Discord):
+    id: str | None = None
+    name: str
+    options: list[CommandOptionValue] = []
+    resolved: dict[str, Any] | None = None
+
+
+class Interaction(_Discord):
+    """An interaction as Discord sends it (``PING`` or a slash command)."""
+
+    id: str = Field(pattern=r"^[0-9]{1,20}$")
+    application_id: str = Field(pattern=r"^[0-9]{1,20}$")
+    type: int
+    token: str = Field(default="", max_length=1000)
+    data: CommandData | None = None
+    guild_id: str | None = None
+    channel_id: str | None = None
+    channel: PartialChannel | None = None
+    member: GuildMember | None = None  # in a guild
+    user: DiscordUser | None = None  # in a direct message
+
+    @property
+    def user_id(self) -> str:
+        """Who ran the command."""
+        if self.member is not None:
+            return self.member.user.id
+        return self.user.id if self.user is not None else ""
+
+    @property
+    def channel_name(self) -> str:
+        """The channel's name (routes match names), else its id; ``dm`` outside a guild."""
+        if self.channel is not None and self.channel.name:
+            return self.channel.name
+        if self.guild_id is None:
+            return "dm"
+        return self.channel_id or "unknown"
+
+    @property
+    def permissions(self) -> int:
+        """The member's permissions in the channel (0 outside a guild)."""
+        return int(self.member.permissions) if self.member is not None else 0
+
+    def option(self, name: str) -> str | int | float | bool | None:
+        """The value the user gave an option, None when left out."""
+        options = self.data.options if self.data is not None else []
+        return next((o.value for o in options if o.name == name), None)
+
+
+class AllowedMentions(BaseModel):
+    parse: list[str] = []
+    users: list[str] | None = None
+
+
+class InteractionMessage(BaseModel):
+    content: str | None = None
+    flags: int | None = Field(default=None, description="64: ephemeral (only the user sees it)")
+    allowed_mentions: AllowedMentions | None = None
+
+
+class InteractionResponse(BaseModel):
+    """Relay's answer to an interaction (Discord's "Interaction Response")."""
+
+    type: ResponseType = Field(
+        description="1 PONG, 4 a message now, 5 deferred (the answer follows)"
+    )
+    data: InteractionMessage | None = None
+
+
+def pong() -> InteractionResponse:
+    """The answer to Discord's PING."""
+    return InteractionResponse(type=ResponseType.PONG)
+
+
+def deferred() -> InteractionResponse:
+    """ "Relay is thinking…": the answer comes as follow-ups on the interaction's webhook."""
+    return InteractionResponse(type=ResponseType.DEFERRED_CHANNEL_MESSAGE)
+
+
+def ephemeral(content: str) -> InteractionResponse:
+    """A message only the user sees (a refusal, a mistake), pinging nobody."""
+    return InteractionResponse(
+        type=ResponseType.CHANNEL_MESSAGE,
+        data=InteractionMessage(
+            content=content[:2000], flags=EPHEMERAL, allowed_mentions=AllowedMentions()
+        ),
+    )

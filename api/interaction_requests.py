@@ -1,0 +1,56 @@
+"""``/chat``, ``/image`` and ``/video`` from Discord: bot requests, taken in as
+``POST /api/bot/requests`` takes them (routes, limits, pools), answered as follow-ups."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC
+
+from fastapi import BackgroundTasks, Request
+from pydantic import ValidationError
+
+from api.bot_intake import Refused, take_request
+from api.bot_schemas import BotRequestIn
+from api.discord_schemas import Interaction, InteractionResponse, deferred, ephemeral
+from relay_commands import REQUEST_KINDS
+
+
+async def request_command(
+    request: Request, interaction: Interaction, background: BackgroundTasks
+) -> InteractionResponse:
+    """Take the command in as a bot request whose answer goes to the interaction's
+    follow-up webhook; deferred when queued, an ephemeral message when refused."""
+    assert interaction.data is not None  # a command, checked by the caller
+    discord = request.app.state.settings.discord
+    try:
+        body = BotRequestIn(
+            kind=REQUEST_KINDS[interaction.data.name],
+            prompt=str(interaction.option("prompt") or ""),
+            user_id=interaction.user_id,
+            channel=interaction.channel_name[:100],
+            guild=interaction.guild_id,
+            webhook_url=discord.followup_url(interaction.token),
+        )
+    except ValidationError as err:
+        return ephemeral(_problem(err))
+    taken = await take_request(request, body, background, post_refusal=False)
+    if isinstance(taken, Refused):
+        return ephemeral(_retry_message(taken))
+    return deferred()
+
+
+def _problem(err: ValidationError) -> str:
+    problem = err.errors()[0]
+    field = ".".join(str(part) for part in problem["loc"])
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    return f"Relay cannot take this request: {field}: {message}."
+
+
+def _retry_message(refused: Refused) -> str:
+    admission = refused.admission
+    message = (admission.message or "refused").rstrip(".")
+    if admission.retry_at is None:
+        return f"{message[:1].upper()}{message[1:]}."
+    # Discord shows <t:…:R> as a countdown in the user's own language ("in 2 minutes").
+    stamp = math.ceil(admission.retry_at.astimezone(UTC).timestamp())
+    return f"{message[:1].upper()}{message[1:]}. Try again <t:{stamp}:R>."
