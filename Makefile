@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= samples/meeting.ogg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint typecheck bench bench-api bench-batch bench-bot bench-stack bench-intake bench-metrics api bootstrap stack stack-down ui clean system-deps
+.PHONY: setup run test lint typecheck bench bench-api bench-batch bench-bot bench-stack bench-intake bench-interactions bench-metrics api bootstrap stack stack-down ui clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -86,6 +86,9 @@ bench-stack: setup system-deps ## submission latency (warm stack, embedded) and 
 
 bench-metrics: setup ## a /metrics scrape on 100,000 jobs and bot requests (PostgreSQL), request metrics' cost on status reads
 	$(PY) -m bench.metrics
+
+bench-interactions: setup ## Discord interactions: time to the deferred answer over 50 signed /chat commands, beside the REST intake
+	$(PY) -m bench.interactions
 
 bench-intake: setup system-deps ## the API's intake check on a 30-min MP3 beside a plain ffmpeg decode
 	$(PY) -m bench.intake

@@ -1,5 +1,5 @@
-"""A small synchronous client of Relay's bot endpoints for Discord bots and scripts (see
-``examples/discord_bot.py``); it only needs ``httpx``. A refusal (HTTP 429: a cooldown or
+"""A small synchronous client of Relay's bot endpoints for scripts and bots of one's own
+(Discord itself uses the interactions endpoint); it only needs ``httpx``. A refusal (HTTP 429: a cooldown or
 daily limit) is an answer, not an error; every other failure (401, 404, 422, 503, Relay
 unreachable) raises ``RelayError`` with the server's code and message.
 """

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 APPLICATION_ID = "900000000000000001"
 _ids = itertools.count(1_300_000_000_000_000_000)
@@ -26,6 +31,11 @@ class DiscordSigner:
     def public_key(self) -> str:
         """The hex public key, as Discord's developer portal shows it."""
         return self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+
+    @property
+    def private_key_hex(self) -> str:
+        """The private half (raw, hex), for a signer in another process."""
+        return self.key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()).hex()
 
     def headers(self, body: bytes, timestamp: float | None = None) -> dict[str, str]:
         """The signature headers Discord sends with ``body``."""

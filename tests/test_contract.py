@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_API_URL
 
 from blocks.discord import DiscordDestination
 from tests.audio import DATA, ROOT
+from tests.discord_signing import APPLICATION_ID, DiscordSigner
 from tests.environ import environment
 from tests.fake_discord import FakeDiscord
 from tests.pg import create_database, drop_database
@@ -55,7 +56,9 @@ def alerts_discord() -> Iterator[FakeDiscord]:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, alerts_discord) -> Iterator[tuple[str, dict[str, str]]]:
-    """``python -m cli api`` on a fresh PostgreSQL database holding one video batch."""
+    """``python -m cli api`` on a fresh PostgreSQL database holding one video batch, taking
+    Discord interactions signed with a key pair made here."""
+    signer = DiscordSigner()
     name, url = create_database("relay_contract")
     data = tmp_path_factory.mktemp("contract")
     inbox = data / "inbox"
@@ -78,6 +81,10 @@ def api(tmp_path_factory, alerts_discord) -> Iterator[tuple[str, dict[str, str]]
         "RELAY_CALLBACK_SIGNING_KEY": "whsec_" + base64.b64encode(b"k" * 32).decode(),
         "RELAY_CALLBACK_ALLOW_PRIVATE": "true",
         "RELAY_CONTRACT_CALLBACK": f"http://127.0.0.1:{_free_port()}/relay-callback",
+        # Interactions are signed by the hooks with the private half (tests/contract_hooks.py).
+        "RELAY_DISCORD_PUBLIC_KEY": signer.public_key,
+        "RELAY_DISCORD_APPLICATION_ID": APPLICATION_ID,
+        "RELAY_CONTRACT_DISCORD_KEY": signer.private_key_hex,
     }
     seed = "from store.batches import start_batch; start_batch(2, 'contract')"
     subprocess.run([sys.executable, "-c", seed], cwd=ROOT, env=env, check=True)

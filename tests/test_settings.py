@@ -37,6 +37,11 @@ EARLIER_NAMES = {
     "RELAY_DISCORD_BLOCK": ("elsewhere", lambda s: s.discord.block),
     "RELAY_DISCORD_ADMIN_BLOCK": ("admins", lambda s: s.discord.admin_block),
     "RELAY_DISCORD_ALERTS_BLOCK": ("on-call", lambda s: s.discord.alerts_block),
+    "RELAY_DISCORD_PUBLIC_KEY": ("ab" * 32, lambda s: s.discord.public_key),
+    "RELAY_DISCORD_APPLICATION_ID": ("900000000000000001", lambda s: s.discord.application_id),
+    "RELAY_DISCORD_API_URL": ("http://127.0.0.1:9/api/v10", lambda s: s.discord.api_url),
+    "RELAY_DISCORD_GUILDS": ("1,2", lambda s: s.discord.guilds),
+    "RELAY_DISCORD_ALLOW_DMS": ("true", lambda s: s.discord.allow_dms),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
     "RELAY_ASR_VAD_FILTER": ("true", lambda s: s.asr.vad_filter),
     "RELAY_CHUNK_SEARCH_SECONDS": ("15.5", lambda s: s.chunk.search_seconds),
@@ -102,6 +107,7 @@ SECRETS = {
     "RELAY_SECRET_KEY",
     "RELAY_CALLBACK_SIGNING_KEY",
     "RELAY_METRICS_TOKEN",
+    "RELAY_DISCORD_BOT_TOKEN",
 }
 
 

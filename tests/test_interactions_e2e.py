@@ -1,0 +1,105 @@
+"""Slash commands end to end: Discord (a fake on 127.0.0.1) POSTs a signed interaction to two
+API replicas, real task workers answer it through a fake OpenAI, and the answer arrives as
+follow-ups on the interaction's webhook, once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlmodel import col
+
+from api.app import create_app
+from flows.pool_tasks import dispatchers
+from store.db import get_engine
+from store.models import BotRequest
+from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, encoded
+from tests.environ import environment
+
+# The stack's fixtures (fakes, bot_env) live beside its helpers.
+pytest_plugins = ["tests.bot_stack"]
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture(scope="module")
+def signer() -> DiscordSigner:
+    return DiscordSigner()
+
+
+@pytest.fixture(scope="module")
+def replicas(bot_env, fakes, signer) -> Iterator[tuple[TestClient, TestClient]]:  # noqa: ARG001
+    """Two API processes' apps on the one store and Prefect server, as behind a balancer."""
+    values = {
+        "RELAY_DISCORD_PUBLIC_KEY": signer.public_key,
+        "RELAY_DISCORD_APPLICATION_ID": APPLICATION_ID,
+        "RELAY_DISCORD_API_URL": fakes["discord"].api_url,
+    }
+    with (
+        environment(values) as settings,
+        TestClient(create_app(settings, dispatchers())) as one,
+        TestClient(create_app(settings, dispatchers())) as other,
+    ):
+        yield one, other
+
+
+def _post(api: TestClient, signer: DiscordSigner, body: dict):
+    raw = encoded(body)
+    return api.post("/api/discord/interactions", content=raw, headers=signer.headers(raw))
+
+
+def _follow_ups(discord, token: str) -> list:
+    return [r for r in discord.requests if r.token == token and r.method == "POST"]
+
+
+def _wait_delivered(user: str, limit: float = 60.0) -> BotRequest:
+    """The user's one request, once Discord has taken its answer."""
+    deadline = time.monotonic() + limit
+    while True:
+        with get_engine().connect() as connection:
+            rows = connection.execute(
+                select(BotRequest).where(col(BotRequest.user_id) == user)
+            ).all()
+        (stored,) = [BotRequest.model_validate(row._mapping) for row in rows]
+        if stored.delivery_status in ("delivered", "failed"):
+            return stored
+        assert time.monotonic() < deadline, f"not delivered: {stored.status}"
+        time.sleep(0.2)
+
+
+def _wait_for_follow_ups(discord, token: str, count: int, limit: float = 60.0) -> list:
+    deadline = time.monotonic() + limit
+    while len(found := _follow_ups(discord, token)) < count:
+        assert time.monotonic() < deadline, f"{len(found)} follow-up(s) of {count}"
+        time.sleep(0.2)
+    return found
+
+
+def test_a_chat_command_sent_to_two_replicas_is_answered_once(replicas, fakes, signer):
+    discord, openai = fakes["discord"], fakes["openai"]
+    body = command("chat", {"prompt": "what is relay, twice?"}, user="5001")
+    one, other = replicas
+    first, second = _post(one, signer, body), _post(other, signer, body)
+    assert first.json() == second.json() == {"type": 5}
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    stored = _wait_delivered("5001")
+    assert stored.status == "completed" and stored.answer_text == "Echo: what is relay, twice?"
+    (answer,) = _follow_ups(discord, body["token"])  # one request, one answer, one post
+    assert answer.webhook_id == APPLICATION_ID and answer.query.get("wait") in ("true", "True")
+    assert answer.payload["content"].startswith("<@5001>")
+    assert "Echo: what is relay, twice?" in answer.payload["content"]
+    assert answer.payload["allowed_mentions"] == {"parse": [], "users": ["5001"]}
+    assert sum(r.prompt == "what is relay, twice?" for r in openai.requests) == 1
+
+
+def test_a_long_answer_comes_as_several_follow_ups_within_discords_limit(replicas, fakes, signer):
+    discord = fakes["discord"]
+    body = command("chat", {"prompt": "long:4500 go"}, user="5002")
+    assert _post(replicas[0], signer, body).json() == {"type": 5}
+    parts = _wait_for_follow_ups(discord, body["token"], 3)
+    contents = [p.payload["content"] for p in parts]
+    assert all(len(c) <= 2000 for c in contents) and contents[0].startswith("<@5002>")
+    assert sum(len(c) for c in contents) >= 4500
