@@ -69,6 +69,9 @@ api: setup ## the REST API on RELAY_API_HOST:RELAY_API_PORT (embedded Prefect wh
 bootstrap: setup ## make the Prefect server at PREFECT_API_URL ready for Relay (idempotent)
 	$(PY) -m cli bootstrap
 
+discord-commands: setup ## register the slash commands with Discord as RELAY_DISCORD_COMMANDS says (idempotent; needs RELAY_DISCORD_APPLICATION_ID and RELAY_DISCORD_BOT_TOKEN)
+	$(PY) -m cli discord commands
+
 stack: setup system-deps ## the whole system on this machine, no Docker: Prefect on PostgreSQL, warm Dask, a worker per pool, the API, Prometheus
 	$(PY) -m cli stack up
 

@@ -3,7 +3,7 @@
 
 A Discord application has one interactions URL and one public key, so commands are split
 between guilds by *command sets* (chat-only, media-only, admin): each guild gets the sets the
-operator names for it (docs/discord.md).
+operator names for it in RELAY_DISCORD_COMMANDS (docs/discord-commands.md).
 """
 
 from __future__ import annotations

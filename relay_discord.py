@@ -7,7 +7,68 @@ environment: ``RelaySettings`` does.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from relay_commands import COMMAND_SETS, commands_of
+
+DEFAULT_COMMANDS = "global=chat,media,transcribe"
+_GUILD_ID = re.compile(r"[0-9]{1,20}")
+
+
+@dataclass(frozen=True)
+class CommandScope:
+    """Where commands are registered (a guild, or globally: ``guild_id`` None) and which sets."""
+
+    guild_id: str | None
+    sets: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """``global`` or ``guild <id>``, as registration prints it."""
+        return "global" if self.guild_id is None else f"guild {self.guild_id}"
+
+
+def parse_command_scopes(text: str) -> tuple[CommandScope, ...]:
+    """``global=chat,media;700000000000000001=admin`` as scopes, global first; ValueError
+    naming the part that is wrong."""
+    scopes: dict[str | None, CommandScope] = {}
+    for part in (piece.strip() for piece in text.split(";")):
+        if not part:
+            continue
+        scope, equals, names = (s.strip() for s in part.partition("="))
+        if not equals:
+            raise ValueError(
+                f"{part!r} has no '=': write SCOPE=SET,SET where SCOPE is global or a guild id"
+            )
+        if scope != "global" and not _GUILD_ID.fullmatch(scope):
+            raise ValueError(f"{scope!r} in {part!r} is neither 'global' nor a guild id (digits)")
+        guild_id = None if scope == "global" else scope
+        if guild_id in scopes:
+            raise ValueError(f"{scope} is named twice ({part!r})")
+        sets = tuple(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
+        unknown = [name for name in sets if name not in COMMAND_SETS]
+        if unknown:
+            raise ValueError(
+                f"unknown command set {', '.join(map(repr, unknown))} in {part!r}; the sets "
+                f"are {', '.join(COMMAND_SETS)}"
+            )
+        scopes[guild_id] = CommandScope(guild_id, sets)
+    if None not in scopes:
+        raise ValueError(
+            f"{text!r} does not say what is global: add global=SETS (global= for none)"
+        )
+    global_names = {command.name for command in commands_of(scopes[None].sets)}
+    for guild in scopes.values():
+        twice = [c.name for c in commands_of(guild.sets) if c.name in global_names]
+        if guild.guild_id is not None and twice:
+            raise ValueError(
+                f"{', '.join(twice)} would be registered both globally and in guild "
+                f"{guild.guild_id}, where members would see it twice"
+            )
+    return (scopes.pop(None), *scopes.values())
 
 
 class _DiscordGroup(BaseModel):
@@ -61,6 +122,22 @@ class DiscordSettings(_DiscordGroup):
         default=False,
         description="Answer slash commands sent in direct messages (outside any guild).",
     )
+    commands: str = Field(
+        default=DEFAULT_COMMANDS,
+        description="Which command sets (chat, media, transcribe, admin) `python -m cli "
+        "discord commands` registers where: 'global=SETS;GUILD_ID=SETS;...', sets "
+        "comma-separated (docs/discord-commands.md).",
+    )
+
+    @field_validator("commands")
+    @classmethod
+    def _commands_parse(cls, value: str) -> str:
+        parse_command_scopes(value)
+        return value
+
+    def command_scopes(self) -> tuple[CommandScope, ...]:
+        """Where each command set is registered: global first, then each guild named."""
+        return parse_command_scopes(self.commands)
 
     def alerts_destination(self) -> str:
         """The block alerts are posted to."""

@@ -1,7 +1,7 @@
 """A small synchronous client of Relay's bot endpoints for scripts and bots of one's own
-(Discord itself uses the interactions endpoint); it only needs ``httpx``. A refusal (HTTP 429: a cooldown or
-daily limit) is an answer, not an error; every other failure (401, 404, 422, 503, Relay
-unreachable) raises ``RelayError`` with the server's code and message.
+(Discord itself uses the interactions endpoint); it only needs ``httpx``. A refusal (HTTP
+429: a cooldown or daily limit) is an answer, not an error; every other failure (401, 404,
+422, 503, Relay unreachable) raises ``RelayError`` with the server's code and message.
 """
 
 from __future__ import annotations

@@ -10,13 +10,14 @@ python -m cli stack up|down|status       the whole system on this machine
 python -m cli bootstrap                  make a Prefect server ready for Relay
 python -m cli db                         migrate the job store, print its revision
 python -m cli alerts render              Prometheus alert rules from RELAY_OBJECTIVES_*
+python -m cli discord commands           register the slash commands with Discord
 """
 
 from __future__ import annotations
 
 import typer
 
-from cli import admin, alerts, batch, services, transcribe, workers
+from cli import admin, alerts, batch, discord_app, services, transcribe, workers
 
 app = typer.Typer(
     help="Relay: transcription, batch video reprocessing and Discord bot requests on Prefect.",
@@ -35,6 +36,7 @@ app.add_typer(admin.stack_app, name="stack")
 app.command("bootstrap")(admin.bootstrap)
 app.command("db")(admin.db)
 app.add_typer(alerts.alerts_app, name="alerts")
+app.add_typer(discord_app.discord_app, name="discord")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import SecretStr, ValidationError
 
@@ -38,10 +40,14 @@ EARLIER_NAMES = {
     "RELAY_DISCORD_ADMIN_BLOCK": ("admins", lambda s: s.discord.admin_block),
     "RELAY_DISCORD_ALERTS_BLOCK": ("on-call", lambda s: s.discord.alerts_block),
     "RELAY_DISCORD_PUBLIC_KEY": ("ab" * 32, lambda s: s.discord.public_key),
-    "RELAY_DISCORD_APPLICATION_ID": ("900000000000000001", lambda s: s.discord.application_id),
-    "RELAY_DISCORD_API_URL": ("http://127.0.0.1:9/api/v10", lambda s: s.discord.api_url),
+    "RELAY_DISCORD_APPLICATION_ID": ("123456789012345678", lambda s: s.discord.application_id),
+    "RELAY_DISCORD_API_URL": ("http://127.0.0.1:1/api/v10", lambda s: s.discord.api_url),
     "RELAY_DISCORD_GUILDS": ("1,2", lambda s: s.discord.guilds),
     "RELAY_DISCORD_ALLOW_DMS": ("true", lambda s: s.discord.allow_dms),
+    "RELAY_DISCORD_COMMANDS": (
+        "global=chat;700000000000000001=admin",
+        lambda s: s.discord.commands,
+    ),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
     "RELAY_ASR_VAD_FILTER": ("true", lambda s: s.asr.vad_filter),
     "RELAY_CHUNK_SEARCH_SECONDS": ("15.5", lambda s: s.chunk.search_seconds),
@@ -129,6 +135,7 @@ def test_secrets_are_secret_strings_that_never_print():
         "RELAY_SECRET_KEY": "key-456",
         "RELAY_CALLBACK_SIGNING_KEY": "whsec_c2lnbi03ODk=",
         "RELAY_METRICS_TOKEN": "scrape-012",
+        "RELAY_DISCORD_BOT_TOKEN": "bot-345",
     }
     with environment(secrets) as settings:
         assert isinstance(settings.api.token, SecretStr)
@@ -136,6 +143,7 @@ def test_secrets_are_secret_strings_that_never_print():
         assert settings.secret_key.get_secret_value() == "key-456"
         assert settings.callback.signing_key.get_secret_value() == "whsec_c2lnbi03ODk="
         assert settings.metrics.token.get_secret_value() == "scrape-012"
+        assert settings.discord.bot_token.get_secret_value() == "bot-345"
         shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert not any(value in shown for value in secrets.values())
 
@@ -172,3 +180,29 @@ def test_objectives_take_per_pool_and_per_kind_overrides_and_refuse_nonsense():
     for bad in ("asr-cpu", "asr-cpu=0", "=5", "asr-cpu=soon"):
         with pytest.raises(ValidationError, match=r"objectives\.queue_age_by_pool"):
             RelaySettings(objectives_queue_age_by_pool=bad)
+
+
+def test_discord_commands_name_sets_per_scope_and_refuse_a_bad_part_by_name():
+    scopes = RelaySettings().discord.command_scopes()
+    assert [(s.guild_id, s.sets) for s in scopes] == [(None, ("chat", "media", "transcribe"))]
+    scopes = RelaySettings(
+        discord_commands=" global = chat ; 700000000000000001=admin,media"
+    ).discord.command_scopes()
+    assert [(s.label, s.sets) for s in scopes] == [
+        ("global", ("chat",)),
+        ("guild 700000000000000001", ("admin", "media")),
+    ]
+    assert RelaySettings(discord_commands="global=").discord.command_scopes()[0].sets == ()
+    bad = {
+        "chat": r"'chat' has no '='",
+        "global=chat;guild=admin": r"'guild' in 'guild=admin' is neither 'global' nor a guild id",
+        "global=chat,medias": r"unknown command set 'medias' in 'global=chat,medias'",
+        "global=chat;1=admin;1=media": r"1 is named twice",
+        "700000000000000001=admin": r"does not say what is global",
+        "": r"does not say what is global",
+        "global=chat;7=chat,admin": r"chat would be registered both globally and in guild 7",
+    }
+    for value, message in bad.items():
+        with pytest.raises(ValidationError, match=r"discord\.commands") as refused:
+            RelaySettings(discord_commands=value)
+        assert re.search(message, str(refused.value)), (value, str(refused.value))
