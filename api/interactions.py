@@ -30,6 +30,11 @@ from api.interaction_requests import request_command
 from relay_commands import REQUEST_KINDS
 
 router = APIRouter(prefix="/api/discord", tags=["discord"])
+# What the endpoint cannot work without: the key that signs, the id follow-ups go to.
+_REQUIRED = {
+    "RELAY_DISCORD_PUBLIC_KEY": "public_key",
+    "RELAY_DISCORD_APPLICATION_ID": "application_id",
+}
 
 CommandHandler = Callable[[Request, Interaction, BackgroundTasks], Awaitable[InteractionResponse]]
 # What answers each slash command (relay_commands.COMMANDS defines them for Discord).
@@ -79,7 +84,7 @@ _BODY = {
         503,
         _401="no signature, a wrong one, or a timestamp over 5 minutes old (a replay)",
         _409="the same interaction is being answered by another request right now",
-        _503="RELAY_DISCORD_PUBLIC_KEY is not set",
+        _503="RELAY_DISCORD_PUBLIC_KEY or RELAY_DISCORD_APPLICATION_ID is not set",
     ),
 )
 async def interactions(
@@ -89,11 +94,12 @@ async def interactions(
     timestamp: Annotated[str | None, Header(alias="X-Signature-Timestamp")] = None,
 ) -> JSONResponse:
     discord = request.app.state.settings.discord
-    if not discord.public_key:
+    missing = [name for name, value in _REQUIRED.items() if not getattr(discord, value)]
+    if missing:
         raise ApiError(
             503,
             "not_configured",
-            "RELAY_DISCORD_PUBLIC_KEY is not set: Relay takes no Discord interactions",
+            f"{' and '.join(missing)} not set: Relay takes no Discord interactions",
         )
     body = await request.body()
     try:

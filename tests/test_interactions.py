@@ -112,10 +112,12 @@ def test_an_interaction_that_discord_did_not_sign_now_is_401(api, signer, case):
 
 
 @pytest.mark.usefixtures("discord_env")
-def test_without_a_public_key_interactions_are_503_and_no_bearer_is_asked(signer):
-    with _client(RELAY_DISCORD_PUBLIC_KEY="", RELAY_API_TOKEN="a-token") as client:
-        response = _post(client, signer, command("chat", {"prompt": "hi"}))
-    assert response.status_code == 503 and "RELAY_DISCORD_PUBLIC_KEY" in response.json()["message"]
+def test_without_its_key_or_id_interactions_are_503_and_no_bearer_is_asked(signer):
+    for unset in ("RELAY_DISCORD_PUBLIC_KEY", "RELAY_DISCORD_APPLICATION_ID"):
+        with _client(**{unset: ""}, RELAY_API_TOKEN="a-token") as client:
+            response = _post(client, signer, command("chat", {"prompt": "hi"}))
+        assert response.status_code == 503, response.text
+        assert response.json()["message"].startswith(f"{unset} not set")
     with _client(RELAY_API_TOKEN="a-token") as client:  # signed, no bearer token: accepted
         assert _post(client, signer, command("chat", {"prompt": "hi"}, user="4100")).json() == {
             "type": 5
