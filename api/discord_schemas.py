@@ -105,6 +105,9 @@ class InteractionMessage(BaseModel):
     content: str | None = None
     flags: int | None = Field(default=None, description="64: ephemeral (only the user sees it)")
     allowed_mentions: AllowedMentions | None = None
+    embeds: list[dict[str, Any]] | None = Field(
+        default=None, max_length=10, description="Discord embeds, e.g. /stats's figures"
+    )
 
 
 class InteractionResponse(BaseModel):
@@ -126,11 +129,15 @@ def deferred() -> InteractionResponse:
     return InteractionResponse(type=ResponseType.DEFERRED_CHANNEL_MESSAGE)
 
 
-def ephemeral(content: str) -> InteractionResponse:
-    """A message only the user sees (a refusal, a mistake), pinging nobody."""
+def ephemeral(content: str, embeds: list[dict[str, Any]] | None = None) -> InteractionResponse:
+    """A message only the user sees (a refusal, a mistake, an answer for them), pinging
+    nobody; ``embeds`` shown under its text."""
     return InteractionResponse(
         type=ResponseType.CHANNEL_MESSAGE,
         data=InteractionMessage(
-            content=content[:2000], flags=EPHEMERAL, allowed_mentions=AllowedMentions()
+            content=content[:2000],
+            flags=EPHEMERAL,
+            allowed_mentions=AllowedMentions(),
+            embeds=embeds,
         ),
     )

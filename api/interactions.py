@@ -2,8 +2,9 @@
 
 Discord POSTs every slash command here, signed with the application's key; no bearer token
 (Discord cannot send one). A PING is answered PONG; a command is answered within Discord's
-3 s: a refusal known at once as an ephemeral message, anything that takes longer as a
-deferred response whose answer comes later as follow-ups on the interaction's webhook. The
+3 s: a refusal known at once, and /status and /stats (read in time), as an ephemeral
+message; anything that takes longer as a deferred response whose answer comes later as
+follow-ups on the interaction's webhook. The
 same interaction delivered twice (Discord retrying, two API replicas) is answered once.
 """
 
@@ -27,6 +28,8 @@ from api.discord_signature import SignatureError, verify_interaction
 from api.errors import ApiError, error_responses
 from api.idempotency import KeyedRequest, fingerprint
 from api.interaction_requests import request_command
+from api.interaction_stats import stats_command
+from api.interaction_status import status_command
 from relay_commands import REQUEST_KINDS
 
 router = APIRouter(prefix="/api/discord", tags=["discord"])
@@ -39,6 +42,8 @@ _REQUIRED = {
 CommandHandler = Callable[[Request, Interaction, BackgroundTasks], Awaitable[InteractionResponse]]
 # What answers each slash command (relay_commands.COMMANDS defines them for Discord).
 HANDLERS: dict[str, CommandHandler] = {name: request_command for name in REQUEST_KINDS}
+HANDLERS["status"] = status_command
+HANDLERS["stats"] = stats_command
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
@@ -74,8 +79,9 @@ _BODY = {
     summary="Discord's interactions endpoint (Ed25519-signed slash commands)",
     description="Point the Discord application's *Interactions Endpoint URL* here "
     "(docs/discord.md). Every request must carry Discord's signature; the answer is a PONG, a "
-    "message only the user sees (a refusal) or a deferred response whose answer follows on the "
-    "interaction's webhook. A second delivery of an interaction gets the first answer.",
+    "message only the user sees (a refusal, or the answer of /status and /stats, "
+    "docs/discord-admin.md) or a deferred response whose answer follows on the interaction's "
+    "webhook. A second delivery of an interaction gets the first answer.",
     openapi_extra=_BODY,
     responses=error_responses(
         401,

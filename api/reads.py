@@ -10,8 +10,8 @@ of 100+ ms. Holding reads to the pool's size makes them queue for a kept connect
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 from weakref import WeakKeyDictionary
 
 import anyio
@@ -40,3 +40,23 @@ async def read(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
     if kwargs:
         return await run_sync(lambda: function(*args, **kwargs), limiter=_reads())
     return await run_sync(function, *args, limiter=_reads())
+
+
+# Work given up on by ``within``: kept referenced until it ends (the loop holds tasks weakly).
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+async def within(seconds: float, work: Awaitable[T]) -> T:
+    """``work``'s result, or TimeoutError once ``seconds`` have passed. A thread cannot be
+    stopped: work given up on runs to its end (a read keeps its connection until then), and
+    its result or error is dropped."""
+    task: asyncio.Future[T] = asyncio.ensure_future(work)
+    _abandoned.add(task)
+    task.add_done_callback(_forget)
+    return await asyncio.wait_for(asyncio.shield(task), seconds)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" for work given up

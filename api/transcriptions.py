@@ -325,11 +325,11 @@ def read_transcript(
             f"job {job_id} is {job.status}; the transcript exists once it is completed",
             status=job.status,
         )
-    if job.output_dir is None:  # a completed job has one; gone means nothing to read
+    path = transcript_path(job, format)
+    if path is None:  # a completed job has one; gone means nothing to read
         raise ApiError(
             410, "transcript_missing", f"the transcript files of job {job_id} are no longer stored"
         )
-    path = f"{job.output_dir.rstrip('/')}/transcript.{format}"
     try:
         with fsspec.open(path, "r", encoding="utf-8") as handle:
             content = handle.read()
@@ -338,6 +338,14 @@ def read_transcript(
             410, "transcript_missing", f"the transcript files of job {job_id} are no longer stored"
         ) from err
     return Response(content, media_type=f"{_CONTENT_TYPES[format]}; charset=utf-8")
+
+
+def transcript_path(job: TranscriptionJob, format: str = "txt") -> str | None:
+    """Where the job's transcript in ``format`` is stored (a path or fsspec URL); None when
+    the job has no output folder (not started, or its files were removed)."""
+    if job.output_dir is None:
+        return None
+    return f"{job.output_dir.rstrip('/')}/transcript.{format}"
 
 
 @router.post(

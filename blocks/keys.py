@@ -8,6 +8,7 @@ from typing import Literal
 
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from blocks.prefect_sync import load_block
@@ -115,10 +116,18 @@ def limits_for(pool: ApiKeyPool) -> list[dict[str, object]]:
 
 def daily_quotas() -> dict[tuple[str, str], int | None]:
     """Every saved key pool's keys with their daily quota: ``(provider, key name) ->
-    requests_per_day`` (None: no daily cap). Names and numbers only, never secrets."""
+    requests_per_day`` (None: no daily cap). Names and numbers only, never secrets; none
+    before the key pool block type is registered (no pool saved yet)."""
     quotas: dict[tuple[str, str], int | None] = {}
     with get_client(sync_client=True) as client:
-        documents = client.read_block_documents_by_type(ApiKeyPool.get_block_type_slug())
+        try:
+            documents = client.read_block_documents_by_type(ApiKeyPool.get_block_type_slug())
+        except ObjectNotFound:
+            return quotas
+        except PrefectHTTPStatusError as err:  # what this call raises for an unknown type
+            if err.response.status_code == 404:
+                return quotas
+            raise
     for document in documents:
         if document.name is None:  # an anonymous block: no pool of Relay's
             continue

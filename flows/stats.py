@@ -17,7 +17,14 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from blocks.keys import daily_quotas
 from relay_settings import get_settings
 from store.stats import collect
-from tasks.stats import StatsSummary, WorkerStatus, post_stats, stats_fields, summarize
+from tasks.stats import (
+    StatsSummary,
+    WorkerStatus,
+    post_stats,
+    stats_fields,
+    summarize,
+    workers_of,
+)
 from tasks.worker_census import Census, SourceStatus, take_census
 
 
@@ -46,10 +53,7 @@ def workers() -> list[WorkerStatus]:
     for name, source in census.sources:
         if source.status == SourceStatus.ERROR:
             get_run_logger().warning("workers not read from %s: %s", name, source.detail)
-    return [
-        WorkerStatus(w.kind, w.pool or "-", w.name, not w.stale, w.last_heartbeat_at)
-        for w in census.workers
-    ]
+    return workers_of(census)
 
 
 def _table(summary: StatsSummary) -> str:

@@ -23,6 +23,7 @@ from store.workers import WorkerKind
 from tasks.discord_limits import FIELD_VALUE_LIMIT, FOOTER_LIMIT, TITLE_LIMIT, truncate
 from tasks.discord_webhook import DeliveryResult, WebhookMessage
 from tasks.notify import post_to_destination
+from tasks.worker_census import Census
 
 logger = logging.getLogger("relay.stats")
 COLOUR_OK, COLOUR_WARN = 0x5865F2, 0xE67E22
@@ -141,6 +142,15 @@ def summarize(
         else None,
         workers=tuple(sorted(workers, key=lambda w: (w.kind, w.pool, w.name))),
     )
+
+
+def workers_of(census: Census) -> list[WorkerStatus]:
+    """Every worker of the census (``GET /api/workers``), up or stale, as the summary
+    lists them."""
+    return [
+        WorkerStatus(w.kind, w.pool or "-", w.name, not w.stale, w.last_heartbeat_at)
+        for w in census.workers
+    ]
 
 
 def window_text(summary: StatsSummary) -> str:
