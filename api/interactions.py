@@ -78,7 +78,7 @@ _BODY = {
     operation_id="discordInteraction",
     summary="Discord's interactions endpoint (Ed25519-signed slash commands)",
     description="Point the Discord application's *Interactions Endpoint URL* here "
-    "(docs/discord.md). Every request must carry Discord's signature; the answer is a PONG, a "
+    "(docs/discord-app.md). Every request must carry Discord's signature; the answer is a PONG, a "
     "message only the user sees (a refusal, or the answer of /status and /stats, "
     "docs/discord-admin.md) or a deferred response whose answer follows on the interaction's "
     "webhook. A second delivery of an interaction gets the first answer.",
