@@ -78,7 +78,7 @@ def _wait_for_follow_ups(discord, token: str, count: int, limit: float = 60.0) -
     return found
 
 
-def test_a_chat_command_sent_to_two_replicas_is_answered_once(replicas, fakes, signer):
+def test_a_chat_command_sent_to_two_replicas_is_answered_once(replicas, fakes, signer, bot_env):
     discord, openai = fakes["discord"], fakes["openai"]
     body = command("chat", {"prompt": "what is relay, twice?"}, user="5001")
     one, other = replicas
@@ -93,6 +93,8 @@ def test_a_chat_command_sent_to_two_replicas_is_answered_once(replicas, fakes, s
     assert "Echo: what is relay, twice?" in answer.payload["content"]
     assert answer.payload["allowed_mentions"] == {"parse": [], "users": ["5001"]}
     assert sum(r.prompt == "what is relay, twice?" for r in openai.requests) == 1
+    # The interaction's token lets anyone post as the app: in no worker's log.
+    assert all(body["token"] not in log.read_text() for log in bot_env["logs"])
 
 
 def test_a_long_answer_comes_as_several_follow_ups_within_discords_limit(replicas, fakes, signer):
