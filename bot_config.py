@@ -41,13 +41,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class FallbackBlock(_Strict):
+    """Where an interaction's answer goes once Discord's 15 minutes for it have run out: a
+    Relay Discord Destination block, and how the expiry notice names it to the user."""
+
+    block: str = Field(min_length=1)
+    channel: str = Field(default="", description="as users know it: '#bot-answers', '<#id>'")
+
+    def shown(self) -> str:
+        """The place, as the expiry notice names it."""
+        return self.channel or "Relay's channel for late answers"
+
+
 class Route(_Strict):
-    """Requests of these kinds in channels matching these patterns go to ``pool``."""
+    """Requests of these kinds in channels matching these patterns go to ``pool``; an
+    interaction's late answer to ``fallback_block`` (shown to users as ``fallback_channel``)."""
 
     name: str
     kinds: tuple[Kind, ...]
     channels: tuple[str, ...]
     pool: BotPool
+    fallback_block: str | None = Field(default=None, min_length=1)
+    fallback_channel: str = ""
 
     def matches(self, kind: str, channel: str) -> bool:
         """True when this route takes ``kind`` requests from ``channel``."""
@@ -81,6 +96,8 @@ class BotConfig(_Strict):
     limits: dict[Kind, KindLimits]
     providers: dict[Kind, ProviderChoice]
     max_prompt_chars: int = Field(default=4000, gt=0)
+    # Per kind: where late interaction answers go when their route names no fallback_block.
+    fallback_blocks: dict[Kind, FallbackBlock] = {}
 
     @model_validator(mode="after")
     def _every_kind_configured(self) -> BotConfig:
@@ -98,6 +115,14 @@ class BotConfig(_Strict):
         if not is_kind(kind):
             raise KeyError(kind)  # as the lookup would
         return f"fallback-{kind}", self.fallback[kind]
+
+    def fallback_for(self, kind: str, route_name: str) -> FallbackBlock | None:
+        """Where a late interaction answer of ``kind`` taken in by route ``route_name`` goes:
+        the route's ``fallback_block``, else its kind's, else nowhere (None)."""
+        for route in self.routes:
+            if route.name == route_name and route.fallback_block:
+                return FallbackBlock(block=route.fallback_block, channel=route.fallback_channel)
+        return self.fallback_blocks.get(kind) if is_kind(kind) else None
 
     def dispatch_seconds(self, kind: str, lease_seconds: float) -> float:
         """How long a queued request of ``kind`` may wait for its task run to start before

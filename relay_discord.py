@@ -128,6 +128,19 @@ class DiscordSettings(_DiscordGroup):
         "discord commands` registers where: 'global=SETS;GUILD_ID=SETS;...', sets "
         "comma-separated (docs/discord-commands.md).",
     )
+    expiry_notice_seconds: float = Field(
+        default=780.0,
+        gt=0,
+        le=900,
+        description="Age of an interaction at which, its answer not posted yet, Relay edits "
+        "its 'thinking…' message to say where a late answer will go (Discord's interaction "
+        "tokens live 15 minutes; docs/discord-expiry.md).",
+    )
+    expiry_notice_lease_seconds: float = Field(
+        default=30.0,
+        gt=1,
+        description="How long one worker sends an expiry notice alone before another may.",
+    )
 
     @field_validator("commands")
     @classmethod

@@ -167,5 +167,7 @@ def _view(stored: BotRequest, callback: Callback | None = None) -> BotRequestVie
         delivery_status=stored.delivery_status,
         delivery_attempts=stored.delivery_attempts,
         delivery_error=stored.delivery_error,
+        interaction_at=stored.interaction_at,
+        followup=stored.followup,
         callback=callback_view(callback),
     )

@@ -16,10 +16,16 @@ from api.submit import dispatch
 from blocks.discord import redact_webhook_url
 from bot_config import get_bot_config
 from store import bot as bot_store
-from store import callbacks, usage
+from store import callbacks, followups, usage
 from store.bot import RequestIntake
 from store.leases import Lease
-from store.models import BotRequest, BotRequestStatus, CallbackSubject, DeliveryStatus
+from store.models import (
+    BotRequest,
+    BotRequestStatus,
+    CallbackSubject,
+    DeliveryStatus,
+    FollowUp,
+)
 from tasks import metrics
 
 
@@ -46,10 +52,13 @@ async def take_request(
     background: BackgroundTasks,
     *,
     post_refusal: bool = True,
+    interaction_at: datetime | None = None,
 ) -> Accepted | Refused:
     """Route ``body``, count it against its user's and the daily limits, record it and hand
     it to its pool. A refusal is recorded too; with ``post_refusal`` it is posted to the
     request's destination, else the caller answers it at once (an interaction's response).
+    ``interaction_at``: the request is a Discord interaction's, created then (its follow-up
+    URL's token lives 15 minutes from then; docs/discord-expiry.md).
     Raises ApiError 422 (prompt too long, callback URL refused) and 503 (Prefect down)."""
     config = get_bot_config()
     if len(body.prompt) > config.max_prompt_chars:
@@ -70,7 +79,12 @@ async def take_request(
         per_user_daily=limits.per_user_daily,
         global_daily=limits.global_daily,
     )
-    fields = _fields(body, route, pool, request.app.state.settings.discord.block)
+    fields = _fields(body, route, pool, settings.discord.block)
+    if interaction_at is not None:
+        fields["interaction_at"] = interaction_at
+        fields["followup"] = FollowUp.LIVE
+        notice_seconds = settings.discord.expiry_notice_seconds
+        fields["notice_due_at"] = followups.notice_due_at(interaction_at, notice_seconds)
     if not admission.admitted:
         refused = await run_in_threadpool(
             bot_store.create_request,

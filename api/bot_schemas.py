@@ -95,6 +95,16 @@ class BotRequestView(BotRequestEnded):
     delivery_status: str = Field(description="pending, delivered, retrying or failed")
     delivery_attempts: int
     delivery_error: str | None
+    interaction_at: UtcDatetime | None = Field(
+        default=None,
+        description="a Discord interaction's request: when Discord created the interaction "
+        "(its follow-up token lives 15 minutes from then)",
+    )
+    followup: str | None = Field(
+        default=None,
+        description="a Discord interaction's request: live, noticed (told where a late answer "
+        "goes), notice_failed, or expired (the answer goes to the route's fallback block)",
+    )
     callback: CallbackView | None = None
 
 

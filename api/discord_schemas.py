@@ -4,12 +4,14 @@ ignored, as Discord adds some)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 EPHEMERAL = 1 << 6  # message flag: only the user who ran the command sees it
+DISCORD_EPOCH_MS = 1420070400000  # 2015-01-01, where a snowflake's milliseconds count from
 
 
 class InteractionType(IntEnum):
@@ -68,6 +70,12 @@ class Interaction(_Discord):
     channel: PartialChannel | None = None
     member: GuildMember | None = None  # in a guild
     user: DiscordUser | None = None  # in a direct message
+
+    @property
+    def created_at(self) -> datetime:
+        """When Discord created the interaction (its id says; its token lives 15 minutes)."""
+        milliseconds = (int(self.id) >> 22) + DISCORD_EPOCH_MS
+        return datetime.fromtimestamp(milliseconds / 1000, UTC)
 
     @property
     def user_id(self) -> str:

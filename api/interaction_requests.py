@@ -33,7 +33,9 @@ async def request_command(
         )
     except ValidationError as err:
         return ephemeral(_problem(err))
-    taken = await take_request(request, body, background, post_refusal=False)
+    taken = await take_request(
+        request, body, background, post_refusal=False, interaction_at=interaction.created_at
+    )
     if isinstance(taken, Refused):
         return ephemeral(_retry_message(taken))
     return deferred()

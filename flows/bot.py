@@ -3,8 +3,9 @@
 The API creates a task run with ``.delay()`` and returns; a long-lived task worker of the
 request's pool (``python -m cli worker --pool bot-chat``) picks it up within a few
 hundred milliseconds over Prefect's websocket, with no flow-run process to start. Each
-worker also retries deliveries Discord did not take and re-dispatches requests whose worker
-died, so no request is lost.
+worker also retries deliveries Discord did not take, re-dispatches requests whose worker
+died, so no request is lost, and tells an interaction's user where a late answer will go
+before Discord's 15 minutes run out.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from flows.deferred import serve_warm
 from flows.pool_tasks import PoolTask, pool_task
 from relay_settings import get_settings
 from store import bot as requests
-from tasks.bot_handling import deliver, handle_request
+from tasks.bot_delivery import deliver
+from tasks.bot_handling import handle_request
 from tasks.callbacks import deliver_due
+from tasks.expiry_notice import send_notices
 from tasks.prefect_limits import limits
 
 log = logging.getLogger("relay.bot")
@@ -42,18 +45,21 @@ def dispatch(request_id: str, pool: str) -> str:
 @dataclass(frozen=True)
 class MaintenancePass:
     """What one maintenance pass did: the deliveries it retried, the requests it
-    dispatched again."""
+    dispatched again, the callbacks it sent, the interactions' expiry notices it sent."""
 
     delivered: tuple[str, ...] = ()
     redispatched: tuple[str, ...] = ()
     callbacks: tuple[str, ...] = ()
+    noticed: tuple[str, ...] = ()
 
 
 def maintain(pool: str) -> MaintenancePass:
-    """One pass: retry due deliveries and completion callbacks (of any workload), and
-    dispatch again the requests whose lease ran out (their task run never started, or their
-    worker died). Several workers may run it at once: each delivery, callback and
-    re-dispatch is taken by one."""
+    """One pass: send the interactions' expiry notices due, retry due deliveries and
+    completion callbacks (of any workload), and dispatch again the requests whose lease ran
+    out (their task run never started, or their worker died). Several workers may run it at
+    once: each notice, delivery, callback and re-dispatch is taken by one. Notices go first:
+    a stranded request dispatched again may be answered within the second."""
+    noticed = send_notices(pool)
     delivered, redispatched = [], []
     for request_id in requests.deliveries_due(pool=pool):
         lease = requests.claim_delivery(request_id)
@@ -68,7 +74,9 @@ def maintain(pool: str) -> MaintenancePass:
                 dispatch(request_id, pool)
                 redispatched.append(request_id)
     called_back = deliver_due()
-    return MaintenancePass(tuple(delivered), tuple(redispatched), tuple(called_back))
+    return MaintenancePass(
+        tuple(delivered), tuple(redispatched), tuple(called_back), tuple(noticed)
+    )
 
 
 def serve_pool(served: PoolTask, limit: int) -> None:

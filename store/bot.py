@@ -25,6 +25,7 @@ from store.models import (
     BotRequestStatus,
     CallbackSubject,
     DeliveryStatus,
+    FollowUp,
     table_of,
     utcnow,
 )
@@ -59,6 +60,9 @@ class RequestIntake(TypedDict, total=False):
     destination_block: str | None
     destination_sealed: str | None
     destination_shown: str | None
+    interaction_at: datetime | None
+    followup: FollowUp | None
+    notice_due_at: datetime | None
 
 
 class RequestFields(RequestIntake, total=False):
@@ -90,6 +94,7 @@ class RequestFields(RequestIntake, total=False):
     next_delivery_at: datetime | None
     delivery_token: str | None
     delivered_at: datetime | None
+    notice_token: str | None
 
 
 class AnswerDetails(TypedDict, total=False):
@@ -238,10 +243,12 @@ def record_delivery(
     give_up: bool,
     lease: Lease,
     retry_in: float = 30.0,
+    followup: FollowUp | None = None,
 ) -> DeliveryStatus | None:
-    """Store how a delivery went: delivered, to be retried after ``retry_in``, or failed.
-    None (nothing stored) when ``lease`` is no longer the delivery's: another process has
-    taken it over, and its record wins."""
+    """Store how a delivery went: delivered, to be retried after ``retry_in``, or failed
+    (and, with ``followup``, what it learnt of the interaction's token). None (nothing
+    stored) when ``lease`` is no longer the delivery's: another process has taken it over,
+    and its record wins."""
     if delivered:
         status = DeliveryStatus.DELIVERED
     else:
@@ -255,6 +262,8 @@ def record_delivery(
             "delivery_error": error,
             "delivered_at": now if delivered else None,
         }
+        if followup is not None:
+            outcome["followup"] = followup
         if status == DeliveryStatus.RETRYING:  # held by nobody, and due again then
             outcome["next_delivery_at"] = now + timedelta(seconds=retry_in)
         written = leases.finish(connection, DELIVERY_LEASES, {request_id: lease}, outcome)

@@ -209,6 +209,15 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"  # given up after every retry; the reason is recorded
 
 
+class FollowUp(StrEnum):
+    """Where an interaction's answer stands with its token, which Discord keeps 15 minutes."""
+
+    LIVE = "live"  # answered on the interaction's webhook; the expiry notice not sent yet
+    NOTICED = "noticed"  # its "thinking…" message now says where a late answer goes
+    NOTICE_FAILED = "notice_failed"  # Discord refused the notice (not its token): no notice
+    EXPIRED = "expired"  # the token is dead: the answer goes to the route's fallback block
+
+
 class BotRequest(SQLModel, table=True):
     """One Discord bot request, from intake to the answer posted back."""
 
@@ -217,6 +226,7 @@ class BotRequest(SQLModel, table=True):
         Index("ix_bot_request_delivery", "delivery_status", "next_delivery_at"),
         Index("ix_bot_request_status_created", "status", "created_at"),
         Index("ix_bot_request_status", "status"),  # the scrape's count by state (0009)
+        Index("ix_bot_request_notice", "followup", "notice_due_at"),  # notices due (0010)
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
@@ -260,6 +270,13 @@ class BotRequest(SQLModel, table=True):
     next_delivery_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     delivery_token: str | None = Field(default=None, max_length=32)
     delivered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # A request from a Discord interaction (0010): when Discord created it (its id says), and
+    # its follow-up's state. The expiry notice is a unit of work of its own: its lease's
+    # expiry is also when it is due (held by nobody then), as the delivery's.
+    interaction_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    followup: FollowUp | None = Field(default=None, sa_type=String(16))
+    notice_due_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    notice_token: str | None = Field(default=None, max_length=32)
 
 
 class UsageCounter(SQLModel, table=True):

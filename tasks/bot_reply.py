@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from blocks.discord import redact_text, redact_webhook_url
@@ -18,6 +18,7 @@ from tasks.discord_limits import (
     truncate,
 )
 from tasks.discord_webhook import (
+    EPHEMERAL,
     Attachment,
     DeliveryOutcome,
     DeliveryResult,
@@ -61,15 +62,21 @@ def deliver_reply(
     timeout: float = 10.0,
     max_attempts: int = 4,
     skip_messages: int = 0,
+    ephemeral: bool = False,
+    thread_id: str | None = None,
+    avatar_url: str | None = None,
 ) -> DeliveryResult:
     """Post ``reply`` to a webhook (or interaction follow-up) URL; never raises.
 
     Messages already accepted in an earlier call are passed over with ``skip_messages``
-    (``parts_sent`` of that call), so a retried delivery never posts a part twice.
+    (``parts_sent`` of that call), so a retried delivery never posts a part twice. With
+    ``ephemeral`` (an interaction's follow-up only) only the user sees them.
     """
     user = reply.user_id
     try:
         messages = reply_messages(reply, attachment_limit)
+        if ephemeral:
+            messages = [replace(message, flags=EPHEMERAL) for message in messages]
     except Exception as exc:  # a reply that cannot be shaped must not fail the request's work
         reason = redact_text(f"unexpected {type(exc).__name__}: {exc}", url)
         logger.warning("request %s: Discord reply failed: %s", reply.request_id, reason)
@@ -78,7 +85,12 @@ def deliver_reply(
         url,
         messages,
         # Only the requesting user may be pinged: no @everyone, @here or roles from an answer.
-        sender=Sender(username=username, mention_users=(user,) if _is_snowflake(user) else ()),
+        sender=Sender(
+            username=username,
+            avatar_url=avatar_url,
+            thread_id=thread_id,
+            mention_users=(user,) if _is_snowflake(user) else (),
+        ),
         already_sent=skip_messages,
         timeout=timeout,
         max_attempts=max_attempts,

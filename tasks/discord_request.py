@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
@@ -19,6 +19,8 @@ import requests
 from blocks.discord import redact_text
 from tasks.discord_limits import USERNAME_LIMIT, truncate
 
+EPHEMERAL = 1 << 6  # message flag: only the user who ran an interaction sees the message
+UNKNOWN_MESSAGE = 10008  # Discord's JSON error code: the message (not the webhook) is gone
 BACKOFF_SECONDS = 0.5  # first wait after a 5xx or a network error; doubles per attempt
 MAX_WAIT_SECONDS = 30.0  # cap on any single wait, Retry-After included
 
@@ -44,6 +46,7 @@ class WebhookMessage:
     content: str = ""
     embeds: tuple[dict[str, Any], ...] = ()
     files: tuple[Attachment, ...] = ()
+    flags: int = 0  # Discord's message flags; EPHEMERAL only on an interaction's follow-up
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class Answer:
     error: str | None = None
     retry_in: float | None = None  # None: do not retry
     bucket_resets_in: float = 0.0  # accepted, but the rate-limit bucket is empty this long
+    code: int | None = None  # Discord's JSON error code (10015 Unknown Webhook, ...)
 
     @property
     def accepted(self) -> bool:
@@ -75,23 +79,41 @@ def post_once(
 ) -> Answer:
     """Post ``message`` once (``attempt`` of its part, which sets the backoff); never raises
     for an HTTP or network failure: the answer says whether and when to try again."""
+    return send_once("POST", url, message, sender, attempt, timeout)
+
+
+ORIGINAL = "/messages/@original"  # an interaction's first response, under its webhook URL
+
+
+def send_once(
+    method: Literal["POST", "PATCH", "DELETE"],
+    url: str,
+    message: WebhookMessage | None,
+    sender: Sender,
+    attempt: int,
+    timeout: float,
+) -> Answer:
+    """One request to the webhook ``url``: POST executes it (a new message, or an
+    interaction's follow-up), PATCH edits and DELETE deletes the interaction's original
+    response (``url`` + ``/messages/@original``); never raises for an HTTP or network
+    failure."""
     params: dict[str, Any] = {}
     if sender.thread_id:
         params["thread_id"] = sender.thread_id
-    params["wait"] = True  # Discord answers with the message, so "accepted" means posted
-    payload = _payload(message, sender)
+    if method == "POST":
+        params["wait"] = True  # Discord answers with the message, so "accepted" means posted
+    else:
+        url = url.rstrip("/") + ORIGINAL
     # Redirects are never followed: the allowed hosts are the only ones a post may reach.
     request: dict[str, Any] = {"params": params, "timeout": timeout, "allow_redirects": False}
-    if message.files:
-        files: dict[str, tuple[str | None, bytes | str]] = {
-            f"files[{index}]": (file.name, file.read()) for index, file in enumerate(message.files)
-        }
-        files["payload_json"] = (None, json.dumps(payload))
-        request["files"] = files
-    else:
-        request["json"] = payload
+    if message is not None:
+        payload = _payload(message, sender)
+        if method == "PATCH":  # an edit keeps who posted it
+            payload.pop("username", None)
+            payload.pop("avatar_url", None)
+        _body(request, message, payload)
     try:
-        response = requests.post(url, **request)
+        response = requests.request(method, url, **request)
     except requests.Timeout:
         return Answer(None, f"no response within {timeout:g} s", _backoff(attempt))
     except requests.ConnectionError as exc:
@@ -110,7 +132,25 @@ def post_once(
         target = urlsplit(response.headers.get("Location", "")).hostname or "elsewhere"
         return Answer(status, f"HTTP {status}: a redirect to {target}, not followed")
     reason = f"HTTP {status}: {_discord_message(response)}"
-    return Answer(status, reason, _backoff(attempt) if status >= 500 else None)
+    code = _json_body(response).get("code")
+    return Answer(
+        status,
+        reason,
+        _backoff(attempt) if status >= 500 else None,
+        code=code if isinstance(code, int) else None,
+    )
+
+
+def _body(request: dict[str, Any], message: WebhookMessage, payload: dict[str, Any]) -> None:
+    """The request's body: JSON, or multipart with the message's files."""
+    if message.files:
+        files: dict[str, tuple[str | None, bytes | str]] = {
+            f"files[{index}]": (file.name, file.read()) for index, file in enumerate(message.files)
+        }
+        files["payload_json"] = (None, json.dumps(payload))
+        request["files"] = files
+    else:
+        request["json"] = payload
 
 
 def _payload(message: WebhookMessage, sender: Sender) -> dict[str, Any]:
@@ -127,6 +167,8 @@ def _payload(message: WebhookMessage, sender: Sender) -> dict[str, Any]:
         payload["avatar_url"] = sender.avatar_url
     if message.embeds:
         payload["embeds"] = list(message.embeds)
+    if message.flags:
+        payload["flags"] = message.flags
     if message.files:
         payload["attachments"] = [
             {"id": index, "filename": file.name} for index, file in enumerate(message.files)

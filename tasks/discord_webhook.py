@@ -1,4 +1,6 @@
-"""Relay's one Discord webhook client: every post to Discord goes through ``post_messages``.
+"""Relay's one Discord webhook client: every post to Discord goes through ``post_messages``
+(and an interaction's original response is edited or deleted through ``edit_original`` and
+``delete_original``).
 
 It refuses URLs outside the allowed hosts, honours Discord's 429s (``retry_after``,
 ``Retry-After``, ``X-RateLimit-Reset-After``), retries 5xx and network errors with backoff,
@@ -12,18 +14,31 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import Literal
 
 from blocks.discord import allowed_hosts, redact_text, redact_webhook_url, validate_webhook_url
-from tasks.discord_request import Answer, Attachment, Sender, WebhookMessage, post_once
+from tasks.discord_request import (
+    EPHEMERAL,
+    UNKNOWN_MESSAGE,
+    Answer,
+    Attachment,
+    Sender,
+    WebhookMessage,
+    send_once,
+)
 
 __all__ = [
+    "EPHEMERAL",
+    "UNKNOWN_MESSAGE",
     "Attachment",
     "DeliveryOutcome",
     "DeliveryResult",
     "Sender",
     "WebhookMessage",
+    "delete_original",
+    "edit_original",
     "post_messages",
 ]
 
@@ -53,6 +68,7 @@ class DeliveryResult:
     parts_total: int = 0
     status_code: int | None = None  # Discord's answer to the last request, None: no answer
     reason: str | None = None
+    discord_code: int | None = None  # Discord's JSON error code of that answer, if any
 
     @property
     def delivered(self) -> bool:
@@ -104,7 +120,9 @@ def post_messages(
                 logger.warning(
                     "%s: not delivered to %s (%s): %s", label, where, part.outcome, reason
                 )
-                return DeliveryResult(part.outcome, attempts, sent, total, status, reason)
+                return DeliveryResult(
+                    part.outcome, attempts, sent, total, status, reason, part.discord_code
+                )
             sent += 1
         logger.debug("%s: posted %d message(s) to %s", label, total - skipped, where)
         return DeliveryResult(DeliveryOutcome.DELIVERED, attempts, sent, total, status)
@@ -114,21 +132,84 @@ def post_messages(
         return DeliveryResult(DeliveryOutcome.GAVE_UP, attempts, sent, total, status, reason)
 
 
-def _post_with_retries(
+def edit_original(
     url: str,
     message: WebhookMessage,
+    *,
+    timeout: float = 10.0,
+    max_attempts: int = 4,
+    label: str = "Discord edit",
+) -> DeliveryResult:
+    """Edit the original response of the interaction whose follow-up URL is ``url`` (PATCH
+    ``/messages/@original``: its "thinking…" message); never raises. The message pings
+    nobody. Retried as a post is; editing again to the same text is harmless."""
+    return _on_original("PATCH", url, message, timeout, max_attempts, label)
+
+
+def delete_original(
+    url: str, *, timeout: float = 10.0, max_attempts: int = 4, label: str = "Discord delete"
+) -> DeliveryResult:
+    """Delete the original response of the interaction whose follow-up URL is ``url``;
+    never raises. A message already gone (Discord's 404 "Unknown Message", 10008) counts as
+    deleted; a 404 "Unknown Webhook" or a 401 means the interaction's token is dead."""
+    return _on_original("DELETE", url, None, timeout, max_attempts, label)
+
+
+def _on_original(
+    method: Literal["PATCH", "DELETE"],
+    url: str,
+    message: WebhookMessage | None,
+    timeout: float,
+    max_attempts: int,
+    label: str,
+) -> DeliveryResult:
+    """One request on an interaction's original response, with the posts' allow-list,
+    retries and redaction."""
+    try:
+        try:
+            validate_webhook_url(url, allowed_hosts())
+        except ValueError as exc:
+            logger.warning("%s: not sent to Discord: %s", label, exc)
+            return DeliveryResult(DeliveryOutcome.REJECTED, reason=f"webhook URL refused: {exc}")
+        result = _post_with_retries(
+            url, message, Sender(), timeout, max_attempts, label, more_to_come=False, method=method
+        )
+        gone = method == "DELETE" and result.discord_code == UNKNOWN_MESSAGE
+        if result.delivered or gone:  # a message deleted already is deleted
+            return DeliveryResult(
+                DeliveryOutcome.DELIVERED, result.attempts, 1, 1, result.status_code
+            )
+        logger.warning(
+            "%s: %s on %s failed (%s): %s",
+            label,
+            method,
+            redact_webhook_url(url),
+            result.outcome,
+            result.reason,
+        )
+        return replace(result, parts_total=1)
+    except Exception as exc:  # as post_messages: never fail the work it reports
+        reason = redact_text(f"unexpected {type(exc).__name__}: {exc}", url or None)
+        logger.warning("%s: Discord %s failed: %s", label, method, reason)
+        return DeliveryResult(DeliveryOutcome.GAVE_UP, parts_total=1, reason=reason)
+
+
+def _post_with_retries(
+    url: str,
+    message: WebhookMessage | None,
     sender: Sender,
     timeout: float,
     max_attempts: int,
     label: str,
     *,
     more_to_come: bool,
+    method: Literal["POST", "PATCH", "DELETE"] = "POST",
 ) -> DeliveryResult:
     """One part, retried on 429, 5xx and network errors; the result counts only this part."""
     attempts, answer, error = 0, Answer(None), "no attempt made"
     while attempts < max(1, max_attempts):
         attempts += 1
-        answer = post_once(url, message, sender, attempts, timeout)
+        answer = send_once(method, url, message, sender, attempts, timeout)
         if answer.accepted:
             if more_to_come and answer.bucket_resets_in:
                 # Discord said the next request would be a 429: wait for the bucket instead.
@@ -139,7 +220,11 @@ def _post_with_retries(
         error = redact_text(answer.error or "", url)
         if answer.retry_in is None:
             return DeliveryResult(
-                DeliveryOutcome.REJECTED, attempts, status_code=answer.status_code, reason=error
+                DeliveryOutcome.REJECTED,
+                attempts,
+                status_code=answer.status_code,
+                reason=error,
+                discord_code=answer.code,
             )
         if attempts < max_attempts:
             logger.warning(

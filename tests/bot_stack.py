@@ -180,15 +180,19 @@ def api(bot_env):  # noqa: ARG001 (the workers must run)
         yield client
 
 
+def write_config(path: Path, config: dict) -> None:
+    """Write the bot config that every process of the stack reads."""
+    before = path.stat().st_mtime_ns
+    path.write_text(yaml.safe_dump(config))
+    # A new mtime even within the clock's granularity: every process re-reads it.
+    later = max(path.stat().st_mtime_ns, before + 1_000_000)
+    os.utime(path, ns=(later, later))
+
+
 @pytest.fixture
 def use_config(bot_env):
     def write(**kwargs) -> None:
-        path = bot_env["config"]
-        before = path.stat().st_mtime_ns
-        path.write_text(yaml.safe_dump(_config(**kwargs)))
-        # A new mtime even within the clock's granularity: every process re-reads it.
-        later = max(path.stat().st_mtime_ns, before + 1_000_000)
-        os.utime(path, ns=(later, later))
+        write_config(bot_env["config"], _config(**kwargs))
 
     yield write
     write()

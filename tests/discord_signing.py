@@ -18,7 +18,16 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 APPLICATION_ID = "900000000000000001"
-_ids = itertools.count(1_300_000_000_000_000_000)
+DISCORD_EPOCH_MS = 1420070400000
+_sequence = itertools.count(1)
+
+
+def snowflake(at: float | None = None) -> str:
+    """A Discord id minted at ``at`` (Unix seconds; now by default), as Discord's are: the
+    milliseconds since 2015 above 22 bits of worker, process and sequence."""
+    moment = time.time() if at is None else at
+    milliseconds = int(moment * 1000) - DISCORD_EPOCH_MS
+    return str((milliseconds << 22) | (next(_sequence) & 0x3FFFFF))
 
 
 @dataclass
@@ -60,7 +69,7 @@ def command(
     token: str | None = None,
 ) -> dict[str, Any]:
     """A slash command interaction as Discord sends it (in a guild, or a DM with no guild)."""
-    ident = interaction_id or str(next(_ids))
+    ident = interaction_id or snowflake()
     body: dict[str, Any] = {
         "id": ident,
         "application_id": APPLICATION_ID,

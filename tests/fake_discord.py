@@ -9,7 +9,13 @@ Behaviours, consumed one per request (``ok`` once the script runs out):
 - ``"429-reset-after"``: a 429 whose wait is only in ``X-RateLimit-Reset-After``;
 - ``"redirect <url>"``: a 307 to ``url``;
 - ``"hang"``: answer ``ok`` only after ``hang_seconds`` (longer than the client's timeout);
-- any other status code (``"500"``, ``404``, ...): that status with a Discord error body.
+- ``"404-message"``: 404 "Unknown Message" (10008: the message is gone, not the webhook);
+- any other status code (``"500"``, ``404``, ...): that status with a Discord error body
+  (401 "Invalid Webhook Token" and 404 "Unknown Webhook": what a dead interaction token
+  gets).
+
+``script`` queues behaviours for any request; ``script_for(token, ...)`` for the requests
+to one webhook token only (an interaction's), taken before the shared queue.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class FakeDiscord:
         self.requests: list[WebhookRequest] = []
         self.routes: list[Route] = []
         self._script: deque[str] = deque()
+        self._scripts: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ids = itertools.count(1_100_000_000_000_000_000)
@@ -111,6 +118,20 @@ class FakeDiscord:
         with self._lock:
             self._script.extend(str(b) for b in behaviours)
 
+    def script_for(self, token: str, *behaviours: str | int) -> None:
+        """Queue how the next requests to webhook ``token`` are answered, one per request."""
+        with self._lock:
+            self._scripts.setdefault(token, deque()).extend(str(b) for b in behaviours)
+
+    def requests_to(self, token: str, method: str | None = None) -> list[WebhookRequest]:
+        """The requests received for webhook ``token`` (of ``method`` when given)."""
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.token == token and (method is None or r.method == method)
+            ]
+
     def start(self) -> FakeDiscord:
         self._thread.start()
         return self
@@ -127,8 +148,11 @@ class FakeDiscord:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _next_behaviour(self) -> str:
+    def _next_behaviour(self, token: str | None = None) -> str:
         with self._lock:
+            own = self._scripts.get(token or "")
+            if own:
+                return own.popleft()
             return self._script.popleft() if self._script else "ok"
 
     def _record(self, request: WebhookRequest) -> None:
@@ -177,7 +201,7 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
                 self._json(405, {"message": "405: Method Not Allowed", "code": 0})
                 return
             payload, files = _parse_body(self.headers.get("Content-Type", ""), body)
-            behaviour = fake._next_behaviour()
+            behaviour = fake._next_behaviour(webhook["token"])
             fake._record(
                 WebhookRequest(
                     method=method,
@@ -237,6 +261,8 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
                 else:
                     headers["Retry-After"] = f"{wait:g}"
                 self._json(429, body, headers)
+            elif behaviour == "404-message":
+                self._json(404, {"message": "Unknown Message", "code": 10008})
             elif behaviour.startswith("redirect "):
                 location = behaviour.removeprefix("redirect ")
                 self._json(307, {"message": "moved"}, {"Location": location})

@@ -8,11 +8,14 @@ import pytest
 
 from tasks.discord_limits import split_message
 from tasks.discord_webhook import (
+    EPHEMERAL,
     Attachment,
     DeliveryOutcome,
     DeliveryResult,
     Sender,
     WebhookMessage,
+    delete_original,
+    edit_original,
     post_messages,
 )
 from tests.fake_discord import FakeDiscord, allowed_fake_discord, nothing_logged_holds
@@ -220,3 +223,54 @@ def test_the_token_is_in_no_result(discord, scenario):
     assert TOKEN not in repr(result)
     if scenario == "unreachable":
         assert "connection failed" in result.reason and "/api/webhooks/7/***" in result.reason
+
+
+def test_an_interactions_original_response_is_edited_pinging_nobody(discord):
+    discord.script("502", "ok")  # retried as a post is
+    message = WebhookMessage(f"<@{USER}> still working")
+    result = edit_original(webhook(discord), message, max_attempts=3)
+    assert result == DeliveryResult(DeliveryOutcome.DELIVERED, 2, 1, 1, status_code=200)
+    edit = discord.requests[-1]
+    assert (edit.method, edit.message, edit.token) == ("PATCH", "@original", TOKEN)
+    # Edit Webhook Message takes no username; the edit pings nobody, not even the user.
+    assert edit.payload == {"content": message.content, "allowed_mentions": {"parse": []}}
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "outcome", "code"),
+    [
+        ("ok", DeliveryOutcome.DELIVERED, None),
+        ("404-message", DeliveryOutcome.DELIVERED, None),  # deleted already: gone either way
+        ("404", DeliveryOutcome.REJECTED, 10015),  # Unknown Webhook: the token is dead
+        ("401", DeliveryOutcome.REJECTED, 50027),
+    ],
+)
+def test_deleting_the_original_response_says_whether_the_token_lives(
+    discord, behaviour, outcome, code
+):
+    discord.script(behaviour)
+    result = delete_original(webhook(discord))
+    assert result.outcome is outcome and result.discord_code == code
+    assert result.delivered == (result.parts_sent == 1)
+    (delete,) = discord.requests
+    assert (delete.method, delete.message, delete.payload) == ("DELETE", "@original", {})
+    assert TOKEN not in str(result)
+
+
+def test_edits_and_deletes_keep_to_the_allowed_hosts(discord):
+    outside = f"https://example.com/api/webhooks/7/{TOKEN}"
+    for result in (edit_original(outside, WebhookMessage("x")), delete_original(outside)):
+        assert result.outcome is DeliveryOutcome.REJECTED and "example.com" in result.reason
+        assert TOKEN not in str(result)
+    assert discord.requests == []
+
+
+def test_an_ephemeral_message_carries_its_flag(discord):
+    result = post_messages(webhook(discord), [WebhookMessage("only you", flags=EPHEMERAL)])
+    assert result.delivered and discord.requests[0].payload["flags"] == 64
+    assert "flags" not in post_messages_payload(discord, WebhookMessage("everyone"))
+
+
+def post_messages_payload(discord: FakeDiscord, message: WebhookMessage) -> dict:
+    post_messages(webhook(discord), [message])
+    return discord.requests[-1].payload

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -18,7 +19,7 @@ from api.app import create_app
 from flows.pool_tasks import dispatchers
 from relay_settings import PROJECT_ROOT
 from store.db import get_engine
-from store.models import BotRequest
+from store.models import BotRequest, as_utc
 from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, encoded
 from tests.environ import environment
 
@@ -140,6 +141,11 @@ def test_chat_is_deferred_and_recorded_with_its_follow_up_url_sealed(api, signer
     assert stored.guild == GUILD and stored.status == "queued"
     assert stored.destination_shown == f"http://127.0.0.1:9/api/webhooks/{APPLICATION_ID}/***"
     assert stored.destination_sealed and body["token"] not in stored.model_dump_json()
+    # When Discord created the interaction (its id says): its token lives 15 minutes.
+    created = datetime.fromtimestamp(((int(body["id"]) >> 22) + 1420070400000) / 1000, UTC)
+    assert as_utc(stored.interaction_at) == created and stored.followup == "live"
+    assert abs((created - datetime.now(UTC)).total_seconds()) < 5
+    assert as_utc(stored.notice_due_at) == created + timedelta(seconds=780)
 
 
 def test_the_same_interaction_twice_is_answered_once(api, signer):

@@ -48,6 +48,11 @@ EARLIER_NAMES = {
         "global=chat;700000000000000001=admin",
         lambda s: s.discord.commands,
     ),
+    "RELAY_DISCORD_EXPIRY_NOTICE_SECONDS": ("600.5", lambda s: s.discord.expiry_notice_seconds),
+    "RELAY_DISCORD_EXPIRY_NOTICE_LEASE_SECONDS": (
+        "20.5",
+        lambda s: s.discord.expiry_notice_lease_seconds,
+    ),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
     "RELAY_ASR_VAD_FILTER": ("true", lambda s: s.asr.vad_filter),
     "RELAY_CHUNK_SEARCH_SECONDS": ("15.5", lambda s: s.chunk.search_seconds),
