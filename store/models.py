@@ -317,6 +317,14 @@ class CallbackSubject(StrEnum):
     BOT_REQUEST = "bot_request"
 
 
+class CallbackKind(StrEnum):
+    """How a job's end is told: a signed POST to the client's ``callback_url``, or the
+    follow-up of the Discord interaction (``/transcribe``) the job came from."""
+
+    WEBHOOK = "webhook"
+    DISCORD = "discord"
+
+
 class CallbackStatus(StrEnum):
     WAITING = "waiting"  # its job has not ended yet
     PENDING = "pending"  # its job ended: due now, not tried yet
@@ -339,6 +347,7 @@ class Callback(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     subject: CallbackSubject = Field(sa_type=String(16))
     subject_id: str = Field(max_length=32)
+    kind: CallbackKind = Field(default=CallbackKind.WEBHOOK, sa_type=String(16))
     # The URL may carry a token in its path or query: sealed like webhook URLs, and shown
     # redacted (scheme, host and path, no query).
     url_sealed: str
