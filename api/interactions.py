@@ -27,13 +27,17 @@ from api.discord_signature import SignatureError, verify_interaction
 from api.errors import ApiError, error_responses
 from api.idempotency import KeyedRequest, fingerprint
 from api.interaction_requests import request_command
+from api.interaction_transcribe import transcribe_command
 from relay_commands import REQUEST_KINDS
 
 router = APIRouter(prefix="/api/discord", tags=["discord"])
 
 CommandHandler = Callable[[Request, Interaction, BackgroundTasks], Awaitable[InteractionResponse]]
 # What answers each slash command (relay_commands.COMMANDS defines them for Discord).
-HANDLERS: dict[str, CommandHandler] = {name: request_command for name in REQUEST_KINDS}
+HANDLERS: dict[str, CommandHandler] = {
+    **{name: request_command for name in REQUEST_KINDS},
+    "transcribe": transcribe_command,
+}
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:

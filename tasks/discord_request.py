@@ -71,15 +71,23 @@ class Answer:
 
 
 def post_once(
-    url: str, message: WebhookMessage, sender: Sender, attempt: int, timeout: float
+    url: str,
+    message: WebhookMessage,
+    sender: Sender,
+    attempt: int,
+    timeout: float,
+    *,
+    edit: bool = False,
 ) -> Answer:
-    """Post ``message`` once (``attempt`` of its part, which sets the backoff); never raises
+    """Post ``message`` once (``attempt`` of its part, which sets the backoff), or with
+    ``edit`` PATCH the message ``url`` names (``.../messages/@original``) to it; never raises
     for an HTTP or network failure: the answer says whether and when to try again."""
     params: dict[str, Any] = {}
     if sender.thread_id:
         params["thread_id"] = sender.thread_id
-    params["wait"] = True  # Discord answers with the message, so "accepted" means posted
-    payload = _payload(message, sender)
+    if not edit:  # an edit always answers with the message
+        params["wait"] = True  # Discord answers with the message, so "accepted" means posted
+    payload = _payload(message, sender, edit=edit)
     # Redirects are never followed: the allowed hosts are the only ones a post may reach.
     request: dict[str, Any] = {"params": params, "timeout": timeout, "allow_redirects": False}
     if message.files:
@@ -91,7 +99,7 @@ def post_once(
     else:
         request["json"] = payload
     try:
-        response = requests.post(url, **request)
+        response = requests.request("PATCH" if edit else "POST", url, **request)
     except requests.Timeout:
         return Answer(None, f"no response within {timeout:g} s", _backoff(attempt))
     except requests.ConnectionError as exc:
@@ -113,17 +121,16 @@ def post_once(
     return Answer(status, reason, _backoff(attempt) if status >= 500 else None)
 
 
-def _payload(message: WebhookMessage, sender: Sender) -> dict[str, Any]:
+def _payload(message: WebhookMessage, sender: Sender, *, edit: bool = False) -> dict[str, Any]:
     allowed_mentions: dict[str, list[str]] = {"parse": []}  # no @everyone, @here or roles
     if sender.mention_users:
         allowed_mentions["users"] = list(sender.mention_users)
-    payload: dict[str, Any] = {
-        "username": truncate(sender.username, USERNAME_LIMIT),
-        "allowed_mentions": allowed_mentions,
-    }
+    payload: dict[str, Any] = {"allowed_mentions": allowed_mentions}
+    if not edit:  # a message keeps the name it was posted under
+        payload["username"] = truncate(sender.username, USERNAME_LIMIT)
     if message.content:
         payload["content"] = message.content
-    if sender.avatar_url:
+    if sender.avatar_url and not edit:
         payload["avatar_url"] = sender.avatar_url
     if message.embeds:
         payload["embeds"] = list(message.embeds)

@@ -24,6 +24,7 @@ __all__ = [
     "DeliveryResult",
     "Sender",
     "WebhookMessage",
+    "edit_message",
     "post_messages",
 ]
 
@@ -114,6 +115,40 @@ def post_messages(
         return DeliveryResult(DeliveryOutcome.GAVE_UP, attempts, sent, total, status, reason)
 
 
+def edit_message(
+    url: str,
+    message: WebhookMessage,
+    *,
+    message_id: str = "@original",
+    timeout: float = 10.0,
+    max_attempts: int = 4,
+    webhook_hosts: Iterable[str] | None = None,
+    label: str = "Discord edit",
+) -> DeliveryResult:
+    """Edit a message the webhook ``url`` posted (``@original``: an interaction's first
+    answer, deferred or not) to ``message``, checked, retried and redacted as
+    ``post_messages`` does; never raises."""
+    try:
+        hosts = allowed_hosts() if webhook_hosts is None else tuple(webhook_hosts)
+        try:
+            validate_webhook_url(url, hosts)
+        except ValueError as exc:
+            logger.warning("%s: not editing on Discord: %s", label, exc)
+            return DeliveryResult(DeliveryOutcome.REJECTED, reason=f"webhook URL refused: {exc}")
+        target = f"{url.strip().rstrip('/')}/messages/{message_id}"
+        part = _post_with_retries(
+            target, message, Sender(), timeout, max_attempts, label, more_to_come=False, edit=True
+        )
+        if not part.delivered:
+            logger.warning("%s: not edited (%s): %s", label, part.outcome, part.reason)
+        done = 1 if part.delivered else 0
+        return DeliveryResult(part.outcome, part.attempts, done, 1, part.status_code, part.reason)
+    except Exception as exc:  # an edit that cannot be made must never fail the work it reports
+        reason = redact_text(f"unexpected {type(exc).__name__}: {exc}", url or None)
+        logger.warning("%s: Discord edit failed: %s", label, reason)
+        return DeliveryResult(DeliveryOutcome.GAVE_UP, reason=reason)
+
+
 def _post_with_retries(
     url: str,
     message: WebhookMessage,
@@ -123,12 +158,13 @@ def _post_with_retries(
     label: str,
     *,
     more_to_come: bool,
+    edit: bool = False,
 ) -> DeliveryResult:
     """One part, retried on 429, 5xx and network errors; the result counts only this part."""
     attempts, answer, error = 0, Answer(None), "no attempt made"
     while attempts < max(1, max_attempts):
         attempts += 1
-        answer = post_once(url, message, sender, attempts, timeout)
+        answer = post_once(url, message, sender, attempts, timeout, edit=edit)
         if answer.accepted:
             if more_to_come and answer.bucket_resets_in:
                 # Discord said the next request would be a 429: wait for the bucket instead.

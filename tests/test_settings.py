@@ -37,6 +37,8 @@ EARLIER_NAMES = {
     "RELAY_DISCORD_BLOCK": ("elsewhere", lambda s: s.discord.block),
     "RELAY_DISCORD_ADMIN_BLOCK": ("admins", lambda s: s.discord.admin_block),
     "RELAY_DISCORD_ALERTS_BLOCK": ("on-call", lambda s: s.discord.alerts_block),
+    "RELAY_DISCORD_ATTACHMENT_HOSTS": ("cdn.example", lambda s: s.discord.attachment_hosts),
+    "RELAY_DISCORD_PROGRESS_SECONDS": ("2.5", lambda s: s.discord.progress_seconds),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
     "RELAY_ASR_VAD_FILTER": ("true", lambda s: s.asr.vad_filter),
     "RELAY_CHUNK_SEARCH_SECONDS": ("15.5", lambda s: s.chunk.search_seconds),
