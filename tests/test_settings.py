@@ -37,6 +37,11 @@ EARLIER_NAMES = {
     "RELAY_DISCORD_BLOCK": ("elsewhere", lambda s: s.discord.block),
     "RELAY_DISCORD_ADMIN_BLOCK": ("admins", lambda s: s.discord.admin_block),
     "RELAY_DISCORD_ALERTS_BLOCK": ("on-call", lambda s: s.discord.alerts_block),
+    "RELAY_DISCORD_PUBLIC_KEY": ("ab" * 32, lambda s: s.discord.public_key),
+    "RELAY_DISCORD_APPLICATION_ID": ("900000000000000001", lambda s: s.discord.application_id),
+    "RELAY_DISCORD_API_URL": ("https://discord.example/api/v10", lambda s: s.discord.api_url),
+    "RELAY_DISCORD_GUILDS": ("700000000000000001", lambda s: s.discord.guilds),
+    "RELAY_DISCORD_ALLOW_DMS": ("true", lambda s: s.discord.allow_dms),
     "RELAY_DISCORD_ATTACHMENT_HOSTS": ("cdn.example", lambda s: s.discord.attachment_hosts),
     "RELAY_DISCORD_PROGRESS_SECONDS": ("2.5", lambda s: s.discord.progress_seconds),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
@@ -104,6 +109,7 @@ SECRETS = {
     "RELAY_SECRET_KEY",
     "RELAY_CALLBACK_SIGNING_KEY",
     "RELAY_METRICS_TOKEN",
+    "RELAY_DISCORD_BOT_TOKEN",
 }
 
 
@@ -125,6 +131,7 @@ def test_secrets_are_secret_strings_that_never_print():
         "RELAY_SECRET_KEY": "key-456",
         "RELAY_CALLBACK_SIGNING_KEY": "whsec_c2lnbi03ODk=",
         "RELAY_METRICS_TOKEN": "scrape-012",
+        "RELAY_DISCORD_BOT_TOKEN": "bot-345",
     }
     with environment(secrets) as settings:
         assert isinstance(settings.api.token, SecretStr)
@@ -132,6 +139,7 @@ def test_secrets_are_secret_strings_that_never_print():
         assert settings.secret_key.get_secret_value() == "key-456"
         assert settings.callback.signing_key.get_secret_value() == "whsec_c2lnbi03ODk="
         assert settings.metrics.token.get_secret_value() == "scrape-012"
+        assert settings.discord.bot_token.get_secret_value() == "bot-345"
         shown = repr(settings) + str(settings) + settings.model_dump_json()
     assert not any(value in shown for value in secrets.values())
 
