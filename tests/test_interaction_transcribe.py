@@ -239,7 +239,8 @@ def test_a_file_over_the_duration_limit_is_refused_with_why_then_the_cooldown_ho
         edit.payload["content"],
     ), edit.payload["content"]
     assert received(discord, body["token"], "POST") == []
-    assert list(Path(settings.data_dir).glob("uploads/*/*")) == []  # a refused file is not kept
+    # A refused file is not kept.
+    assert list(Path(settings.data_dir).glob("uploads/*/lecture.mp3")) == []
 
     again = command("transcribe", attachments={"file": cdn.attach(b"x", "short.ogg")}, user="5002")
     assert re.fullmatch(
@@ -313,7 +314,7 @@ def test_a_file_over_the_size_limit_is_refused_as_declared_or_as_it_arrives(
         "⚠️ Relay cannot transcribe `small.ogg`: the file is over the limit of 2,000,000 bytes "
         "(RELAY_MAX_UPLOAD_BYTES)."
     )
-    assert list(Path(settings.data_dir).glob("uploads/*/*")) == []
+    assert list(Path(settings.data_dir).glob("uploads/*/small.ogg")) == []
 
 
 def test_english_only_models_and_the_languages_they_take():
