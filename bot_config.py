@@ -19,6 +19,10 @@ from relay_settings import PROJECT_ROOT, get_settings
 
 Kind = Literal["chat", "image", "video"]
 KINDS: tuple[str, ...] = ("chat", "image", "video")
+# Kinds with per-user limits: the bot's, and /transcribe from Discord (limits only: it is a
+# transcription job, not a bot request).
+LimitedKind = Literal["chat", "image", "video", "transcribe"]
+TRANSCRIBE = "transcribe"
 
 
 def is_kind(value: str) -> TypeGuard[Kind]:
@@ -80,6 +84,9 @@ class KindLimits(_Strict):
     global_daily: int = Field(ge=0)
 
 
+DEFAULT_TRANSCRIBE_LIMITS = KindLimits(cooldown_seconds=30, per_user_daily=20, global_daily=500)
+
+
 class ProviderChoice(_Strict):
     """Which key pool (block) and model answer one kind, and how long a request may wait."""
 
@@ -93,7 +100,7 @@ class BotConfig(_Strict):
 
     routes: tuple[Route, ...]
     fallback: dict[Kind, BotPool]
-    limits: dict[Kind, KindLimits]
+    limits: dict[LimitedKind, KindLimits]
     providers: dict[Kind, ProviderChoice]
     max_prompt_chars: int = Field(default=4000, gt=0)
     # Per kind: where late interaction answers go when their route names no fallback_block.
@@ -106,6 +113,13 @@ class BotConfig(_Strict):
             if missing:
                 raise ValueError(f"bot config: {section} has no entry for {', '.join(missing)}")
         return self
+
+    def limits_of(self, kind: str) -> KindLimits:
+        """The limits of ``kind``; /transcribe's defaults when the file has none (a
+        bot.yaml from before it existed). KeyError for an unknown kind."""
+        if kind == TRANSCRIBE and TRANSCRIBE not in self.limits:
+            return DEFAULT_TRANSCRIBE_LIMITS
+        return self.limits[kind]  # type: ignore[index]  # str, not LimitedKind
 
     def route(self, kind: str, channel: str) -> tuple[str, str]:
         """``(route name, pool)`` for a request; the kind's fallback when no route matches."""

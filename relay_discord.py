@@ -122,6 +122,17 @@ class DiscordSettings(_DiscordGroup):
         default=False,
         description="Answer slash commands sent in direct messages (outside any guild).",
     )
+    attachment_hosts: str = Field(
+        default="cdn.discordapp.com,media.discordapp.net",
+        description="Comma-separated hosts (host, or host:port for plain http) /transcribe "
+        "downloads attachments from; an attachment elsewhere is refused.",
+    )
+    progress_seconds: float = Field(
+        default=5.0,
+        ge=0.5,
+        description="Least time between two edits of a /transcribe message with the job's "
+        "progress.",
+    )
     commands: str = Field(
         default=DEFAULT_COMMANDS,
         description="Which command sets (chat, media, transcribe, admin) `python -m cli "
@@ -159,6 +170,10 @@ class DiscordSettings(_DiscordGroup):
     def allowed_guilds(self) -> frozenset[str]:
         """The guild allow-list; empty: every guild."""
         return frozenset(g.strip() for g in self.guilds.split(",") if g.strip())
+
+    def attachment_host_list(self) -> frozenset[str]:
+        """The hosts attachments may be downloaded from, lower case."""
+        return frozenset(h.strip().lower() for h in self.attachment_hosts.split(",") if h.strip())
 
     def followup_url(self, token: str) -> str:
         """The webhook URL of an interaction's follow-ups (its token is the secret part)."""

@@ -52,6 +52,13 @@ class AsrSettings(_Group):
     )
 
 
+def english_only(model: str) -> bool:
+    """Whether the faster-whisper ``model`` (a name or a folder) transcribes English alone:
+    the ``*.en`` models and distil-whisper's."""
+    name = Path(model.rstrip("/")).name.lower()
+    return name.endswith(".en") or "distil" in name
+
+
 class ChunkSettings(_Group):
     """How a file is cut into chunks and how a chunk's transcription is guarded."""
 

@@ -14,7 +14,7 @@ from starlette.routing import BaseRoute
 
 from api.errors import ApiError
 from relay_settings import RelaySettings
-from store.models import Callback, CallbackStatus, as_utc
+from store.models import Callback, CallbackKind, CallbackStatus, as_utc
 from tasks import safe_http
 from tasks.callback_events import CallbackEvent
 from tasks.callbacks import message_id, signing_key
@@ -31,7 +31,15 @@ CALLBACK_URL_FIELD: Any = Field(
 class CallbackView(BaseModel):
     """How a job's completion callback stands."""
 
-    url: str = Field(description="scheme, host and path (no query: tokens travel there)")
+    kind: CallbackKind = Field(
+        default=CallbackKind.WEBHOOK,
+        description="webhook: a signed POST to the job's callback_url; discord: the "
+        "follow-up of the /transcribe interaction the job came from",
+    )
+    url: str = Field(
+        description="scheme, host and path (no query: tokens travel there; a Discord "
+        "follow-up's token is ***)"
+    )
     webhook_id: str = Field(description="the webhook-id header, the same on every attempt")
     status: CallbackStatus = Field(
         description="waiting (the job runs), pending, retrying, delivered or failed"
@@ -49,6 +57,7 @@ def callback_view(callback: Callback | None) -> CallbackView | None:
         return None
     retrying = callback.status == CallbackStatus.RETRYING and callback.lease_token is None
     return CallbackView(
+        kind=callback.kind,
         url=callback.url_shown,
         webhook_id=message_id(callback.id),
         status=callback.status,

@@ -50,11 +50,27 @@ class CommandOptionValue(_Discord):
     value: str | int | float | bool | None = None
 
 
+class Attachment(_Discord):
+    """A file the user attached to a command (Discord's "Attachment" object)."""
+
+    id: str
+    filename: str = Field(max_length=1024)
+    size: int = Field(ge=0, description="bytes, as Discord declares them")
+    url: str = Field(max_length=4096)
+    content_type: str | None = None
+
+
+class Resolved(_Discord):
+    """What the command's options refer to, by id (Relay reads attachments only)."""
+
+    attachments: dict[str, Attachment] = {}
+
+
 class CommandData(_Discord):
     id: str | None = None
     name: str
     options: list[CommandOptionValue] = []
-    resolved: dict[str, Any] | None = None
+    resolved: Resolved | None = None
 
 
 class Interaction(_Discord):
@@ -102,6 +118,15 @@ class Interaction(_Discord):
         """The value the user gave an option, None when left out."""
         options = self.data.options if self.data is not None else []
         return next((o.value for o in options if o.name == name), None)
+
+    def attachment(self, name: str) -> Attachment | None:
+        """The file given as the ATTACHMENT option ``name`` (its id points into
+        ``data.resolved.attachments``), None when left out."""
+        ident = self.option(name)
+        resolved = self.data.resolved if self.data is not None else None
+        if ident is None or resolved is None:
+            return None
+        return resolved.attachments.get(str(ident))
 
 
 class AllowedMentions(BaseModel):

@@ -13,6 +13,7 @@ from api.bot_intake import Refused, take_request
 from api.bot_schemas import BotRequestIn
 from api.discord_schemas import Interaction, InteractionResponse, deferred, ephemeral
 from relay_commands import REQUEST_KINDS
+from store.usage import Admission
 
 
 async def request_command(
@@ -37,7 +38,7 @@ async def request_command(
         request, body, background, post_refusal=False, interaction_at=interaction.created_at
     )
     if isinstance(taken, Refused):
-        return ephemeral(_retry_message(taken))
+        return ephemeral(retry_message(taken.admission))
     return deferred()
 
 
@@ -48,8 +49,8 @@ def _problem(err: ValidationError) -> str:
     return f"Relay cannot take this request: {field}: {message}."
 
 
-def _retry_message(refused: Refused) -> str:
-    admission = refused.admission
+def retry_message(admission: Admission) -> str:
+    """Why a command was refused by a limit, and when to try again (Discord's countdown)."""
     message = (admission.message or "refused").rstrip(".")
     if admission.retry_at is None:
         return f"{message[:1].upper()}{message[1:]}."

@@ -30,6 +30,7 @@ from api.idempotency import KeyedRequest, fingerprint
 from api.interaction_requests import request_command
 from api.interaction_stats import stats_command
 from api.interaction_status import status_command
+from api.interaction_transcribe import transcribe_command
 from relay_commands import REQUEST_KINDS
 
 router = APIRouter(prefix="/api/discord", tags=["discord"])
@@ -41,9 +42,12 @@ _REQUIRED = {
 
 CommandHandler = Callable[[Request, Interaction, BackgroundTasks], Awaitable[InteractionResponse]]
 # What answers each slash command (relay_commands.COMMANDS defines them for Discord).
-HANDLERS: dict[str, CommandHandler] = {name: request_command for name in REQUEST_KINDS}
-HANDLERS["status"] = status_command
-HANDLERS["stats"] = stats_command
+HANDLERS: dict[str, CommandHandler] = {
+    **{name: request_command for name in REQUEST_KINDS},
+    "transcribe": transcribe_command,
+    "status": status_command,
+    "stats": stats_command,
+}
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api import reads
 from api.auth import require_token
-from api.callbacks import callback_routes, callback_view, checked_callback_url
+from api.callbacks import callback_routes, callback_view
 from api.contract import upload_request_body
 from api.errors import ApiError, error_responses
 from api.idempotency import IdempotencyKey, KeyedRequest
@@ -22,15 +22,13 @@ from api.schemas import (
     Deleted,
     JobPage,
     JobStatusView,
-    TranscriptionOptions,
 )
 from api.submit import (
     cancel_flow_run,
     flow_run_url,
-    submit_to_task_worker,
-    submit_transcription,
 )
-from api.uploads import Submission, read_submission
+from api.transcription_intake import accept
+from api.uploads import read_submission
 from relay_settings import RelaySettings
 from store import callbacks, jobs, status
 from store.models import (
@@ -43,22 +41,14 @@ from store.models import (
     utcnow,
 )
 from tasks import metrics
-from tasks.asr import JobOptions
 from tasks.callback_events import transcription_ended
 from tasks.callbacks import deliver_now
-from tasks.media import AudioTooLongError, MediaError, MediaProblem
-from tasks.media_check import check
 
 router = APIRouter(
     prefix="/api/transcriptions", tags=["transcriptions"], dependencies=[Depends(require_token)]
 )
 
-# Share of a job's progress that decoding and splitting stand for (about what they take of a
-# job's time on CPU); transcription is the rest, as the workers decode the audio.
-PREPARED_PERCENT = 3.0
-# Over-long audio is 413 and a file that is not media at all 415; media Relay cannot use
-# (empty, no audio track, truncated, corrupt, a length it cannot tell) is 422.
-_MEDIA_STATUS = {MediaProblem.TOO_LONG: 413, MediaProblem.NOT_MEDIA: 415}
+PREPARED_PERCENT = status.PREPARED_PERCENT  # kept here for the readers that import it
 _CONTENT_TYPES = {
     "txt": "text/plain",
     "srt": "application/x-subrip",
@@ -137,78 +127,11 @@ async def submit(request: Request, idempotency_key: IdempotencyKey = None) -> JS
         submission.discard()
         return replay
     try:
-        accepted = await _accept(request, settings, job_id, submission)
+        accepted = await accept(request, settings, job_id, submission)
     except BaseException:
         await keyed.release()
         raise
     return await keyed.answer(JSONResponse(accepted.model_dump(mode="json"), status_code=202))
-
-
-async def _accept(
-    request: Request, settings: RelaySettings, job_id: str, submission: Submission
-) -> Accepted:
-    """Check the media, record the job and hand it to Prefect."""
-    source, options, uploaded = submission.source, submission.options, submission.uploaded
-    callback_url = await checked_callback_url(settings, options.callback_url)
-    try:  # decodes the whole audio track: off the event loop
-        info = await run_in_threadpool(check, source, settings.max_audio_seconds)
-    except Exception as err:
-        if uploaded:  # a refused file is not kept, whatever refused it
-            await run_in_threadpool(shutil.rmtree, source.parent, ignore_errors=True)
-        if not isinstance(err, MediaError):
-            raise
-        extra = {}
-        if isinstance(err, AudioTooLongError):
-            extra = {"duration_seconds": round(err.duration, 1), "max_seconds": err.limit}
-        raise ApiError(_MEDIA_STATUS.get(err.code, 422), err.code, str(err), **extra) from err
-
-    pool = settings.transcribe.deployment.split("/")[-1]
-    ahead = await run_in_threadpool(status.waiting_audio_seconds)
-    speed = await run_in_threadpool(status.throughput)
-    chosen = JobOptions(
-        **options.model_dump(include=set(TranscriptionOptions.model_fields), exclude_none=True)
-    )
-    token = new_id()  # only the task run given it may run the job
-    await run_in_threadpool(
-        jobs.create_job,
-        str(source),
-        source.name,
-        job_id,
-        pool,
-        info.duration,
-        chosen.model_dump_json(exclude_none=True),
-        token,
-        callback_url,
-    )
-    flow_run_id = task_run_id = None
-    try:
-        if settings.transcribe.via == "task-worker":
-            task_run_id = await submit_to_task_worker(
-                request, pool, job_id, str(source), chosen, token
-            )
-        else:
-            queue = "short" if info.duration <= settings.short_audio_seconds else "long"
-            flow_run_id = await submit_transcription(
-                settings.transcribe.deployment,
-                {"source": str(source), "job_id": job_id, **chosen.given()},
-                queue,
-            )
-    except ApiError as err:
-        # The client hears of it now: no callback for a job it was told was not accepted.
-        await run_in_threadpool(callbacks.forget, CallbackSubject.TRANSCRIPTION, job_id)
-        if await run_in_threadpool(jobs.fail_job, job_id, err.message):
-            metrics.transcription_ended(pool, metrics.TranscriptionOutcome.FAILED)
-        raise
-    if flow_run_id:
-        await run_in_threadpool(jobs.set_flow_run, job_id, flow_run_id)
-    return Accepted(
-        job_id=job_id,
-        status=JobStatus.QUEUED,
-        estimated_seconds=round(speed.seconds_for(info.duration + ahead), 1),
-        duration_seconds=round(info.duration, 2),
-        flow_run_id=flow_run_id,
-        task_run_id=task_run_id,
-    )
 
 
 def _job_or_404(job_id: str) -> TranscriptionJob:
@@ -221,16 +144,9 @@ def _job_or_404(job_id: str) -> TranscriptionJob:
 def view(job: TranscriptionJob, callback: Callback | None = None) -> JobStatusView:
     """The job as clients see it: progress, ETA, links, and its callback's delivery."""
     duration = job.duration_seconds or 0.0
-    if job.status == JobStatus.COMPLETED:
-        progress = 100.0
-    elif duration and job.chunks_total:  # decoded and split: the rest is transcription
-        transcribed = min(job.audio_seconds_done / duration, 1.0)
-        progress = min(99.9, PREPARED_PERCENT + (100.0 - PREPARED_PERCENT) * transcribed)
-    else:
-        progress = 0.0
     return JobStatusView(
         **dict(transcription_ended(job)),
-        progress_percent=round(progress, 1),
+        progress_percent=round(status.progress_percent(job), 1),
         audio_seconds_done=round(min(job.audio_seconds_done, duration), 1),
         eta_seconds=_eta(job),
         notification_error=job.notification_error,

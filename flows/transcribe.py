@@ -24,6 +24,7 @@ from tasks.asr import AsrOptions, JobOptions
 from tasks.callbacks import deliver_now
 from tasks.discord_webhook import DeliveryOutcome
 from tasks.formats import store_transcript
+from tasks.interaction_progress import progress_edits
 from tasks.media import MediaInfo, probe_media
 from tasks.merge import merge
 from tasks.notify import JobEvent, notify_job
@@ -157,7 +158,9 @@ def _transcribe(
 
     # The file is split while it decodes: its first chunks are transcribed meanwhile.
     runner = chunk_task_runner(planned_count(info.duration, split_options))
-    with without_prefect_heartbeat():  # this flow's own heartbeat covers its subflow
+    # This flow's own heartbeat covers its subflow; a job from Discord's /transcribe has its
+    # message follow the progress meanwhile.
+    with without_prefect_heartbeat(), progress_edits(job_id):
         mapped = transcribe_chunks.with_options(task_runner=runner)(job_id, [], options, plan)
     if mapped.split_error:
         return _fail(job_id, name, mapped.split_error, folder, token=lease_token)

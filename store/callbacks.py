@@ -23,6 +23,7 @@ from store.db import get_engine, reader
 from store.leases import Lease, LeasedRows, db_now, process_owner
 from store.models import (
     Callback,
+    CallbackKind,
     CallbackStatus,
     CallbackSubject,
     TranscriptionJob,
@@ -61,17 +62,25 @@ def shown_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"[:512]
 
 
+def shown_follow_up(url: str) -> str:
+    """What may be shown of an interaction's follow-up URL: its last part is the token."""
+    return shown_url(url).rstrip("/").rpartition("/")[0] + "/***"
+
+
 def insert(
     connection: Connection,
     subject: CallbackSubject,
     subject_id: str,
     url: str,
     ended_as: str | None = None,
+    kind: CallbackKind = CallbackKind.WEBHOOK,
 ) -> None:
     """Record a job's callback in the caller's transaction (with the job's own row):
-    waiting, or due at once when the job is born ended (``ended_as``: a refused request)."""
+    waiting, or due at once when the job is born ended (``ended_as``: a refused request).
+    A ``DISCORD`` one is the follow-up of the interaction the job came from."""
+    shown = shown_follow_up(url) if kind == CallbackKind.DISCORD else shown_url(url)
     row = Callback(
-        subject=subject, subject_id=subject_id, url_sealed=seal(url), url_shown=shown_url(url)
+        subject=subject, subject_id=subject_id, kind=kind, url_sealed=seal(url), url_shown=shown
     )
     if ended_as is not None:
         row.status, row.event = CallbackStatus.PENDING, event_name(subject, ended_as)

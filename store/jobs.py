@@ -11,6 +11,7 @@ from store import callbacks, leases
 from store.db import get_engine, reader, rows_matched, session_scope
 from store.leases import Lease, LeasedRows
 from store.models import (
+    CallbackKind,
     CallbackSubject,
     ChunkStatus,
     JobStatus,
@@ -37,11 +38,13 @@ def create_job(
     options: str | None = None,
     dispatch_token: str | None = None,
     callback_url: str | None = None,
+    callback_kind: CallbackKind = CallbackKind.WEBHOOK,
 ) -> TranscriptionJob:
     """A new queued job (or the existing one with this id, e.g. created by the API);
     ``options`` (JSON) are kept for a job that may have to be run again, and only the task
     run given ``dispatch_token`` may run it. With ``callback_url``, its callback is recorded
-    with it (waiting for the job's end)."""
+    with it (waiting for the job's end): a signed POST, or with ``callback_kind`` DISCORD
+    the follow-up of the interaction the job came from."""
     with session_scope() as session:
         if job_id and (existing := session.get(TranscriptionJob, job_id)):
             return existing
@@ -59,7 +62,9 @@ def create_job(
         session.add(job)
         if callback_url:
             session.flush()  # the job's row first: the callback names it
-            callbacks.insert(session.connection(), SUBJECT, job.id, callback_url)
+            callbacks.insert(
+                session.connection(), SUBJECT, job.id, callback_url, kind=callback_kind
+            )
         return job
 
 

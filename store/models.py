@@ -270,9 +270,8 @@ class BotRequest(SQLModel, table=True):
     next_delivery_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     delivery_token: str | None = Field(default=None, max_length=32)
     delivered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    # A request from a Discord interaction (0010): when Discord created it (its id says), and
-    # its follow-up's state. The expiry notice is a unit of work of its own: its lease's
-    # expiry is also when it is due (held by nobody then), as the delivery's.
+    # From a Discord interaction (0010): when Discord created it, its follow-up's state, and
+    # the expiry notice's lease, whose expiry is when it is due (store/followups.py).
     interaction_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     followup: FollowUp | None = Field(default=None, sa_type=String(16))
     notice_due_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -334,6 +333,14 @@ class CallbackSubject(StrEnum):
     BOT_REQUEST = "bot_request"
 
 
+class CallbackKind(StrEnum):
+    """How a job's end is told: a signed POST to the client's ``callback_url``, or the
+    follow-up of the Discord interaction (``/transcribe``) the job came from."""
+
+    WEBHOOK = "webhook"
+    DISCORD = "discord"
+
+
 class CallbackStatus(StrEnum):
     WAITING = "waiting"  # its job has not ended yet
     PENDING = "pending"  # its job ended: due now, not tried yet
@@ -356,6 +363,7 @@ class Callback(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     subject: CallbackSubject = Field(sa_type=String(16))
     subject_id: str = Field(max_length=32)
+    kind: CallbackKind = Field(default=CallbackKind.WEBHOOK, sa_type=String(16))
     # The URL may carry a token in its path or query: sealed like webhook URLs, and shown
     # redacted (scheme, host and path, no query).
     url_sealed: str

@@ -12,10 +12,25 @@ from sqlmodel import col, select
 from store.db import session_scope
 from store.models import JobStatus, TranscriptionJob, as_utc
 
+# Share of a job's progress that decoding and splitting stand for (about what they take of a
+# job's time on CPU); transcription is the rest, as the workers decode the audio.
+PREPARED_PERCENT = 3.0
 # Until Relay has finished a job, estimates assume this speed (tiny.en on two CPU cores).
 DEFAULT_REALTIME_FACTOR = 10.0
 DEFAULT_STARTUP_SECONDS = 15.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def progress_percent(job: TranscriptionJob) -> float:
+    """How far the job is, 0-100: split first, then the audio transcribed; 100 only once
+    its transcript is stored (the job's GET, and its Discord message)."""
+    duration = job.duration_seconds or 0.0
+    if job.status == JobStatus.COMPLETED:
+        return 100.0
+    if duration and job.chunks_total:  # decoded and split: the rest is transcription
+        transcribed = min(job.audio_seconds_done / duration, 1.0)
+        return min(99.9, PREPARED_PERCENT + (100.0 - PREPARED_PERCENT) * transcribed)
+    return 0.0
 
 
 @dataclass(frozen=True)

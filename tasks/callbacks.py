@@ -22,9 +22,11 @@ import httpx
 from relay_settings import CallbackSettings, get_settings
 from store import callbacks
 from store.callbacks import Claimed
-from store.models import CallbackStatus, CallbackSubject
+from store.models import Callback, CallbackKind, CallbackStatus, CallbackSubject
 from tasks import safe_http
 from tasks.callback_events import body_of, event_of
+from tasks.discord_webhook import DeliveryOutcome
+from tasks.interaction_reply import post_follow_up
 
 log = logging.getLogger("relay.callbacks")
 KEY_PREFIX = "whsec_"
@@ -147,25 +149,10 @@ def _deliver(claimed: Claimed, tries: int, settings: CallbackSettings) -> Callba
     """Up to ``tries`` attempts (waiting the backoff between them), then record the outcome
     under the claim's lease."""
     callback, lease = claimed.callback, claimed.lease
-    made, outcome = 0, Attempt(False, False, "not attempted")
-    try:
-        key = signing_key(settings.signing_key.get_secret_value())
-        event = event_of(callback)
-        url = callbacks.url_of(callback)
-    except ValueError as err:  # no key any more, or a URL sealed under another secret key
-        outcome = Attempt(False, False, str(err))
+    if callback.kind == CallbackKind.DISCORD:
+        made, outcome = 1, _follow_up(callback)
     else:
-        if event is None:
-            outcome = Attempt(False, False, f"{callback.subject} {callback.subject_id} is gone")
-        else:
-            body = body_of(event)
-            while made < tries and callback.attempts + made < settings.attempts:
-                if made:
-                    time.sleep(backoff(callback.attempts + made, settings))
-                outcome = post_once(url, body, key, message_id(callback.id), settings)
-                made += 1
-                if outcome.delivered or not outcome.retry:
-                    break
+        made, outcome = _post_signed(callback, tries, settings)
     if outcome.delivered:
         status = CallbackStatus.DELIVERED
     elif outcome.retry and callback.attempts + made < settings.attempts:
@@ -186,6 +173,41 @@ def _deliver(claimed: Claimed, tries: int, settings: CallbackSettings) -> Callba
     elif recorded is None:
         log.warning("%s: callback lease lost; the new holder records it", where)
     return recorded
+
+
+def _follow_up(callback: Callback) -> Attempt:
+    """A /transcribe job's end, told on its Discord interaction (tasks/interaction_reply)."""
+    try:
+        url = callbacks.url_of(callback)
+    except ValueError as err:  # sealed under another secret key
+        return Attempt(False, False, str(err))
+    result = post_follow_up(callback.subject_id, url)
+    retry = result.outcome is DeliveryOutcome.GAVE_UP  # a refusal stays one (an expired token)
+    return Attempt(result.delivered, retry, result.reason)
+
+
+def _post_signed(callback: Callback, tries: int, settings: CallbackSettings) -> tuple[int, Attempt]:
+    """Up to ``tries`` signed POSTs to a client's URL; how many were made, and the last."""
+    made, outcome = 0, Attempt(False, False, "not attempted")
+    try:
+        key = signing_key(settings.signing_key.get_secret_value())
+        event = event_of(callback)
+        url = callbacks.url_of(callback)
+    except ValueError as err:  # no key any more, or a URL sealed under another secret key
+        outcome = Attempt(False, False, str(err))
+    else:
+        if event is None:
+            outcome = Attempt(False, False, f"{callback.subject} {callback.subject_id} is gone")
+        else:
+            body = body_of(event)
+            while made < tries and callback.attempts + made < settings.attempts:
+                if made:
+                    time.sleep(backoff(callback.attempts + made, settings))
+                outcome = post_once(url, body, key, message_id(callback.id), settings)
+                made += 1
+                if outcome.delivered or not outcome.retry:
+                    break
+    return made, outcome
 
 
 def _hold(settings: CallbackSettings, tries: int) -> float:

@@ -67,8 +67,11 @@ def command(
     permissions: int = 0,
     interaction_id: str | None = None,
     token: str | None = None,
+    attachments: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A slash command interaction as Discord sends it (in a guild, or a DM with no guild)."""
+    """A slash command interaction as Discord sends it (in a guild, or a DM with no guild).
+    ``attachments`` (option name -> Discord attachment object) become ATTACHMENT options
+    whose values are the attachments' ids, resolved in ``data.resolved.attachments``."""
     ident = interaction_id or snowflake()
     body: dict[str, Any] = {
         "id": ident,
@@ -85,6 +88,10 @@ def command(
         "channel_id": "600000000000000001",
         "channel": {"id": "600000000000000001", "name": channel, "type": 0},
     }
+    for option, attachment in (attachments or {}).items():
+        body["data"]["options"].append({"name": option, "type": 11, "value": attachment["id"]})
+        resolved = body["data"].setdefault("resolved", {}).setdefault("attachments", {})
+        resolved[attachment["id"]] = attachment
     if guild is None:  # a direct message: its channel has no name
         body["user"] = {"id": user, "username": f"user{user}"}
         body["channel"] = {"id": body["channel_id"], "type": 1}

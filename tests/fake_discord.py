@@ -54,7 +54,8 @@ _WEBHOOK = re.compile(
 WEBHOOK_METHODS = ("POST", "PATCH", "DELETE")
 # Other routes of Discord's API a test needs: (method, path pattern, handler). A handler
 # gets the fake, the path's match, the headers and the raw body, and returns the status,
-# the JSON answer (None: no body) and extra headers.
+# the answer (JSON; bytes: sent as they are; None: no body) and extra headers
+# (``Transfer-Encoding: chunked``: the body is sent in chunks, without a length).
 Route = tuple[
     str,
     re.Pattern[str],
@@ -189,8 +190,8 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
                     found = pattern.fullmatch(parts.path)
                     if found and route_method == method:
                         status, answer, headers = handle(fake, found, self.headers, body)
-                        if answer is None:
-                            self._send(status, b"", headers)
+                        if answer is None or isinstance(answer, bytes):
+                            self._send(status, answer or b"", headers)
                         else:
                             self._json(status, answer, headers)
                         return
@@ -276,13 +277,21 @@ def _handler_for(fake: FakeDiscord) -> type[BaseHTTPRequestHandler]:
             self._send(status, data, {"Content-Type": "application/json", **(headers or {})})
 
         def _send(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+            chunked = headers.get("Transfer-Encoding") == "chunked"
             try:
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
+                if not chunked:
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if not chunked:
+                    self.wfile.write(data)
+                    return
+                for start in range(0, len(data), 65536):
+                    piece = data[start : start + 65536]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up waiting (the "hang" behaviour)
 

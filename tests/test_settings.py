@@ -53,6 +53,8 @@ EARLIER_NAMES = {
         "20.5",
         lambda s: s.discord.expiry_notice_lease_seconds,
     ),
+    "RELAY_DISCORD_ATTACHMENT_HOSTS": ("cdn.example", lambda s: s.discord.attachment_hosts),
+    "RELAY_DISCORD_PROGRESS_SECONDS": ("2.5", lambda s: s.discord.progress_seconds),
     "RELAY_WORK_POOL": ("asr-gpu", lambda s: s.work_pool),
     "RELAY_ASR_VAD_FILTER": ("true", lambda s: s.asr.vad_filter),
     "RELAY_CHUNK_SEARCH_SECONDS": ("15.5", lambda s: s.chunk.search_seconds),
