@@ -67,16 +67,20 @@ class SlashCommand:
     options: tuple[CommandOption, ...] = ()
     admin: bool = False  # shown to members with MANAGE_GUILD only, checked again on Relay's side
 
-    def to_discord(self) -> dict[str, Any]:
-        """The command as Discord's bulk-overwrite endpoint takes it (a CHAT_INPUT command)."""
+    def to_discord(self, *, in_guild: bool = False, dms: bool = False) -> dict[str, Any]:
+        """The command as Discord's bulk-overwrite endpoint takes it (a CHAT_INPUT command).
+        ``contexts`` only on a global command (Discord ignores it on a guild's): in guilds,
+        and in the bot's DMs too when ``dms`` (RELAY_DISCORD_ALLOW_DMS) and not an admin's."""
         command: dict[str, Any] = {
             "name": self.name,
             "type": 1,
             "description": self.description,
             "options": [option.to_discord() for option in self.options],
             "default_member_permissions": str(MANAGE_GUILD) if self.admin else None,
-            "contexts": [int(c) for c in ((Context.GUILD,) if self.admin else tuple(Context))],
         }
+        if not in_guild:
+            where = (Context.GUILD, Context.BOT_DM) if dms and not self.admin else (Context.GUILD,)
+            command["contexts"] = [int(context) for context in where]
         return command
 
 

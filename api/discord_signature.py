@@ -9,6 +9,7 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+NO_SIGNATURE = "the X-Signature-Ed25519 and X-Signature-Timestamp headers are required"
 MAX_AGE_SECONDS = 300.0  # an older (or further future) timestamp is a replay
 
 
@@ -31,9 +32,7 @@ def verify_interaction(
     """Raise ``SignatureError`` unless ``signature`` (hex) signs ``timestamp`` + ``body``
     under ``public_key`` (hex) and ``timestamp`` (Unix seconds) is within 5 minutes of ``now``."""
     if not signature or not timestamp:
-        raise SignatureError(
-            "the X-Signature-Ed25519 and X-Signature-Timestamp headers are required"
-        )
+        raise SignatureError(NO_SIGNATURE)
     try:
         signed_at = float(timestamp)
         raw_signature = bytes.fromhex(signature)

@@ -36,11 +36,10 @@ from api.uploads import Submission, safe_name
 from bot_config import TRANSCRIBE, get_bot_config
 from relay_pools import get_pool
 from relay_settings import RelaySettings, english_only
-from store import jobs, usage
-from store.models import JobStatus, new_id
+from store import usage
+from store.models import new_id
 from tasks.discord_attachments import DownloadError, download, refused_host, too_large
 from tasks.discord_webhook import WebhookMessage, edit_original
-from tasks.interaction_reply import status_line
 
 log = logging.getLogger("relay.discord")
 LANGUAGE = re.compile(r"^[a-z]{2,3}$")
@@ -97,6 +96,11 @@ async def take_in(
     source = folder / safe_name(attachment.filename)
     try:
         await download(attachment.url, source, settings.max_upload_bytes)
+        # Said before the job is handed over: from then on only its worker edits the
+        # message (progress, then the end), so no edit of ours can land after theirs.
+        await _edit(
+            follow_up, f"⏳ `{attachment.filename}` is queued for transcription. Job `{job_id}`."
+        )
         submission = Submission(source, UploadFields(language=language), True, "")
         await accept(request, settings, job_id, submission, follow_up=follow_up)
     except Exception as err:
@@ -104,10 +108,6 @@ async def take_in(
         if not isinstance(err, ApiError | DownloadError):
             log.exception("/transcribe: %s not taken in", source.name)
         await _edit(follow_up, _refusal(attachment.filename, source.name, err))
-        return
-    job = await run_in_threadpool(jobs.get_job, job_id)
-    if job is not None and job.status == JobStatus.QUEUED:  # else progress edits took over
-        await _edit(follow_up, status_line(job))
 
 
 def _refusal(filename: str, saved_as: str, err: Exception) -> str:

@@ -24,7 +24,7 @@ from api.discord_schemas import (
     ephemeral,
     pong,
 )
-from api.discord_signature import SignatureError, verify_interaction
+from api.discord_signature import NO_SIGNATURE, SignatureError, verify_interaction
 from api.errors import ApiError, error_responses
 from api.idempotency import KeyedRequest, fingerprint
 from api.interaction_requests import request_command
@@ -34,6 +34,9 @@ from api.interaction_transcribe import transcribe_command
 from relay_commands import REQUEST_KINDS
 
 router = APIRouter(prefix="/api/discord", tags=["discord"])
+# An interaction is a few kB (its resolved users, channels and attachments included).
+MAX_BODY_BYTES = 128 * 1024
+TOO_LARGE = f"an interaction is at most {MAX_BODY_BYTES // 1024} KiB"
 # What the endpoint cannot work without: the key that signs, the id follow-ups go to.
 _REQUIRED = {
     "RELAY_DISCORD_PUBLIC_KEY": "public_key",
@@ -90,10 +93,12 @@ _BODY = {
     responses=error_responses(
         401,
         409,
+        413,
         422,
         503,
         _401="no signature, a wrong one, or a timestamp over 5 minutes old (a replay)",
         _409="the same interaction is being answered by another request right now",
+        _413="a body over 128 KiB (no interaction is that large)",
         _503="RELAY_DISCORD_PUBLIC_KEY or RELAY_DISCORD_APPLICATION_ID is not set",
     ),
 )
@@ -111,7 +116,9 @@ async def interactions(
             "not_configured",
             f"{' and '.join(missing)} not set: Relay takes no Discord interactions",
         )
-    body = await request.body()
+    if not signature or not timestamp:  # before reading a body nobody signed
+        raise ApiError(401, "bad_signature", NO_SIGNATURE)
+    body = await _capped_body(request)
     try:
         verify_interaction(discord.public_key, signature, timestamp, body)
     except SignatureError as err:
@@ -154,6 +161,20 @@ async def _answer(
     except ApiError as err:  # the user's mistake, or Relay's trouble: say so, only to them
         later = " Try again in a minute." if err.status >= 500 else ""
         return ephemeral(f"{err.message[:1].upper()}{err.message[1:]}.{later}")
+
+
+async def _capped_body(request: Request) -> bytes:
+    """The raw body, refused (413) past MAX_BODY_BYTES: the endpoint is public and reads the
+    body before it can check who sent it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", TOO_LARGE)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", TOO_LARGE)
+    return bytes(body)
 
 
 def _json(answer: InteractionResponse) -> JSONResponse:

@@ -37,7 +37,7 @@ def allowed_hosts(settings: RelaySettings | None = None) -> tuple[str, ...]:
 
 
 _ID = r"[0-9]{1,20}"
-_TOKEN = r"[A-Za-z0-9_-]{1,200}"
+_TOKEN = r"[A-Za-z0-9_-]{1,1000}"  # interaction tokens run to 200+ characters
 
 
 def webhook_url_pattern(extra_hosts: tuple[str, ...]) -> str:

@@ -80,9 +80,11 @@ def _count(names: tuple[str, ...]) -> str:
     return f"{len(names)} command{'s' if len(names) != 1 else ''}: {', '.join(names)}"
 
 
-def wanted_commands(scope: CommandScope) -> list[dict[str, Any]]:
-    """The JSON Relay registers in ``scope``, in relay_commands' order."""
-    return [command.to_discord() for command in commands_of(scope.sets)]
+def wanted_commands(scope: CommandScope, dms: bool = False) -> list[dict[str, Any]]:
+    """The JSON Relay registers in ``scope``, in relay_commands' order (shown in the bot's
+    direct messages too when ``dms``: RELAY_DISCORD_ALLOW_DMS)."""
+    in_guild = scope.guild_id is not None
+    return [c.to_discord(in_guild=in_guild, dms=dms) for c in commands_of(scope.sets)]
 
 
 def comparable(command: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -284,7 +286,7 @@ def register(
     changes = []
     try:
         for scope in settings.command_scopes():
-            wanted = wanted_commands(scope)
+            wanted = wanted_commands(scope, settings.allow_dms)
             change = compare(scope, wanted, api.registered(scope))
             if not (change.unchanged or check):
                 answer = api.overwrite(scope, wanted)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Required, TypedDict, Unpack
 
-from sqlalchemy import true
+from sqlalchemy import case, true
 from sqlmodel import select
 
 from relay_settings import get_settings
@@ -264,6 +264,9 @@ def record_delivery(
         }
         if followup is not None:
             outcome["followup"] = followup
+        elif status != DeliveryStatus.RETRYING:  # a live follow-up needs no notice now
+            live = _REQUEST.c.followup == FollowUp.LIVE
+            outcome["followup"] = case((live, FollowUp.CLOSED.value), else_=_REQUEST.c.followup)
         if status == DeliveryStatus.RETRYING:  # held by nobody, and due again then
             outcome["next_delivery_at"] = now + timedelta(seconds=retry_in)
         written = leases.finish(connection, DELIVERY_LEASES, {request_id: lease}, outcome)

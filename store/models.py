@@ -216,6 +216,7 @@ class FollowUp(StrEnum):
     NOTICED = "noticed"  # its "thinking…" message now says where a late answer goes
     NOTICE_FAILED = "notice_failed"  # Discord refused the notice (not its token): no notice
     EXPIRED = "expired"  # the token is dead: the answer goes to the route's fallback block
+    CLOSED = "closed"  # answered (or given up) while the token lived: nothing left to do
 
 
 class BotRequest(SQLModel, table=True):
@@ -270,8 +271,7 @@ class BotRequest(SQLModel, table=True):
     next_delivery_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     delivery_token: str | None = Field(default=None, max_length=32)
     delivered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    # From a Discord interaction (0010): when Discord created it, its follow-up's state, and
-    # the expiry notice's lease, whose expiry is when it is due (store/followups.py).
+    # From a Discord interaction (0010): when, its follow-up, its notice (store/followups.py).
     interaction_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     followup: FollowUp | None = Field(default=None, sa_type=String(16))
     notice_due_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))

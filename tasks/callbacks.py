@@ -150,7 +150,7 @@ def _deliver(claimed: Claimed, tries: int, settings: CallbackSettings) -> Callba
     under the claim's lease."""
     callback, lease = claimed.callback, claimed.lease
     if callback.kind == CallbackKind.DISCORD:
-        made, outcome = 1, _follow_up(callback)
+        made, outcome = 1, _follow_up(callback, settings)
     else:
         made, outcome = _post_signed(callback, tries, settings)
     if outcome.delivered:
@@ -175,13 +175,13 @@ def _deliver(claimed: Claimed, tries: int, settings: CallbackSettings) -> Callba
     return recorded
 
 
-def _follow_up(callback: Callback) -> Attempt:
+def _follow_up(callback: Callback, settings: CallbackSettings) -> Attempt:
     """A /transcribe job's end, told on its Discord interaction (tasks/interaction_reply)."""
     try:
         url = callbacks.url_of(callback)
     except ValueError as err:  # sealed under another secret key
         return Attempt(False, False, str(err))
-    result = post_follow_up(callback.subject_id, url)
+    result = post_follow_up(callback.subject_id, url, settings.timeout_seconds)
     retry = result.outcome is DeliveryOutcome.GAVE_UP  # a refusal stays one (an expired token)
     return Attempt(result.delivered, retry, result.reason)
 

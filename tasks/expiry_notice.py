@@ -51,7 +51,17 @@ def send_notice(request_id: str, lease: Lease) -> FollowUp | None:
     except Exception as err:  # a broken request or configuration: no notice, say why
         log.warning("bot request %s: no expiry notice: %s", request_id, type(err).__name__)
         return _finish(request_id, lease, FollowUp.NOTICE_FAILED, "it could not be written")
-    result = edit_original(url, WebhookMessage(text), label=f"request {request_id}: notice")
+    # One try, well inside the notice's lease: an edit still under way once the lease ran
+    # out could land after the answer's first follow-up and overwrite it. A give-up is
+    # tried again later, under a new lease.
+    budget = get_settings().discord.expiry_notice_lease_seconds / 3
+    result = edit_original(
+        url,
+        WebhookMessage(text),
+        timeout=min(10.0, budget),
+        max_attempts=1,
+        label=f"request {request_id}: notice",
+    )
     if result.delivered:
         return _finish(request_id, lease, FollowUp.NOTICED, "sent")
     if token_refused(result):

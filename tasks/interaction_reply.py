@@ -74,16 +74,20 @@ def follow_up_message(job: TranscriptionJob) -> WebhookMessage:
     return WebhookMessage(truncate(head + inline, CONTENT_LIMIT), files=files)
 
 
-def post_follow_up(job_id: str, url: str) -> DeliveryResult:
+def post_follow_up(job_id: str, url: str, timeout: float = 10.0) -> DeliveryResult:
     """Tell the interaction at ``url`` (its follow-up webhook) how job ``job_id`` ended: its
     first message is edited to say so (a courtesy: not retried), then the follow-up is
-    posted. Never raises; the result says whether posting again may help."""
+    posted, one try each of at most ``timeout`` s: the callback's lease covers both, and a
+    try that outlived it could post the transcript twice (the callbacks retry instead).
+    Never raises; the result says whether posting again may help."""
     job = jobs.get_job(job_id)
     if job is None:
         return DeliveryResult(DeliveryOutcome.REJECTED, reason=f"job {job_id} is gone")
     label = f"job {job_id}: Discord"
-    edit_original(url, WebhookMessage(status_line(job)), max_attempts=1, label=f"{label} edit")
-    return post_messages(url, [follow_up_message(job)], label=f"{label} follow-up")
+    status = WebhookMessage(status_line(job))
+    edit_original(url, status, timeout=timeout, max_attempts=1, label=f"{label} edit")
+    message = [follow_up_message(job)]
+    return post_messages(url, message, timeout=timeout, max_attempts=1, label=f"{label} follow-up")
 
 
 def _stored(job: TranscriptionJob, form: str) -> str | None:

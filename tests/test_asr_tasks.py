@@ -6,9 +6,6 @@ LocalCluster, the store on the real PostgreSQL, and Dask's real scheduling of pr
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +16,6 @@ import pytest
 from distributed import Client, LocalCluster
 from fastapi.testclient import TestClient
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL
 
 from api.app import create_app
 from flows.chunks import chunk_priority
@@ -33,6 +29,7 @@ from tasks.wer import word_error_rate
 from tests.audio import DATA
 from tests.environ import environment
 from tests.pg import create_database, drop_database
+from tests.worker_process import asr_cpu_worker
 
 TOKEN = "warm-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,29 +59,14 @@ def client(settings):
 def task_worker(settings, tmp_path_factory):
     """``python -m cli worker --pool asr-cpu``: no Dask address, so it keeps its
     own warm LocalCluster (one worker: this machine has two cores for everything)."""
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "RELAY_DATABASE_URL": settings.database_url,
-        "RELAY_DATA_DIR": settings.data_dir,
-        "RELAY_DASK_ADDRESS": "",
-        "RELAY_DASK_WORKERS": "1",
-    }
     log = tmp_path_factory.mktemp("asr-tasks") / "worker.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker", "--pool", "asr-cpu", "--limit", "4"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    yield log
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with asr_cpu_worker(
+        log,
+        4,
+        RELAY_DATABASE_URL=settings.database_url,
+        RELAY_DATA_DIR=settings.data_dir,
+    ):
+        yield log
 
 
 def upload(client: TestClient, path: Path):

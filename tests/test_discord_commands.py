@@ -22,9 +22,10 @@ GUILD = "700000000000000001"
 OTHER_GUILD = "700000000000000002"
 
 
-def relay_json(*sets: str) -> list[dict]:
-    """What relay_commands says Discord must receive for ``sets``."""
-    return [command.to_discord() for command in commands_of(sets)]
+def relay_json(*sets: str, guild: bool = False) -> list[dict]:
+    """What relay_commands says Discord must receive for ``sets``, globally or in a guild
+    (no ``contexts`` there: Discord keeps it for global commands only)."""
+    return [command.to_discord(in_guild=guild) for command in commands_of(sets)]
 
 
 @pytest.fixture
@@ -53,7 +54,12 @@ def test_first_run_puts_relay_commands_json_and_a_second_run_only_reads(discord,
     code, out, err = run(capsys)
     assert (code, err) == (0, "")
     writes = {call.scope: call.body for call in discord.writes()}
-    assert writes == {None: relay_json("chat", "transcribe"), GUILD: relay_json("admin")}
+    assert writes == {
+        None: relay_json("chat", "transcribe"),
+        GUILD: relay_json("admin", guild=True),
+    }
+    assert all("contexts" not in command for command in writes[GUILD])
+    assert [c["contexts"] for c in writes[None]] == [[0]] * 3  # no DMs: not allowed here
     assert {call.authorization for call in discord.calls} == {f"Bot {TOKEN}"}
     assert out.splitlines() == [
         "global: added chat, transcribe, status; wrote 3 commands: chat, transcribe, status",
@@ -85,8 +91,8 @@ def test_a_guild_given_another_set_is_the_only_scope_written(discord, relay_env,
         ("PUT", GUILD),
         ("PUT", OTHER_GUILD),
     ]
-    assert discord.writes()[0].body == relay_json("admin", "media")
-    assert discord.writes()[1].body == relay_json("media")
+    assert discord.writes()[0].body == relay_json("admin", "media", guild=True)
+    assert discord.writes()[1].body == relay_json("media", guild=True)
     assert out.splitlines() == [
         "global: unchanged (3 commands: chat, transcribe, status)",
         f"guild {GUILD}: added image, video; wrote 3 commands: image, video, stats",
@@ -102,7 +108,7 @@ def test_a_changed_and_a_foreign_command_are_put_right_and_named(discord, capsys
     registered = [c for c in registered if c["name"] != "status"]
     registered.append({"name": "legacy", "type": 1, "description": "Gone", "options": []})
     discord.registered[None] = discord.discord_shaped(None, registered)
-    discord.registered[GUILD] = discord.discord_shaped(GUILD, relay_json("admin"))
+    discord.registered[GUILD] = discord.discord_shaped(GUILD, relay_json("admin", guild=True))
 
     code, out, _ = run(capsys)
     assert code == 0
@@ -172,7 +178,7 @@ def test_rate_limits_are_waited_out_and_retried(discord, capsys):
     assert out.count("global: GET commands: HTTP 429; retrying in 0.3 s") == 2
     assert {call.scope: call.body for call in discord.writes()} == {
         None: relay_json("chat", "transcribe"),
-        GUILD: relay_json("admin"),
+        GUILD: relay_json("admin", guild=True),
     }
 
 
@@ -221,3 +227,16 @@ def test_the_module_entry_point_registers_as_make_runs_it(discord):
     ]
     assert TOKEN not in done.stdout + done.stderr
     assert [call.body for call in discord.writes()] == [relay_json("media")]
+
+
+def test_commands_show_in_the_bots_direct_messages_only_where_relay_answers_there():
+    from deployments.discord_commands import wanted_commands
+    from relay_discord import parse_command_scopes
+
+    scope, guild = parse_command_scopes(f"global=chat,admin;{GUILD}=media")
+    assert {c["name"]: c["contexts"] for c in wanted_commands(scope, dms=True)} == {
+        "chat": [0, 1],
+        "stats": [0],  # an admin's command: never in DMs
+    }
+    assert all(c["contexts"] == [0] for c in wanted_commands(scope, dms=False))
+    assert all("contexts" not in c for c in wanted_commands(guild, dms=True))

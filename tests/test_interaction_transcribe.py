@@ -10,8 +10,6 @@ import contextvars
 import itertools
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +20,6 @@ import httpx
 import pytest
 import uvicorn
 import yaml
-from prefect.settings import PREFECT_API_URL
 
 from api.app import create_app
 from api.interaction_transcribe import _language
@@ -39,6 +36,7 @@ from tests.environ import environment
 from tests.fake_cdn import FakeCdn
 from tests.fake_discord import FakeDiscord, WebhookRequest
 from tests.pg import create_database, drop_database
+from tests.worker_process import asr_cpu_worker
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SAMPLE = PROJECT_ROOT / "samples" / "meeting.ogg"
@@ -103,27 +101,9 @@ def settings(prefect_server, signer, discord, tmp_path_factory) -> Iterator[Rela
 def worker(settings, tmp_path_factory) -> Iterator[Path]:  # noqa: ARG001 (its environment)
     """``python -m cli worker --pool asr-cpu`` with its own warm LocalCluster (one worker);
     its log file."""
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "RELAY_DASK_ADDRESS": "",
-        "RELAY_DASK_WORKERS": "1",
-    }
     log = tmp_path_factory.mktemp("transcribe-worker") / "worker.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "worker", "--pool", "asr-cpu", "--limit", "2"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    yield log
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with asr_cpu_worker(log, 2):
+        yield log
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +205,12 @@ def test_a_file_is_transcribed_and_comes_back_as_text_and_files(api, signer, cdn
     assert token not in worker.read_text()  # nor in the worker's log
 
 
+def _warnings(discord: FakeDiscord, token: str) -> list[WebhookRequest]:
+    """The edits of the interaction's message that say why a file was not taken."""
+    edits = received(discord, token, "PATCH")
+    return [e for e in edits if e.payload.get("content", "").startswith("⚠️")]
+
+
 def test_a_file_over_the_duration_limit_is_refused_with_why_then_the_cooldown_holds(
     api, signer, cdn, discord, settings, tmp_path
 ):
@@ -232,7 +218,9 @@ def test_a_file_over_the_duration_limit_is_refused_with_why_then_the_cooldown_ho
     attachment = cdn.attach(lecture.read_bytes(), "lecture.mp3", content_type="audio/mpeg")
     body = command("transcribe", attachments={"file": attachment}, user="5002")
     assert post(api, signer, body).json() == {"type": 5}
-    (edit,) = wait_for(lambda: received(discord, body["token"], "PATCH"), 60, "no answer")
+    (edit,) = wait_for(lambda: _warnings(discord, body["token"]), 60, "no answer")
+    first, *_ = received(discord, body["token"], "PATCH")  # downloaded: said before the check
+    assert first.payload["content"].startswith("⏳ `lecture.mp3` received: checking it")
     assert re.fullmatch(
         r"⚠️ Relay cannot transcribe `lecture\.mp3`: audio is (at least )?1:\d\d(\.\d)? long "
         r"\(\d+\.\d s\), over the limit of 1:00 \(60 s\)\.",
@@ -309,7 +297,7 @@ def test_a_file_over_the_size_limit_is_refused_as_declared_or_as_it_arrives(
     )
     body = command("transcribe", attachments={"file": liar}, user="5006")
     assert post(api, signer, body).json() == {"type": 5}
-    (edit,) = wait_for(lambda: received(discord, body["token"], "PATCH"), 60, "no answer")
+    (edit,) = wait_for(lambda: _warnings(discord, body["token"]), 60, "no answer")
     assert edit.payload["content"] == (
         "⚠️ Relay cannot transcribe `small.ogg`: the file is over the limit of 2,000,000 bytes "
         "(RELAY_MAX_UPLOAD_BYTES)."

@@ -4,6 +4,7 @@ made per module, a real Prefect server, the real store on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -109,7 +110,14 @@ def test_an_interaction_that_discord_did_not_sign_now_is_401(api, signer, case):
     response = api.post("/api/discord/interactions", content=raw, headers=headers)
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "bad_signature"
-    assert "X-Signature" in response.json()["message"] or "signature" in response.json()["message"]
+    expected = {
+        "unsigned": "the X-Signature-Ed25519 and X-Signature-Timestamp headers are required",
+        "other key": "the signature does not match the body",
+        "altered body": "the signature does not match the body",
+        "replayed": "the signature's timestamp is more than 5 minutes away: a replay",
+        "future": "the signature's timestamp is more than 5 minutes away: a replay",
+    }
+    assert response.json()["message"] == expected[case]
 
 
 @pytest.mark.usefixtures("discord_env")
@@ -171,6 +179,8 @@ def test_a_request_over_its_cooldown_is_refused_at_once_only_to_the_user(api, si
     assert 590 <= stamp - time.time() <= 601
     kept = {r.prompt: r for r in _requests_of("4004")}
     assert kept["a dog"].status == "refused" and kept["a dog"].delivery_status == "delivered"
+    # Answered at once: no follow-up, so no expiry notice is ever due for it.
+    assert kept["a dog"].followup is None and kept["a dog"].notice_due_at is None
 
 
 @pytest.mark.parametrize(
@@ -226,3 +236,46 @@ def test_the_openapi_document_describes_the_endpoint(api):
     assert {"200", "401", "409", "422", "503"} <= set(operation["responses"])
     body = operation["requestBody"]["content"]["application/json"]["schema"]
     assert {"id", "application_id", "type"} <= set(body["required"])
+
+
+class _StalledPrefect:
+    """A pool's dispatcher whose Prefect never answers (a server stalled under load)."""
+
+    async def adispatch(self, client, **parameters) -> str:  # noqa: ARG002 - its signature
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.usefixtures("discord_env")
+def test_a_slow_prefect_still_gets_discord_its_answer_within_3_s(signer):
+    with environment({}) as settings:
+        stalled = {**dispatchers(), "bot-chat": _StalledPrefect()}
+        with TestClient(create_app(settings, stalled)) as client:  # type: ignore[arg-type]
+            started = time.monotonic()
+            response = _post(client, signer, command("chat", {"prompt": "hi"}, user="4008"))
+            took = time.monotonic() - started
+    assert response.json() == {"type": 5} and took < 3, took
+    (stored,) = _requests_of("4008")
+    # Queued under its dispatch lease: a worker's maintenance pass dispatches it again.
+    assert stored.status == "queued" and stored.lease_expires_at is not None
+
+
+def test_a_body_too_large_for_an_interaction_is_413_before_its_signature_is_read(api, signer):
+    raw = b'{"pad": "' + b"x" * (130 * 1024) + b'"}'
+    response = api.post("/api/discord/interactions", content=raw, headers=signer.headers(raw))
+    assert response.status_code == 413 and response.json()["error"] == "too_large"
+    unsigned = api.post("/api/discord/interactions", content=raw, headers={})
+    assert unsigned.status_code == 401  # no signature headers: refused before the body
+
+
+@pytest.mark.usefixtures("discord_env")
+def test_a_real_length_interaction_token_to_discord_itself_is_taken(signer):
+    """Discord's interaction tokens run to 200+ characters; the follow-up URL on discord.com
+    must pass the webhook URL rules (nothing is posted here: the request stays queued)."""
+    token = "aW50ZXJhY3Rpb246" + "A1b2C3d4_-" * 21  # 226 characters
+    with _client(RELAY_DISCORD_API_URL="https://discord.com/api/v10") as client:
+        body = command("chat", {"prompt": "hi"}, user="4009", token=token)
+        assert _post(client, signer, body).json() == {"type": 5}
+    (stored,) = _requests_of("4009")
+    assert stored.destination_shown == f"https://discord.com/api/webhooks/{APPLICATION_ID}/***"
+    assert token not in stored.model_dump_json()

@@ -87,6 +87,7 @@ def test_a_chat_command_sent_to_two_replicas_is_answered_once(replicas, fakes, s
     assert second.headers.get("Idempotent-Replayed") == "true"
     stored = _wait_delivered("5001")
     assert stored.status == "completed" and stored.answer_text == "Echo: what is relay, twice?"
+    assert stored.followup == "closed"  # answered in time: no expiry notice will be due
     (answer,) = _follow_ups(discord, body["token"])  # one request, one answer, one post
     assert answer.webhook_id == APPLICATION_ID and answer.query.get("wait") in ("true", "True")
     assert answer.payload["content"].startswith("<@5001>")
