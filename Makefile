@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= samples/meeting.ogg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint typecheck bench bench-api bench-batch bench-bot bench-stack bench-intake bench-interactions bench-metrics api bootstrap stack stack-down ui clean system-deps
+.PHONY: setup run test lint typecheck bench bench-api bench-batch bench-bot bench-stack bench-intake bench-interactions bench-metrics discord-commands api bootstrap stack stack-down ui clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)

@@ -148,7 +148,7 @@ async def take_request(
 
 
 def _fields(body: BotRequestIn, route: str, pool: str, default_block: str) -> RequestIntake:
-    from tasks.bot_handling import seal_destination
+    from tasks.bot_delivery import seal_destination
 
     fields: RequestIntake = {
         "kind": body.kind,
@@ -178,7 +178,7 @@ def _now() -> datetime:
 
 
 def _deliver(request_id: str, lease: Lease) -> None:
-    from tasks.bot_handling import deliver
+    from tasks.bot_delivery import deliver
     from tasks.callbacks import deliver_now
 
     deliver(request_id, lease)

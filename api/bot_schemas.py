@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from api.callbacks import CALLBACK_URL_FIELD, CallbackUrl, CallbackView
 from api.schemas import NO_NUL, NOT_BLANK
 from blocks.discord import allowed_hosts, validate_webhook_url, webhook_url_pattern
-from store.models import UtcDatetime
+from store.models import FollowUp, UtcDatetime
 from tasks.callback_events import BotRequestEnded
 
 
@@ -100,10 +100,11 @@ class BotRequestView(BotRequestEnded):
         description="a Discord interaction's request: when Discord created the interaction "
         "(its follow-up token lives 15 minutes from then)",
     )
-    followup: str | None = Field(
+    followup: FollowUp | None = Field(
         default=None,
         description="a Discord interaction's request: live, noticed (told where a late answer "
-        "goes), notice_failed, or expired (the answer goes to the route's fallback block)",
+        "goes), notice_failed, expired (the answer goes to the route's fallback block), or "
+        "closed (answered while its token lived)",
     )
     callback: CallbackView | None = None
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-EPHEMERAL = 1 << 6  # message flag: only the user who ran the command sees it
+from tasks.discord_request import EPHEMERAL
+
 DISCORD_EPOCH_MS = 1420070400000  # 2015-01-01, where a snowflake's milliseconds count from
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -56,6 +57,10 @@ def stop_within(seconds: float, running: Callable[[], int]) -> NoReturn:
     """Stop a task worker within ``seconds``: its runs in flight, then Prefect's queues,
     then exit 0."""
     deadline = time.monotonic() + seconds
+    # A second SIGTERM or Ctrl-C (an impatient operator, a supervisor) must not cut this
+    # short into the interpreter's exit, where Prefect waits without limit.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, signal.SIG_IGN)
     left = wait_for_runs(running, deadline)
     if left:
         log.warning(

@@ -92,8 +92,10 @@ def test_a_stopped_worker_exits_within_its_bound_when_prefect_stops_answering(st
             _wait_for_log(log, "Finished in state", count=3)
             assert [w.pid for w in list_workers(engine_for(store_url))] == [worker.pid]
             proxy.freeze()  # the Prefect server, as this worker sees it, stops answering
+            stopping = time.monotonic()
             worker.terminate()
             assert worker.wait(timeout=60) == 0, log.read_text()
+            took = time.monotonic() - stopping
         finally:
             if worker.poll() is None:
                 worker.kill()
@@ -103,4 +105,6 @@ def test_a_stopped_worker_exits_within_its_bound_when_prefect_stops_answering(st
     # Prefect alone waits for its unsent events without limit (10 s and more here); the
     # worker gave them its bound and left.
     assert f"not sent within {STOP_SECONDS:.0f} s: exiting without them" in output, output
+    # Its bound, and the store's retirement before it (Prefect alone: 10 s and more).
+    assert took < STOP_SECONDS + 8, took
     assert list_workers(engine_for(store_url)) == [], "a stopped worker is still listed"
