@@ -99,7 +99,8 @@ async def take_in(
         # Said before the job is handed over: from then on only its worker edits the
         # message (progress, then the end), so no edit of ours can land after theirs.
         await _edit(
-            follow_up, f"⏳ `{attachment.filename}` is queued for transcription. Job `{job_id}`."
+            follow_up,
+            f"⏳ `{attachment.filename}` received: checking it and queuing it. Job `{job_id}`.",
         )
         submission = Submission(source, UploadFields(language=language), True, "")
         await accept(request, settings, job_id, submission, follow_up=follow_up)
