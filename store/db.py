@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,9 +76,12 @@ def alembic_config() -> Config:
 
 
 def migrate(engine: Engine) -> None:
-    """Upgrade the store to the newest schema; safe to run from several processes at once."""
+    """Upgrade the store to the newest schema; safe to run from several processes at once
+    (API replicas, workers starting together): one migrates, the others wait and find the
+    schema current."""
     config = alembic_config()
     with (
+        _sqlite_migration_lock(engine),
         engine.connect() as connection,
         _foreign_keys_off_on_sqlite(connection),
         connection.begin(),
@@ -88,6 +92,21 @@ def migrate(engine: Engine) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     _migrated.add(id(engine))
+
+
+@contextmanager
+def _sqlite_migration_lock(engine: Engine) -> Iterator[None]:
+    """One migration at a time on a SQLite file, across processes. Its transactions take
+    the write lock only at their first write, so two processes starting on a new file both
+    found no schema and the second failed ("table ... already exists"): an API with
+    RELAY_API_WORKERS=2 lost a worker that way. PostgreSQL uses an advisory lock instead."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with Path(f"{database}.migrate-lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 @contextmanager

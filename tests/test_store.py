@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -26,6 +27,32 @@ def test_migrations_build_the_schema_and_are_idempotent(database_url):
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
     assert jobs.get_job(job.id).source_name == "a.wav"
+
+
+def _migrate_together(url: str, barrier) -> None:
+    from store.db import engine_for, migrate
+
+    barrier.wait()  # every process imported and connected: now, all at once
+    migrate(engine_for(url))
+
+
+@pytest.mark.parametrize("processes", [4])
+def test_processes_starting_together_on_a_new_sqlite_store_all_migrate_it(tmp_path, processes):
+    """API replicas (RELAY_API_WORKERS) and workers start at once on a new store: one
+    migrates, the others find the schema current; none fails ("table already exists")."""
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(processes)
+    started = [
+        spawn.Process(target=_migrate_together, args=(url, barrier)) for _ in range(processes)
+    ]
+    for process in started:
+        process.start()
+    for process in started:
+        process.join(timeout=120)
+    assert [process.exitcode for process in started] == [0] * processes
+    with engine_for(url).connect() as connection:
+        assert inspect(connection).has_table("transcription_job")
 
 
 def test_migrations_match_the_models():
