@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,6 +52,12 @@ DESCRIPTIONS = {
 }
 
 
+def problem_text(problem: Mapping[str, Any]) -> str:
+    """One validation problem (pydantic's ``errors()`` item) as ``where: what``."""
+    where = ".".join(str(part) for part in problem["loc"] if part != "body") or "body"
+    return f"{where}: {problem['msg']}"
+
+
 def error_responses(*statuses: int, **described: str) -> dict[int | str, dict[str, object]]:
     """OpenAPI ``responses=`` for error statuses, each with the ErrorBody schema. A
     description of one's own is given as ``_413="..."``."""
@@ -94,10 +102,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-            for e in err.errors()
-        ]
+        problems = [problem_text(e) for e in err.errors()]
         return JSONResponse(
             error_body("invalid_request", "; ".join(problems) or "invalid request"),
             status_code=422,

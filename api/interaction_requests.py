@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from api.bot_intake import Refused, take_request
 from api.bot_schemas import BotRequestIn
 from api.discord_schemas import Interaction, InteractionResponse, deferred, ephemeral
+from api.errors import problem_text
 from relay_commands import REQUEST_KINDS
 from store.usage import Admission
 
@@ -43,10 +44,8 @@ async def request_command(
 
 
 def _problem(err: ValidationError) -> str:
-    problem = err.errors()[0]
-    field = ".".join(str(part) for part in problem["loc"])
-    message = str(problem["msg"]).removeprefix("Value error, ")
-    return f"Relay cannot take this request: {field}: {message}."
+    problem = problem_text(err.errors()[0]).replace(": Value error, ", ": ", 1)
+    return f"Relay cannot take this request: {problem}."
 
 
 def retry_message(admission: Admission) -> str:

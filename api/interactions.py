@@ -25,7 +25,7 @@ from api.discord_schemas import (
     pong,
 )
 from api.discord_signature import NO_SIGNATURE, SignatureError, verify_interaction
-from api.errors import ApiError, error_responses
+from api.errors import ApiError, error_responses, problem_text
 from api.idempotency import KeyedRequest, fingerprint
 from api.interaction_requests import request_command
 from api.interaction_stats import stats_command
@@ -182,6 +182,4 @@ def _json(answer: InteractionResponse) -> JSONResponse:
 
 
 def _first_problem(err: ValidationError) -> str:
-    problem = err.errors()[0]
-    where = ".".join(str(part) for part in problem["loc"]) or "body"
-    return f"not a Discord interaction: {where}: {problem['msg']}"
+    return f"not a Discord interaction: {problem_text(err.errors()[0])}"

@@ -104,6 +104,17 @@ def command(
     return body
 
 
+INTERACTIONS = "/api/discord/interactions"
+
+
+def signed_post(client: Any, signer: DiscordSigner, body: dict[str, Any], **sign: float) -> Any:
+    """POST ``body`` to the interactions endpoint as Discord does, signed by ``signer``
+    (``timestamp=`` to sign at another time), with any client that has ``post`` (a
+    TestClient, an ``httpx.Client`` with a base URL); returns its response."""
+    raw = encoded(body)
+    return client.post(INTERACTIONS, content=raw, headers=signer.headers(raw, **sign))
+
+
 def encoded(body: dict[str, Any]) -> bytes:
     """The body's bytes, as signed and sent."""
     return json.dumps(body, separators=(",", ":")).encode()

@@ -23,7 +23,7 @@ from store.db import get_engine
 from store.models import BotRequest, BotRequestStatus, FollowUp, table_of
 from tasks.bot_delivery import seal_destination
 from tests.bot_stack import _config, _wait_finished, write_config
-from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, encoded
+from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, signed_post
 from tests.environ import environment
 from tests.fake_discord import FakeDiscord
 
@@ -73,8 +73,7 @@ def test_a_slash_command_answered_after_its_token_died_is_posted_in_the_fallback
     token = "stack-itok-late-do-not-leak"
     discord.script_for(token, "401")  # Discord: Invalid Webhook Token (it expired)
     body = command("chat", {"prompt": "late one"}, user="9301", token=token)
-    raw = encoded(body)
-    response = app.post("/api/discord/interactions", content=raw, headers=signer.headers(raw))
+    response = signed_post(app, signer, body)
     assert response.json() == {"type": 5}, response.text
     with get_engine().connect() as connection:
         table = table_of(BotRequest)

@@ -21,7 +21,7 @@ from flows.pool_tasks import dispatchers
 from relay_settings import PROJECT_ROOT
 from store.db import get_engine
 from store.models import BotRequest, as_utc
-from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, encoded
+from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, encoded, signed_post
 from tests.environ import environment
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -75,11 +75,6 @@ def api(discord_env) -> Iterator[TestClient]:  # noqa: ARG001 (its settings)
         yield client
 
 
-def _post(api: TestClient, signer: DiscordSigner, body: dict, **sign: float):
-    raw = encoded(body)
-    return api.post("/api/discord/interactions", content=raw, headers=signer.headers(raw, **sign))
-
-
 def _requests_of(user: str) -> list[BotRequest]:
     with get_engine().connect() as connection:
         rows = connection.execute(select(BotRequest).where(col(BotRequest.user_id) == user)).all()
@@ -88,7 +83,7 @@ def _requests_of(user: str) -> list[BotRequest]:
 
 def test_a_signed_ping_is_answered_pong(api, signer):
     ping = {"id": "1", "application_id": APPLICATION_ID, "type": 1, "token": "t", "version": 1}
-    response = _post(api, signer, ping)
+    response = signed_post(api, signer, ping)
     assert response.status_code == 200 and response.json() == {"type": 1}
 
 
@@ -124,19 +119,19 @@ def test_an_interaction_that_discord_did_not_sign_now_is_401(api, signer, case):
 def test_without_its_key_or_id_interactions_are_503_and_no_bearer_is_asked(signer):
     for unset in ("RELAY_DISCORD_PUBLIC_KEY", "RELAY_DISCORD_APPLICATION_ID"):
         with _client(**{unset: ""}, RELAY_API_TOKEN="a-token") as client:
-            response = _post(client, signer, command("chat", {"prompt": "hi"}))
+            response = signed_post(client, signer, command("chat", {"prompt": "hi"}))
         assert response.status_code == 503, response.text
         assert response.json()["message"].startswith(f"{unset} not set")
     with _client(RELAY_API_TOKEN="a-token") as client:  # signed, no bearer token: accepted
-        assert _post(client, signer, command("chat", {"prompt": "hi"}, user="4100")).json() == {
-            "type": 5
-        }
+        assert signed_post(
+            client, signer, command("chat", {"prompt": "hi"}, user="4100")
+        ).json() == {"type": 5}
 
 
 def test_chat_is_deferred_and_recorded_with_its_follow_up_url_sealed(api, signer):
     body = command("chat", {"prompt": "what is relay?"}, user="4002", channel="chat-general")
     started = time.monotonic()
-    response = _post(api, signer, body)
+    response = signed_post(api, signer, body)
     assert response.status_code == 200 and response.json() == {"type": 5}, response.text
     assert time.monotonic() - started < 3  # Discord's deadline for the first answer
     (stored,) = _requests_of("4002")
@@ -158,17 +153,19 @@ def test_chat_is_deferred_and_recorded_with_its_follow_up_url_sealed(api, signer
 
 def test_the_same_interaction_twice_is_answered_once(api, signer):
     body = command("image", {"prompt": "a red fox"}, user="4003", channel="art-gallery")
-    first = _post(api, signer, body)
-    again = _post(api, signer, body, timestamp=time.time() + 1)  # Discord's retry, signed anew
+    first = signed_post(api, signer, body)
+    again = signed_post(
+        api, signer, body, timestamp=time.time() + 1
+    )  # Discord's retry, signed anew
     assert first.json() == again.json() == {"type": 5}
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert len(_requests_of("4003")) == 1
 
 
 def test_a_request_over_its_cooldown_is_refused_at_once_only_to_the_user(api, signer):
-    first = _post(api, signer, command("image", {"prompt": "a cat"}, user="4004"))
+    first = signed_post(api, signer, command("image", {"prompt": "a cat"}, user="4004"))
     assert first.json() == {"type": 5}
-    refused = _post(api, signer, command("image", {"prompt": "a dog"}, user="4004")).json()
+    refused = signed_post(api, signer, command("image", {"prompt": "a dog"}, user="4004")).json()
     assert refused["type"] == 4 and refused["data"]["flags"] == 64
     assert refused["data"]["allowed_mentions"] == {"parse": []}
     content = refused["data"]["content"]
@@ -191,7 +188,9 @@ def test_a_request_over_its_cooldown_is_refused_at_once_only_to_the_user(api, si
     ],
 )
 def test_guilds_outside_the_allow_list_and_direct_messages_are_refused(api, signer, where, answer):
-    response = _post(api, signer, command("chat", {"prompt": "hi"}, user="4005", **where)).json()
+    response = signed_post(
+        api, signer, command("chat", {"prompt": "hi"}, user="4005", **where)
+    ).json()
     assert response["type"] == 4 and response["data"] == {
         "content": answer,
         "flags": 64,
@@ -203,7 +202,9 @@ def test_guilds_outside_the_allow_list_and_direct_messages_are_refused(api, sign
 @pytest.mark.usefixtures("discord_env")
 def test_direct_messages_are_answered_when_allowed(signer):
     with _client(RELAY_DISCORD_ALLOW_DMS="true") as client:
-        response = _post(client, signer, command("chat", {"prompt": "hi"}, user="4006", guild=None))
+        response = signed_post(
+            client, signer, command("chat", {"prompt": "hi"}, user="4006", guild=None)
+        )
     assert response.json() == {"type": 5}
     (stored,) = _requests_of("4006")
     assert stored.guild is None and stored.channel == "dm"
@@ -218,7 +219,7 @@ def test_direct_messages_are_answered_when_allowed(signer):
     ],
 )
 def test_a_command_relay_cannot_take_is_explained_to_the_user(api, signer, name, options, needle):
-    response = _post(api, signer, command(name, options, user="4007")).json()
+    response = signed_post(api, signer, command(name, options, user="4007")).json()
     assert response["type"] == 4 and response["data"]["flags"] == 64
     assert needle in response["data"]["content"]
     assert _requests_of("4007") == []
@@ -252,7 +253,7 @@ def test_a_slow_prefect_still_gets_discord_its_answer_within_3_s(signer):
         stalled = {**dispatchers(), "bot-chat": _StalledPrefect()}
         with TestClient(create_app(settings, stalled)) as client:  # type: ignore[arg-type]
             started = time.monotonic()
-            response = _post(client, signer, command("chat", {"prompt": "hi"}, user="4008"))
+            response = signed_post(client, signer, command("chat", {"prompt": "hi"}, user="4008"))
             took = time.monotonic() - started
     assert response.json() == {"type": 5} and took < 3, took
     (stored,) = _requests_of("4008")
@@ -275,7 +276,7 @@ def test_a_real_length_interaction_token_to_discord_itself_is_taken(signer):
     token = "aW50ZXJhY3Rpb246" + "A1b2C3d4_-" * 21  # 226 characters
     with _client(RELAY_DISCORD_API_URL="https://discord.com/api/v10") as client:
         body = command("chat", {"prompt": "hi"}, user="4009", token=token)
-        assert _post(client, signer, body).json() == {"type": 5}
+        assert signed_post(client, signer, body).json() == {"type": 5}
     (stored,) = _requests_of("4009")
     assert stored.destination_shown == f"https://discord.com/api/webhooks/{APPLICATION_ID}/***"
     assert token not in stored.model_dump_json()

@@ -26,7 +26,7 @@ from relay_commands import ADMINISTRATOR, MANAGE_GUILD
 from store import bot, jobs, usage, workers
 from store.models import BotRequestStatus, new_id
 from store.workers import WorkerKind
-from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, encoded
+from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, signed_post
 from tests.environ import environment
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -69,8 +69,7 @@ def api(discord_env) -> Iterator[TestClient]:  # noqa: ARG001 (its settings)
 
 
 def _post(api: TestClient, signer: DiscordSigner, body: dict) -> dict:
-    raw = encoded(body)
-    response = api.post("/api/discord/interactions", content=raw, headers=signer.headers(raw))
+    response = signed_post(api, signer, body)
     assert response.status_code == 200, response.text
     return response.json()
 

@@ -16,7 +16,7 @@ from api.app import create_app
 from flows.pool_tasks import dispatchers
 from store.db import get_engine
 from store.models import BotRequest
-from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, encoded
+from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, signed_post
 from tests.environ import environment
 
 # The stack's fixtures (fakes, bot_env) live beside its helpers.
@@ -46,11 +46,6 @@ def replicas(bot_env, fakes, signer) -> Iterator[tuple[TestClient, TestClient]]:
         yield one, other
 
 
-def _post(api: TestClient, signer: DiscordSigner, body: dict):
-    raw = encoded(body)
-    return api.post("/api/discord/interactions", content=raw, headers=signer.headers(raw))
-
-
 def _follow_ups(discord, token: str) -> list:
     return [r for r in discord.requests if r.token == token and r.method == "POST"]
 
@@ -74,29 +69,34 @@ def test_a_chat_command_sent_to_two_replicas_is_answered_once(replicas, fakes, s
     discord, openai = fakes["discord"], fakes["openai"]
     body = command("chat", {"prompt": "what is relay, twice?"}, user="5001")
     one, other = replicas
-    first, second = _post(one, signer, body), _post(other, signer, body)
+    first, second = signed_post(one, signer, body), signed_post(other, signer, body)
     assert first.json() == second.json() == {"type": 5}
     assert second.headers.get("Idempotent-Replayed") == "true"
     stored = _wait_delivered("5001")
-    assert stored.status == "completed" and stored.answer_text == "Echo: what is relay, twice?"
-    assert stored.followup == "closed"  # answered in time: no expiry notice will be due
-    (answer,) = _follow_ups(discord, body["token"])  # one request, one answer, one post
+    seen = (stored.status, stored.answer_text, stored.error, stored.delivery_error)
+    assert seen[:2] == ("completed", "Echo: what is relay, twice?"), seen
+    assert stored.followup == "closed", stored.followup  # answered in time: no notice due
+    posted = _follow_ups(discord, body["token"])
+    assert len(posted) == 1, [p.payload for p in posted]  # one request, one answer, one post
+    (answer,) = posted
     assert answer.webhook_id == APPLICATION_ID and answer.query.get("wait") in ("true", "True")
     assert answer.payload["content"].startswith("<@5001>")
     assert "Echo: what is relay, twice?" in answer.payload["content"]
     assert answer.payload["allowed_mentions"] == {"parse": [], "users": ["5001"]}
-    assert sum(r.prompt == "what is relay, twice?" for r in openai.requests) == 1
+    asked = [r for r in openai.requests if r.prompt == "what is relay, twice?"]
+    assert len(asked) == 1, asked
     # The interaction's token lets anyone post as the app: in no worker's log.
-    assert all(body["token"] not in log.read_text() for log in bot_env["logs"])
+    leaked = [log.name for log in bot_env["logs"] if body["token"] in log.read_text()]
+    assert leaked == [], leaked
 
 
 def test_a_long_answer_comes_as_several_follow_ups_within_discords_limit(replicas, fakes, signer):
     discord = fakes["discord"]
     body = command("chat", {"prompt": "long:4500 go"}, user="5002")
-    assert _post(replicas[0], signer, body).json() == {"type": 5}
+    assert signed_post(replicas[0], signer, body).json() == {"type": 5}
     _wait_delivered("5002")
     parts = _follow_ups(discord, body["token"])
-    assert len(parts) == 3  # posted once each, in order
+    assert len(parts) == 3, [p.payload for p in parts]  # posted once each, in order
     contents = [p.payload["content"] for p in parts]
     assert all(len(c) <= 2000 for c in contents) and contents[0].startswith("<@5002>")
     assert sum(len(c) for c in contents) >= 4500
