@@ -32,6 +32,14 @@ from tasks import metrics
 
 log = logging.getLogger(__name__)
 INTERACTION_DISPATCH_SECONDS = 1.5  # of Discord's 3 s for an interaction's first answer
+_late_dispatches: set[asyncio.Future[None]] = set()  # held until done (the loop keeps weak refs)
+
+
+def _late_dispatch_done(handing: asyncio.Future[None]) -> None:
+    _late_dispatches.discard(handing)
+    if not handing.cancelled() and handing.exception() is not None:
+        failed = type(handing.exception()).__name__
+        log.warning("a late dispatch failed (%s); the request's lease brings it back", failed)
 
 
 @dataclass(frozen=True)
@@ -120,13 +128,17 @@ async def take_request(
         if interaction_at is None:
             await _dispatch(request, stored.id, pool)
         else:
-            # Discord wants its first answer within 3 s: a slow Prefect is left to the
-            # request's dispatch lease (a worker's maintenance pass dispatches it again).
-            await asyncio.wait_for(
-                _dispatch(request, stored.id, pool), INTERACTION_DISPATCH_SECONDS
-            )
-    except TimeoutError:
-        log.warning("bot request %s: Prefect slow to take it; its lease will", stored.id)
+            # Discord wants its first answer within 3 s: past INTERACTION_DISPATCH_SECONDS
+            # the dispatch goes on without the answer waiting for it (a cancelled one left
+            # the request to wait out its whole dispatch lease); should it fail, the lease
+            # brings the request back.
+            handing = asyncio.ensure_future(_dispatch(request, stored.id, pool))
+            try:
+                await asyncio.wait_for(asyncio.shield(handing), INTERACTION_DISPATCH_SECONDS)
+            except TimeoutError:
+                log.warning("bot request %s: Prefect slow to take it; answered first", stored.id)
+                _late_dispatches.add(handing)
+                handing.add_done_callback(_late_dispatch_done)
     except Exception as err:
         # The client hears of it now (503): no callback for a request it was told failed.
         await run_in_threadpool(callbacks.forget, CallbackSubject.BOT_REQUEST, stored.id)
