@@ -36,9 +36,11 @@ def engine_for(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        url = str(parsed.set(drivername="postgresql+psycopg"))
+        # The URL object itself: str() of it masks the password ("***"), which then fails
+        # every password login (the multi-host tests' database asks for one, as compose's does).
+        parsed = parsed.set(drivername="postgresql+psycopg")
     # pool_recycle rather than a ping per checkout: a ping is one more round trip per query.
-    return create_engine(url, pool_recycle=300, pool_size=POOL_SIZE)
+    return create_engine(parsed, pool_recycle=300, pool_size=POOL_SIZE)
 
 
 def _sqlite_pragmas(connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:

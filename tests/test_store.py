@@ -248,3 +248,12 @@ def test_queue_counts_per_pool():
     jobs.start_job(running.id, None, 10.0, "/tmp/out")
     counts = status.queue_counts()
     assert counts["asr-gpu"] == {"queued": 1, "running": 1}
+
+
+def test_a_postgresql_password_reaches_the_driver():
+    """str() of an SQLAlchemy URL masks its password: an engine built from it sent "***"
+    and every password login failed (found by the multi-host tests' database)."""
+    url = "postgresql://relay:s3cret-pw@db.invalid:5432/relay"
+    engine = engine_for(url)
+    assert engine.url.password == "s3cret-pw" and engine.url.drivername == "postgresql+psycopg"
+    engine.dispose()
