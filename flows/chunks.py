@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 
 import dask
+from distributed.client import FutureCancelledError
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 
 from blocks.prefect_sync import settled
 from relay_settings import get_settings
@@ -20,6 +24,10 @@ from tasks.split import Chunk, SplitPlan, split_while_decoding
 
 # Above any job's own priority: each job's first chunk goes before every other waiting chunk.
 FIRST_CHUNK_PRIORITY = 1_000_000
+# Why Dask cancels a client's futures when it loses its scheduler (distributed.Client).
+SCHEDULER_LOST = "scheduler-connection-lost"
+RESUBMITS = 2  # times one chunk is submitted again after a lost scheduler
+log = logging.getLogger("relay.asr")
 
 
 def job_priority(duration: float) -> int:
@@ -61,6 +69,13 @@ def transcribe_chunks(
     started = time.perf_counter()
     futures: dict = {}
     cut: list[Chunk] = []
+
+    def submit(chunk: Chunk) -> PrefectFuture[ChunkResult]:
+        # On a shared cluster, a shorter job's chunks go first: short work is never stuck
+        # behind a long file (Dask runs higher priorities first).
+        with dask.annotate(priority=chunk_priority(duration, chunk.index)):
+            return task.submit(chunk, options, limit, job_id)
+
     stream = (chunk for chunk in chunks) if split is None else split_while_decoding(split)
     with closing(stream) as source:  # an abandoned split stops ffmpeg at once
         try:
@@ -68,10 +83,7 @@ def transcribe_chunks(
                 if split is not None:
                     jobs.add_chunk(job_id, chunk.index, chunk.start, chunk.end)
                 cut.append(chunk)
-                # On a shared cluster, a shorter job's chunks go first: short work is never
-                # stuck behind a long file (Dask runs higher priorities first).
-                with dask.annotate(priority=chunk_priority(duration, chunk.index)):
-                    futures[task.submit(chunk, options, limit, job_id)] = chunk
+                futures[submit(chunk)] = chunk
         except Exception as err:  # the stream proved the file truncated, or a write failed
             reason = str(err) if isinstance(err, MediaError) else f"splitting failed: {err!r}"
             _abandon(job_id, futures, cut, reason)
@@ -79,39 +91,61 @@ def transcribe_chunks(
     split_seconds = time.perf_counter() - started
     if split is not None:
         jobs.finish_split(job_id, len(cut), cut[-1].end)
-    results, failures = _collect(job_id, futures)
+    results, failures = _collect(job_id, futures, submit)
     return ChunkMap(cut, results, failures, split_seconds=round(split_seconds, 3))
 
 
-def _collect(job_id: str, futures: dict) -> tuple[list[ChunkResult], list[str]]:
-    """Each chunk's result or failure, recorded in the store as it lands."""
+def _lost_with_the_scheduler(err: BaseException) -> bool:
+    """Dask cancels every future of a client that lost its scheduler (it died, or the
+    network did): the chunk was not at fault, its work is just gone."""
+    return isinstance(err, FutureCancelledError) and err.reason == SCHEDULER_LOST
+
+
+def _collect(
+    job_id: str, futures: dict, submit: Callable[[Chunk], PrefectFuture[ChunkResult]]
+) -> tuple[list[ChunkResult], list[str]]:
+    """Each chunk's result or failure, recorded in the store as it lands. A chunk lost with
+    the scheduler is submitted again (up to RESUBMITS times): the client reconnects to the
+    scheduler once it is back, and the chunk runs there."""
     progress = settled(
         create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
     )
     results: list[ChunkResult] = []
     failures: list[str] = []
-    for finished, future in enumerate(as_completed(list(futures)), start=1):
-        chunk = futures[future]
-        if jobs.is_cancelled(job_id):  # a user cancelled it: free the workers for others
-            _cancel_waiting(futures)
-            failures.append("the job was cancelled")
-            break
-        try:
-            result = future.result()
-        except Exception as err:  # the chunk's final failure, after its retries
-            reason = f"chunk {chunk.index} ({chunk.start:.0f}-{chunk.end:.0f} s): {err}"
-            failures.append(reason)
-            jobs.finish_chunk(job_id, chunk.index, error=reason)
-        else:
-            results.append(result)
-            jobs.finish_chunk(
-                job_id,
-                chunk.index,
-                asr_seconds=result.asr_seconds,
-                worker_pid=result.worker_pid,
-                segments=len(result.segments),
-            )
-        update_progress_artifact(progress, 100.0 * finished / len(futures))
+    resubmitted: Counter[int] = Counter()
+    waiting, finished, total = dict(futures), 0, len(futures)
+    while waiting:
+        batch, waiting = waiting, {}
+        for future in as_completed(list(batch)):
+            chunk = batch[future]
+            if jobs.is_cancelled(job_id):  # a user cancelled it: free the workers for others
+                _cancel_waiting({**batch, **waiting})
+                failures.append("the job was cancelled")
+                return results, failures
+            try:
+                result = future.result()
+            except Exception as err:  # the chunk's final failure, after its retries
+                if _lost_with_the_scheduler(err) and resubmitted[chunk.index] < RESUBMITS:
+                    resubmitted[chunk.index] += 1
+                    log.warning("job %s: chunk %d lost with the Dask scheduler; submitted "
+                                "again", job_id, chunk.index)  # fmt: skip
+                    waiting[submit(chunk)] = chunk
+                    continue
+                reason = f"chunk {chunk.index} ({chunk.start:.0f}-{chunk.end:.0f} s): {err}"
+                failures.append(reason)
+                jobs.finish_chunk(job_id, chunk.index, error=reason)
+            else:
+                results.append(result)
+                jobs.finish_chunk(
+                    job_id,
+                    chunk.index,
+                    asr_seconds=result.asr_seconds,
+                    worker_pid=result.worker_pid,
+                    worker_host=result.worker_host,
+                    segments=len(result.segments),
+                )
+            finished += 1
+            update_progress_artifact(progress, 100.0 * finished / total)
     return results, failures
 
 

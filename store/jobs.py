@@ -175,6 +175,7 @@ def finish_chunk(
     error: str | None = None,
     asr_seconds: float | None = None,
     worker_pid: int | None = None,
+    worker_host: str | None = None,
     segments: int | None = None,
 ) -> None:
     """Mark a chunk done (or failed with its reason) and bump the job's counters atomically."""
@@ -186,7 +187,8 @@ def finish_chunk(
             )
         ).one()
         chunk.status, chunk.error = status, error
-        chunk.asr_seconds, chunk.worker_pid, chunk.segments = asr_seconds, worker_pid, segments
+        chunk.asr_seconds, chunk.segments = asr_seconds, segments
+        chunk.worker_pid, chunk.worker_host = worker_pid, worker_host
         session.add(chunk)
         counter = "chunks_failed" if error else "chunks_done"
         values: dict[str, object] = {counter: _JOB.c[counter] + 1}

@@ -36,8 +36,7 @@ def new_id() -> str:
 
 
 def table_of(model: type[SQLModel]) -> Table:
-    """The Core table behind a model, for statements SQLModel cannot say (upserts, bulk
-    inserts on a connection)."""
+    """The Core table behind a model, for what SQLModel cannot say (upserts, bulk inserts)."""
     table = inspect(model).local_table
     if not isinstance(table, Table):
         raise TypeError(f"{model.__name__} is not mapped to one table")
@@ -109,6 +108,7 @@ class TranscriptionChunk(SQLModel, table=True):
     error: str | None = None
     asr_seconds: float | None = None
     worker_pid: int | None = None
+    worker_host: str | None = Field(default=None, max_length=255)  # its Dask worker's host
     segments: int | None = None
     seconds_done: float = 0.0  # decoded so far, reported by the worker as segments come out
 

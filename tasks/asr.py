@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 import threading
 import time
 import wave
@@ -132,6 +133,7 @@ class ChunkResult:
     audio_seconds: float
     asr_seconds: float
     worker_pid: int = field(default_factory=os.getpid)
+    worker_host: str = field(default_factory=socket.gethostname)
     model_loads_in_process: int = 0
 
 

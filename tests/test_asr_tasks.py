@@ -6,6 +6,7 @@ LocalCluster, the store on the real PostgreSQL, and Dask's real scheduling of pr
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -122,6 +123,8 @@ def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker
     assert wait_final(client, second["job_id"])["status"] == "completed"
     pids = {c.worker_pid for job in (first, second) for c in jobs.get_chunks(job["job_id"])}
     assert len(pids - {None}) == 1, pids
+    hosts = {c.worker_host for job in (first, second) for c in jobs.get_chunks(job["job_id"])}
+    assert hosts == {socket.gethostname()}, hosts  # each chunk names its worker's host
 
 
 def test_decoding_progress_reaches_the_store_segment_by_segment(settings, tmp_path):  # noqa: ARG001
