@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SAMPLE ?= samples/meeting.ogg
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test lint typecheck bench bench-api bench-batch bench-bot bench-stack bench-intake bench-interactions bench-metrics discord-commands api bootstrap stack stack-down ui clean system-deps
+.PHONY: setup run test hosts-test hosts-deps lint typecheck bench bench-api bench-batch bench-bot bench-stack bench-intake bench-interactions bench-metrics discord-commands api bootstrap stack stack-down ui clean system-deps
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -27,7 +27,7 @@ setup: $(VENV)/.synced ## the locked Python environment
 # when one exists: Docker images ship one); where systemd runs, the unit is then disabled.
 NO_SERVICE := /usr/sbin/policy-rc.d
 
-system-deps: ## Debian packages the tests use: espeak-ng (speech), prometheus (promtool, the stack's Prometheus), prometheus-alertmanager (amtool)
+system-deps: hosts-deps ## Debian packages the tests use: espeak-ng (speech), prometheus (promtool, the stack's Prometheus), prometheus-alertmanager (amtool), the multi-host tests' (hosts-deps)
 	@command -v espeak-ng >/dev/null || { $(SUDO) apt-get update -q && \
 		$(SUDO) apt-get install -y -q --no-install-recommends espeak-ng; }
 	@if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then \
@@ -40,6 +40,23 @@ system-deps: ## Debian packages the tests use: espeak-ng (speech), prometheus (p
 		if [ -d /run/systemd/system ]; then \
 			$(SUDO) systemctl disable --now prometheus prometheus-alertmanager || true; fi; \
 		exit $$status; fi
+
+# The multi-host tests (tests/test_hosts.py): iproute2 (ip netns), util-linux (unshare,
+# nsenter, runuser), PostgreSQL's and Redis's server binaries (each test host runs its own;
+# services started by the packages are refused as above), faketime (a host's clock ahead).
+HOSTS_PACKAGES := iproute2 util-linux postgresql redis-server faketime
+hosts-deps:
+	@if ! command -v ip >/dev/null || ! command -v faketime >/dev/null || \
+		! command -v redis-server >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		made=; if [ ! -e $(NO_SERVICE) ]; then \
+			printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $(NO_SERVICE) >/dev/null && \
+			$(SUDO) chmod +x $(NO_SERVICE) && made=1; fi; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends \
+			$(HOSTS_PACKAGES); status=$$?; \
+		if [ -n "$$made" ]; then $(SUDO) rm -f $(NO_SERVICE); fi; exit $$status; fi
+
+hosts-test: setup system-deps ## the multi-host scenarios alone (root: network namespaces)
+	$(PY) -m pytest tests/test_hosts.py -v
 
 run: setup ## transcribe the bundled sample on the embedded default (temporary Prefect, SQLite, local Dask)
 	$(PY) -m cli transcribe $(SAMPLE) --out out/

@@ -331,8 +331,8 @@ def _transcribe_runs(layout: Layout, job_id: str) -> int:
     return sum(1 for run in runs if run["flow_id"] == flow["id"])
 
 
-def test_a_task_worker_90_s_fast_takes_no_lease_early(layout):
-    path, _ = clip(30)
+def test_a_task_worker_90_s_fast_takes_no_lease_early(layout, speech):
+    path, _ = clip(30)  # long enough for the fast worker's maintenance pass (every 15 s)
     fast = layout.net.hosts["asr-2"]
     fast.stop("asr-tasks")  # asr-1's task worker takes the job
     job_id, watch = _running(layout, "api-1", path.read_bytes())
@@ -352,7 +352,7 @@ def test_a_task_worker_90_s_fast_takes_no_lease_early(layout):
     assert row["chunks_done"] == row["chunks_total"] == len(_chunks(layout, job_id)), row
     # A job the fast worker coordinates itself completes too.
     layout.net.hosts["asr-1"].stop("asr-tasks")
-    second, watch = _running(layout, "api-2", path.read_bytes())
+    second, watch = _running(layout, "api-2", speech[0])
     owner = _job_row(layout, second)["lease_owner"]
     assert owner and owner.startswith("asr-2:"), owner
     assert watch.until_ended(400)["status"] == "completed"
