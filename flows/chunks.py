@@ -26,7 +26,10 @@ from tasks.split import Chunk, SplitPlan, split_while_decoding
 FIRST_CHUNK_PRIORITY = 1_000_000
 # Why Dask cancels a client's futures when it loses its scheduler (distributed.Client).
 SCHEDULER_LOST = "scheduler-connection-lost"
-RESUBMITS = 2  # times one chunk is submitted again after a lost scheduler
+RESUBMITS = 2  # times one chunk is submitted again after an outage
+# What Prefect's client raises when the server does not answer its first request.
+PREFECT_AWAY = "Failed to reach API at"
+PREFECT_WAIT_SECONDS = 60.0  # how long a chunk lost to a Prefect outage waits for it
 log = logging.getLogger("relay.asr")
 
 
@@ -101,12 +104,33 @@ def _lost_with_the_scheduler(err: BaseException) -> bool:
     return isinstance(err, FutureCancelledError) and err.reason == SCHEDULER_LOST
 
 
+def _prefect_was_away(err: BaseException) -> bool:
+    """A chunk's task run could not start because the Prefect API did not answer (a
+    server restart): the client a Dask worker opens for it checks the server first and
+    fails at once (Prefect retries only clients that have connected before)."""
+    return isinstance(err, RuntimeError) and PREFECT_AWAY in str(err)
+
+
+def _wait_for_prefect(limit: float = PREFECT_WAIT_SECONDS) -> bool:
+    """Whether the Prefect API answers again within ``limit`` seconds."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + limit
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            if client.api_healthcheck() is None:
+                return True
+            time.sleep(1.0)  # an outage's pace: the server takes seconds to come back
+    return False
+
+
 def _collect(
     job_id: str, futures: dict, submit: Callable[[Chunk], PrefectFuture[ChunkResult]]
 ) -> tuple[list[ChunkResult], list[str]]:
-    """Each chunk's result or failure, recorded in the store as it lands. A chunk lost with
-    the scheduler is submitted again (up to RESUBMITS times): the client reconnects to the
-    scheduler once it is back, and the chunk runs there."""
+    """Each chunk's result or failure, recorded in the store as it lands. A chunk lost to an
+    outage (the Dask scheduler gone, the Prefect API away) is submitted again, up to
+    RESUBMITS times: the client reconnects to the scheduler once it is back, and the chunk
+    runs there; for Prefect, once its API answers again."""
     progress = settled(
         create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
     )
@@ -125,10 +149,13 @@ def _collect(
             try:
                 result = future.result()
             except Exception as err:  # the chunk's final failure, after its retries
-                if _lost_with_the_scheduler(err) and resubmitted[chunk.index] < RESUBMITS:
+                lost = _lost_with_the_scheduler(err) or (
+                    _prefect_was_away(err) and _wait_for_prefect()
+                )
+                if lost and resubmitted[chunk.index] < RESUBMITS:
                     resubmitted[chunk.index] += 1
-                    log.warning("job %s: chunk %d lost with the Dask scheduler; submitted "
-                                "again", job_id, chunk.index)  # fmt: skip
+                    log.warning("job %s: chunk %d lost to an outage (%s); submitted again",
+                                job_id, chunk.index, err)  # fmt: skip
                     waiting[submit(chunk)] = chunk
                     continue
                 reason = f"chunk {chunk.index} ({chunk.start:.0f}-{chunk.end:.0f} s): {err}"
