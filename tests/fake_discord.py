@@ -82,7 +82,9 @@ class WebhookRequest:
 class FakeDiscord:
     """Start with ``with FakeDiscord() as discord:``; ``discord.url_for()`` is a webhook URL."""
 
-    def __init__(self, retry_after: float = 0.3, hang_seconds: float = 2.0) -> None:
+    def __init__(
+        self, retry_after: float = 0.3, hang_seconds: float = 2.0, host: str = "127.0.0.1"
+    ) -> None:
         self.retry_after = retry_after
         self.hang_seconds = hang_seconds
         self.requests: list[WebhookRequest] = []
@@ -92,7 +94,7 @@ class FakeDiscord:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._ids = itertools.count(1_100_000_000_000_000_000)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer((host, 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -83,7 +83,11 @@ class FakeProvider:
     keyless_endpoints: frozenset[str] = frozenset()  # answered without an API key
 
     def __init__(
-        self, keys: dict[str, int], latency: float = 0.0, window_seconds: float = 60.0
+        self,
+        keys: dict[str, int],
+        latency: float = 0.0,
+        window_seconds: float = 60.0,
+        host: str = "127.0.0.1",  # the multi-host tests bind their bridge's address
     ) -> None:
         self.keys = dict(keys)  # API key -> accepted billable requests allowed per window
         self.latency = latency
@@ -99,7 +103,7 @@ class FakeProvider:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
-        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server((host, 0), _handler_for(self))
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

@@ -124,7 +124,7 @@ class Host:
         """Run ``command`` on this host (its namespaces, its HOME), its output to
         logs/<host>-<name>.log. ``restart``: started again a second after it exits, as
         compose's ``restart: unless-stopped`` and Kubernetes' restartPolicy do."""
-        prefix = ["nsenter", "--target", str(self.anchor.pid), "--uts", "--mount", "--net", "--"]
+        prefix = self._enter()
         if user:
             prefix += ["runuser", "-u", user, "--"]
         if restart:
@@ -143,15 +143,30 @@ class Host:
         self.launches[name] = (command, env, user, restart)
         return process
 
+    def _enter(self) -> list[str]:
+        """nsenter into the host's namespaces, in the project root: entering a mount
+        namespace moves the caller to its root, so Popen's ``cwd`` alone would not hold."""
+        namespaces = ["--uts", "--mount", "--net", f"--wdns={PROJECT_ROOT}"]
+        return ["nsenter", "--target", str(self.anchor.pid), *namespaces, "--"]
+
     def relaunch(self, name: str) -> subprocess.Popen[bytes]:
         """Start process ``name`` again as it was started before (after a kill or a stop)."""
         command, env, user, restart = self.launches[name]
         return self.start(name, command, env, user, restart)
 
-    def log(self, name: str) -> str:
-        """What process ``name`` wrote so far."""
+    def log(self, name: str, since: int = 0) -> str:
+        """What process ``name`` wrote so far (from byte ``since``: see ``log_size``)."""
         path = self.logs / f"{self.name}-{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        if not path.exists():
+            return ""
+        with path.open("rb") as handle:
+            handle.seek(since)
+            return handle.read().decode(errors="replace")
+
+    def log_size(self, name: str) -> int:
+        """Where process ``name``'s log ends now: what it writes next starts there."""
+        path = self.logs / f"{self.name}-{name}.log"
+        return path.stat().st_size if path.exists() else 0
 
     def pids(self) -> list[int]:
         """Every process in this host's network namespace but its anchor."""
@@ -191,7 +206,7 @@ class Host:
 
     def run(self, command: list[str], env: dict[str, str], timeout: float = 120.0) -> str:
         """Run ``command`` on this host to its end; its output (raises if it fails)."""
-        prefix = ["nsenter", "--target", str(self.anchor.pid), "--uts", "--mount", "--net", "--"]
+        prefix = self._enter()
         done = subprocess.run(
             [*prefix, *command],
             cwd=PROJECT_ROOT,

@@ -84,6 +84,7 @@ class Layout:
     def __init__(self, net: Network, extra_env: dict[str, str] | None = None) -> None:
         self.net = net
         self.extra_env = extra_env or {}  # the test's own settings, over compose's
+        self.fakes: dict[str, Any] = {}  # the paid services' fakes, outside the hosts
         self.client = httpx.Client(timeout=30)
 
     @property
@@ -241,6 +242,43 @@ class Layout:
             env["FAKETIME"] = f"+{clock_ahead}"
         tasks = [sys.executable, "-m", "cli", "worker", "--pool", "asr-cpu", "--limit", "8"]
         host.start("asr-tasks", tasks, env, restart=True)
+
+    def start_bot(self, name: str) -> Host:
+        """A bot-chat task worker, as compose's bot-tasks-chat service runs it."""
+        host = self.net.hosts.get(name) or self.net.add(name)
+        tasks = [sys.executable, "-m", "cli", "worker", "--pool", "bot-chat", "--limit", "32"]
+        host.start("bot-tasks", tasks, self.service_env("bot-tasks-chat"), restart=True)
+        return host
+
+    def wait_task_workers(self, api: str, pool: str, hosts: list[str], limit: float = 180) -> None:
+        """Until ``api``'s /api/workers lists a live task worker of ``pool`` on each host."""
+
+        def listed() -> bool:
+            live = [w for w in self.census(api) if not w["stale"] and w["pool"] == pool]
+            return set(hosts) <= {w["host"] for w in live if w["kind"] == "task-worker"}
+
+        self.wait(listed, limit, f"{api} never listed {pool} task workers on {hosts}")
+
+    def save_key_pool(self, name: str, provider: str, base_url: str, keys: dict[str, int]) -> None:
+        """A provider's key pool block and its Prefect limits on the prefect host's server,
+        as the bootstrap saves them (each key: its accepted requests a minute)."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from blocks.keys import ApiKeyPool, limits_for
+        from deployments.bootstrap import ensure_limit
+
+        listed = [{"name": key[3:], "requests_per_minute": rpm} for key, rpm in keys.items()]
+        secrets = {key[3:]: key for key in keys}
+        pool = ApiKeyPool(provider=provider, base_url=base_url, timeout_seconds=5,
+                          keys=listed, secrets=secrets)  # fmt: skip
+        url = f"http://{self.net.hosts['prefect'].address}:4200/api"
+        with temporary_settings({PREFECT_API_URL: url}):
+            from prefect.client.orchestration import get_client
+
+            pool.save(name, overwrite=True)
+            with get_client(sync_client=True) as client:
+                for limit in limits_for(pool):
+                    ensure_limit(client, limit)
 
     def start_api(self, name: str) -> Host:
         host = self.net.hosts.get(name) or self.net.add(name)

@@ -1,0 +1,115 @@
+"""Batch video reprocessing on several hosts (tests/netns.py), a batch host killed mid-drain.
+
+Its own layout, smaller than tests/test_hosts.py's (no Dask, no ASR hosts): db, redis,
+prefect, api-1 and two ``batch-video`` hosts as compose runs them (tests/relay_hosts_batch.py),
+the flows deployed as compose's bootstrap does. Skipped without root, except with CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.hosts_jobs import AUTH
+from tests.netns import Network, can_make_hosts
+from tests.relay_hosts import Layout
+from tests.relay_hosts_batch import (
+    batch_run_command,
+    claims_by_host,
+    deploy,
+    done_among,
+    drained,
+    held_by,
+    start_batch_worker,
+    videos_on_shared_folder,
+    wait_batch_workers,
+)
+from tests.test_hosts import FIGURES
+
+BATCH_HOSTS = ["batch-1", "batch-2"]
+# A dead batch worker's videos are taken over once their lease runs out (default: 120 s).
+LEASES = {"RELAY_BATCH_LEASE_SECONDS": "15"}
+
+_reason = can_make_hosts()
+if _reason and os.environ.get("CI") == "true":
+    raise RuntimeError(f"CI=true but the multi-host tests cannot run: {_reason}")
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"no test hosts: {_reason}")
+
+
+@pytest.fixture(scope="module")
+def layout() -> Iterator[Layout]:
+    """The batch layout, its deployments made and both batch workers healthy."""
+    net = Network()
+    hosts = Layout(net, extra_env=LEASES)
+    try:
+        hosts.start_db()
+        hosts.start_redis()
+        hosts.start_prefect()
+        hosts.bootstrap()
+        deploy(hosts)
+        hosts.start_api("api-1")
+        for name in BATCH_HOSTS:
+            start_batch_worker(hosts, name)
+        wait_batch_workers(hosts, BATCH_HOSTS)
+        yield hosts
+    finally:
+        hosts.close()
+        net.close()
+
+
+def test_a_batch_host_dying_while_100_videos_drain_leaves_them_to_the_other(layout):
+    folder, made = videos_on_shared_folder(layout, 100)
+    prefect, victim = layout.net.hosts["prefect"], layout.net.hosts["batch-2"]
+    prefect.run([sys.executable, "-m", "cli", "batch", "import", str(folder)], layout.relay_env())
+    run = prefect.start("batch-run", batch_run_command(), layout.relay_env())
+
+    def both_working() -> bool:
+        held, done = claims_by_host(layout)
+        return all(held[name] for name in BATCH_HOSTS) and done >= 10
+
+    layout.wait(both_working, 240, "both batch hosts never held videos with 10 done")
+    victim.kill()
+    killed = time.monotonic()
+    lost, done_at_kill = held_by(layout, "batch-2"), claims_by_host(layout)[1]  # frozen now
+    assert lost, "batch-2 held no video when it died"
+    layout.wait(lambda: done_among(layout, lost) == len(lost), 120, f"{lost} never redone")
+    recovered = time.monotonic() - killed
+    layout.wait(lambda: run.poll() is not None, 300, "the batch never ended")
+    prefect.processes.pop("batch-run")
+    output = prefect.log("batch-run")
+    assert run.returncode == 0, output[-3000:]
+    outcome = json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+    assert (outcome["videos_total"], outcome["done"], outcome["left"]) == (100, 100, 0), outcome
+
+    log = drained(layout, outcome["batch_id"])
+    done = log.done_per_video()
+    assert len(done) == len(made) and set(done.values()) == {1}, done  # each video done once
+    assert all(a["outcome"] in ("done", "lost") for a in log.attempts), log.attempts
+    for video_id in lost:  # batch-2's claim ended 'lost' when batch-1 took it and did it
+        mine = [(a["worker"].split(":")[0], a["outcome"]) for a in log.attempts
+                if a["video_id"] == video_id]  # fmt: skip
+        assert mine == [("batch-2", "lost"), ("batch-1", "done")], (video_id, mine)
+    victim_done = sum(a["outcome"] == "done" for a in log.of("batch-2"))
+    assert victim_done + sum(a["outcome"] == "done" for a in log.of("batch-1")) == 100
+    url = f"{layout.api_url('api-1')}/api/batches/{outcome['batch_id']}"
+    seen = layout.client.get(url, headers=AUTH).json()
+    assert (seen["status"], seen["done"], seen["failed"]) == ("completed", 100, 0), seen
+    drain = (log.batch["finished_at"] - log.batch["created_at"]).total_seconds()
+    figures = {
+        "scenario": "test_a_batch_host_dying_while_100_videos_drain_leaves_them_to_the_other",
+        "broken": f"batch-2 killed holding {len(lost)} videos ({done_at_kill} done)",
+        "recovered_seconds": round(recovered, 1),
+        "work_lost": 100 - len(done),
+        "recorded_twice": sum(count > 1 for count in done.values()),
+        "drain_seconds": round(drain, 1),
+        "processing_span_seconds": round(log.span_seconds(), 1),
+        "done_by_batch_2": victim_done,
+        "video_seconds": round(log.mean_video_seconds(), 2),
+    }
+    known = json.loads(FIGURES.read_text()) if FIGURES.exists() else []
+    FIGURES.write_text(json.dumps([*known, figures], indent=1))
