@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from relay_settings import PROJECT_ROOT
 
 PREFIX = "rlh"  # every namespace and link this module makes starts with it
@@ -40,6 +42,15 @@ def can_make_hosts() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None
+
+
+def hosts_required() -> pytest.MarkDecorator:
+    """The mark of a multi-host test module: skipped, with its reason, where hosts cannot
+    be made; with CI=true that is an error instead (CI must run them)."""
+    reason = can_make_hosts()
+    if reason and os.environ.get("CI") == "true":
+        raise RuntimeError(f"CI=true but the multi-host tests cannot run: {reason}")
+    return pytest.mark.skipif(reason is not None, reason=f"no test hosts: {reason}")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
