@@ -9,6 +9,7 @@ and the KEDA triggers returns data (the dashboard's only check: Grafana is not p
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -57,9 +58,16 @@ WEBHOOK_TOKEN = "prometheus-test-webhook-token"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768-60999): a port bound with 0
+    comes from that range, where the stack's own processes take theirs meanwhile (one took
+    the API's between this choice and the API's start: 'address already in use')."""
+    while True:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", random.randrange(20000, 32000)))
+            except OSError:
+                continue  # taken: another
+            return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
