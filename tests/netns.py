@@ -288,19 +288,23 @@ class Network:
             (folder / sub).mkdir(parents=True)
         folder.chmod(0o755)
         _ip("netns", "add", netns)
-        _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", netns)
-        _ip("link", "set", link, "master", self.bridge, "up")
-        _ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
-        _ip("-n", netns, "link", "set", "eth0", "up")
-        _ip("-n", netns, "link", "set", "lo", "up")
-        # The anchor holds the host's UTS and mount namespaces; every process joins them.
-        script = (
-            f"hostname {name} && mount --bind {folder / 'state'} {STATE} && exec sleep infinity"
-        )
-        anchor = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "unshare", "--uts", "--mount", "sh", "-c", script],
-            start_new_session=True,
-        )
+        try:  # a host half made is removed with its namespace
+            _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", netns)
+            _ip("link", "set", link, "master", self.bridge, "up")
+            _ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+            _ip("-n", netns, "link", "set", "eth0", "up")
+            _ip("-n", netns, "link", "set", "lo", "up")
+            # The anchor holds the host's UTS and mount namespaces; every process joins them.
+            script = (
+                f"hostname {name} && mount --bind {folder / 'state'} {STATE} && exec sleep infinity"
+            )
+            anchor = subprocess.Popen(
+                ["ip", "netns", "exec", netns, "unshare", "--uts", "--mount", "sh", "-c", script],
+                start_new_session=True,
+            )
+        except BaseException:
+            _ip("netns", "del", netns, check=False)
+            raise
         host = Host(name, netns, address, link, folder, anchor, self.logs)
         self.hosts[name] = host
         _wait(lambda: _hostname_of(anchor.pid) == name, 10, f"host {name} never came up")
