@@ -27,8 +27,9 @@ FIRST_CHUNK_PRIORITY = 1_000_000
 # Why Dask cancels a client's futures when it loses its scheduler (distributed.Client).
 SCHEDULER_LOST = "scheduler-connection-lost"
 RESUBMITS = 2  # times one chunk is submitted again after an outage
-# What Prefect's client raises when the server does not answer its first request.
-PREFECT_AWAY = "Failed to reach API at"
+# What a chunk's task run raises when the Prefect server does not answer: its new client's
+# first request, or the slots of its tags' concurrency limits (prefect/concurrency).
+PREFECT_AWAY = ("Failed to reach API at", "Unable to acquire concurrency slots on")
 PREFECT_WAIT_SECONDS = 60.0  # how long a chunk lost to a Prefect outage waits for it
 log = logging.getLogger("relay.asr")
 
@@ -107,8 +108,9 @@ def _lost_with_the_scheduler(err: BaseException) -> bool:
 def _prefect_was_away(err: BaseException) -> bool:
     """A chunk's task run could not start because the Prefect API did not answer (a
     server restart): the client a Dask worker opens for it checks the server first and
-    fails at once (Prefect retries only clients that have connected before)."""
-    return isinstance(err, RuntimeError) and PREFECT_AWAY in str(err)
+    fails at once (Prefect retries only clients that have connected before), and so does
+    taking its tags' concurrency slots."""
+    return str(err).startswith(PREFECT_AWAY)
 
 
 def _wait_for_prefect(limit: float = PREFECT_WAIT_SECONDS) -> bool:
