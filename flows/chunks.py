@@ -151,10 +151,12 @@ def _collect(
             try:
                 result = future.result()
             except Exception as err:  # the chunk's final failure, after its retries
+                # The budget first: a chunk that may not be submitted again waits for no one.
+                may = resubmitted[chunk.index] < RESUBMITS
                 lost = _lost_with_the_scheduler(err) or (
-                    _prefect_was_away(err) and _wait_for_prefect()
+                    may and _prefect_was_away(err) and _wait_for_prefect()
                 )
-                if lost and resubmitted[chunk.index] < RESUBMITS:
+                if may and lost:
                     resubmitted[chunk.index] += 1
                     log.warning("job %s: chunk %d lost to an outage (%s); submitted again",
                                 job_id, chunk.index, err)  # fmt: skip
