@@ -41,7 +41,7 @@ system-deps: hosts-deps ## Debian packages the tests use: espeak-ng (speech), pr
 			$(SUDO) systemctl disable --now prometheus prometheus-alertmanager || true; fi; \
 		exit $$status; fi
 
-# The multi-host tests (tests/test_hosts.py): iproute2 (ip netns), util-linux (unshare,
+# The multi-host tests (tests/hosts/): iproute2 (ip netns), util-linux (unshare,
 # nsenter, runuser), PostgreSQL's and Redis's server binaries (each test host runs its own;
 # services started by the packages are refused as above), faketime (a host's clock ahead).
 HOSTS_PACKAGES := iproute2 util-linux postgresql redis-server faketime
@@ -55,8 +55,8 @@ hosts-deps:
 			$(HOSTS_PACKAGES); status=$$?; \
 		if [ -n "$$made" ]; then $(SUDO) rm -f $(NO_SERVICE); fi; exit $$status; fi
 
-hosts-test: setup system-deps ## the multi-host scenarios (root: network namespaces; not in make test yet)
-	$(PY) -m pytest -m hosts tests/test_hosts.py tests/test_hosts_batch.py -v
+hosts-test: setup system-deps ## the multi-host scenarios alone (root: network namespaces; make test runs them too)
+	$(PY) -m pytest tests/hosts -v
 
 run: setup ## transcribe the bundled sample on the embedded default (temporary Prefect, SQLite, local Dask)
 	$(PY) -m cli transcribe $(SAMPLE) --out out/

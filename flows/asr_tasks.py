@@ -30,7 +30,7 @@ from tasks.callbacks import deliver_due
 
 log = logging.getLogger("relay.asr")
 
-MAINTENANCE_SECONDS = 15.0
+MAINTENANCE_SECONDS = 15.0  # at most; a shorter job lease is looked at three times a lease
 LEASE_RAN_OUT = "its lease ran out: the process running it is presumed dead; taken over"
 
 
@@ -86,6 +86,12 @@ def run_job(
 def pool_options(pool: str) -> JobOptions:
     """What the pool's flows pass by default (``options`` in ``pools.yaml``)."""
     return JobOptions.model_validate(get_pool(pool).options)
+
+
+def maintenance_interval(lease_seconds: float) -> float:
+    """How often a task worker looks for stranded jobs: every 15 s, or three times a lease
+    where the lease is shorter (a dead worker's job then waits at most 4/3 of its lease)."""
+    return max(1.0, min(MAINTENANCE_SECONDS, lease_seconds / 3))
 
 
 def maintain(pool: str) -> None:
@@ -151,7 +157,8 @@ def serve_pool(served: PoolTask, limit: int) -> None:
             "no RELAY_DASK_ADDRESS: started a warm LocalCluster at %s", cluster.scheduler_address
         )
     try:
-        serve_warm(served.served, limit, partial(maintain, pool), MAINTENANCE_SECONDS)
+        every = maintenance_interval(get_settings().job.lease_seconds)
+        serve_warm(served.served, limit, partial(maintain, pool), every)
     finally:
         if cluster is not None:
             cluster.close()

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -41,11 +42,14 @@ def relay_db(layout: Layout) -> psycopg.Connection[Any]:
     return psycopg.connect(layout.relay_database_url(), autocommit=True)
 
 
-def upload(layout: Layout, api: str, audio: bytes) -> str:
+def upload(layout: Layout, api: str, audio: bytes | Path) -> str:
+    """A job for ``audio`` (mp3 bytes, or a file) through API host ``api``; its id."""
+    if isinstance(audio, Path):
+        file = (audio.name, audio.read_bytes(), "application/octet-stream")
+    else:
+        file = ("speech.mp3", audio, "audio/mpeg")
     response = layout.client.post(
-        layout.api_url(api) + "/api/transcriptions",
-        headers=AUTH,
-        files={"file": ("speech.mp3", audio, "audio/mpeg")},
+        layout.api_url(api) + "/api/transcriptions", headers=AUTH, files={"file": file}
     )
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job_id"]

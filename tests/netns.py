@@ -53,7 +53,7 @@ def hosts_required() -> list[pytest.MarkDecorator]:
     if reason and os.environ.get("CI") == "true":
         raise RuntimeError(f"CI=true but the multi-host tests cannot run: {reason}")
     return [
-        pytest.mark.hosts,  # `make hosts-test`; not in `make test` yet (docs/hosts.md)
+        pytest.mark.hosts,  # `make hosts-test` runs them alone, `make test` with the rest
         pytest.mark.skipif(reason is not None, reason=f"no test hosts: {reason}"),
     ]
 

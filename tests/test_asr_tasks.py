@@ -172,6 +172,14 @@ def test_a_run_from_an_older_dispatch_leaves_the_job_alone(settings):  # noqa: A
     assert (stored.lease_token, stored.lease_owner) == ("first", None)
 
 
+def test_a_short_job_lease_is_looked_at_three_times_a_lease():
+    from flows.asr_tasks import maintenance_interval
+
+    assert maintenance_interval(60.0) == 15.0  # the default lease: every 15 s
+    assert maintenance_interval(15.0) == 5.0  # a stranded job waits at most 20 s, not 30
+    assert maintenance_interval(1.5) == 1.0
+
+
 def test_the_task_pools_pass_what_the_deployments_pass():
     import yaml
 

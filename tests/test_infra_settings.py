@@ -1,5 +1,5 @@
 """Compose and Kubernetes give each Relay service the same settings: the multi-host tests
-(tests/test_hosts.py) run each service with compose's, so Kubernetes must deploy the same."""
+(tests/hosts/) run each service with compose's, so Kubernetes must deploy the same."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ API_ONLY = {"RELAY_TRANSCRIBE_VIA"}
 
 
 def test_compose_and_kubernetes_give_each_relay_service_the_same_settings():
-    """The multi-host tests (tests/test_hosts.py) run each service with compose's settings:
+    """The multi-host tests (tests/hosts/) run each service with compose's settings:
     Kubernetes must give its pod the same variables, and no others."""
     k8s_pods = {**pods(), **pods("Job")}
     checked = 0

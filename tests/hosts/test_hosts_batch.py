@@ -1,8 +1,8 @@
 """Batch video reprocessing on several hosts (tests/netns.py), a batch host killed mid-drain.
 
-Its own layout, smaller than tests/test_hosts.py's (no Dask, no ASR hosts): db, redis,
-prefect, api-1 and two ``batch-video`` hosts as compose runs them (tests/relay_hosts_batch.py),
-the flows deployed as compose's bootstrap does. Skipped without root, except with CI=true.
+Two ``batch-video`` hosts join the package's layout (conftest.py) as compose runs them
+(tests/relay_hosts_batch.py), the flows deployed as compose's bootstrap does. Skipped without
+root, except with CI=true.
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from tests.hosts_jobs import AUTH
-from tests.netns import Network, hosts_required
-from tests.relay_hosts import Layout
+from tests.netns import hosts_required
 from tests.relay_hosts_batch import (
     batch_run_command,
     claims_by_host,
@@ -28,37 +24,17 @@ from tests.relay_hosts_batch import (
     videos_on_shared_folder,
     wait_batch_workers,
 )
-from tests.test_hosts import FIGURES
 
 BATCH_HOSTS = ["batch-1", "batch-2"]
-# A dead batch worker's videos are taken over once their lease runs out (default: 120 s).
-LEASES = {"RELAY_BATCH_LEASE_SECONDS": "15"}
 
 pytestmark = hosts_required()
 
 
-@pytest.fixture(scope="module")
-def layout() -> Iterator[Layout]:
-    """The batch layout, its deployments made and both batch workers healthy."""
-    net = Network()
-    hosts = Layout(net, extra_env=LEASES)
-    try:
-        hosts.start_db()
-        hosts.start_redis()
-        hosts.start_prefect()
-        hosts.bootstrap()
-        deploy(hosts)
-        hosts.start_api("api-1")
-        for name in BATCH_HOSTS:
-            start_batch_worker(hosts, name)
-        wait_batch_workers(hosts, BATCH_HOSTS)
-        yield hosts
-    finally:
-        hosts.close()
-        net.close()
-
-
-def test_a_batch_host_dying_while_100_videos_drain_leaves_them_to_the_other(layout):
+def test_a_batch_host_dying_while_100_videos_drain_leaves_them_to_the_other(layout, figures):
+    deploy(layout)  # as compose's bootstrap service does
+    for name in BATCH_HOSTS:
+        start_batch_worker(layout, name)
+    wait_batch_workers(layout, BATCH_HOSTS)
     folder, made = videos_on_shared_folder(layout, 100)
     prefect, victim = layout.net.hosts["prefect"], layout.net.hosts["batch-2"]
     prefect.run([sys.executable, "-m", "cli", "batch", "import", str(folder)], layout.relay_env())
@@ -96,16 +72,18 @@ def test_a_batch_host_dying_while_100_videos_drain_leaves_them_to_the_other(layo
     seen = layout.client.get(url, headers=AUTH).json()
     assert (seen["status"], seen["done"], seen["failed"]) == ("completed", 100, 0), seen
     drain = (log.batch["finished_at"] - log.batch["created_at"]).total_seconds()
-    figures = {
-        "scenario": "test_a_batch_host_dying_while_100_videos_drain_leaves_them_to_the_other",
-        "broken": f"batch-2 killed holding {len(lost)} videos ({done_at_kill} done)",
-        "recovered_seconds": round(recovered, 1),
-        "work_lost": 100 - len(done),
-        "recorded_twice": sum(count > 1 for count in done.values()),
-        "drain_seconds": round(drain, 1),
-        "processing_span_seconds": round(log.span_seconds(), 1),
-        "done_by_batch_2": victim_done,
-        "video_seconds": round(log.mean_video_seconds(), 2),
-    }
-    known = json.loads(FIGURES.read_text()) if FIGURES.exists() else []
-    FIGURES.write_text(json.dumps([*known, figures], indent=1))
+    figures.append(
+        {
+            "scenario": "test_a_batch_host_dying_while_100_videos_drain_leaves_them_to_the_other",
+            "broken": f"batch-2 killed holding {len(lost)} videos ({done_at_kill} done)",
+            "recovered_seconds": round(recovered, 1),
+            "work_lost": 100 - len(done),
+            "recorded_twice": sum(count > 1 for count in done.values()),
+            "drain_seconds": round(drain, 1),
+            "processing_span_seconds": round(log.span_seconds(), 1),
+            "done_by_batch_2": victim_done,
+            "video_seconds": round(log.mean_video_seconds(), 2),
+        }
+    )
+    for name in BATCH_HOSTS:  # the batch hosts' work is done: their cores back
+        layout.net.hosts[name].kill()

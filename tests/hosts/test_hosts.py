@@ -2,32 +2,27 @@
 
 The layout (tests/relay_hosts.py) runs each part on its own host with compose's settings and
 the hosts' addresses; the scenarios wait on Relay's own /api/health/ready and /api/workers,
-never on the clock. ``make hosts-test`` runs this module alone; ``make test`` includes it.
+never on the clock. The layout is started once for the package (conftest.py). ``make
+hosts-test`` runs this package alone; ``make test`` includes it.
 Where hosts cannot be made (not root) it is skipped, except with CI=true: there it fails.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import httpx
-import pytest
-import yaml
 from psycopg.rows import dict_row
 
 from bench.speech import clip
+from flows.asr_tasks import maintenance_interval
 from relay_settings import PROJECT_ROOT
 from tasks.wer import word_error_rate
-from tests.bot_stack import _config as bot_config
-from tests.fake_discord import FakeDiscord
-from tests.fake_providers import FakeOpenAI
+from tests.hosts.conftest import ASR_HOSTS, BOT_KEYS, LEASES
 from tests.hosts_jobs import (
     AUTH,
     assert_nothing_running,
@@ -41,67 +36,13 @@ from tests.hosts_jobs import (
     upload,
     watch_job,
 )
-from tests.netns import Network, hosts_required
+from tests.netns import hosts_required
 from tests.relay_hosts import API_PORT, FAKETIME, Layout
 
-ASR_HOSTS = ["asr-1", "asr-2"]
-FIGURES = PROJECT_ROOT / ".relay" / "hosts-figures.json"
-# Leases as short as the scenarios can afford (a deployment keeps the defaults): a dead
-# coordinator's job is taken over within this.
-LEASES = {
-    "RELAY_JOB_LEASE_SECONDS": "15",
-    "RELAY_BOT_REQUEST_LEASE_SECONDS": "10",
-    "RELAY_BOT_DELIVERY_LEASE_SECONDS": "20",
-    "RELAY_BOT_DELIVERY_RETRY_SECONDS": "1",
-}
 BOT_HOSTS = ["bot-1", "bot-2"]
-BOT_KEYS = {"sk-hosts-a": 60, "sk-hosts-b": 60}  # accepted calls a minute, each
+SAMPLE = PROJECT_ROOT / "samples" / "meeting.ogg"  # 25 s: a job that proves work runs again
 
 pytestmark = hosts_required()
-
-
-@pytest.fixture(scope="module")
-def layout() -> Iterator[Layout]:
-    """Every host of the transcription layout, started and ready; the fake OpenAI and
-    Discord outside the hosts, on the bridge's own address (the bot hosts start later)."""
-    net = Network()
-    with ExitStack() as stack:
-        stack.callback(net.close)
-        openai = stack.enter_context(FakeOpenAI(keys=BOT_KEYS, latency=3.0, host=net.gateway))
-        discord = stack.enter_context(FakeDiscord(retry_after=0.1, host=net.gateway))
-        config = net.data / "bot.yaml"
-        config.write_text(yaml.safe_dump(bot_config(chat_deadline=180.0)))
-        bot = {"RELAY_BOT_CONFIG": str(config), "RELAY_WEBHOOK_ALLOWED_HOSTS": discord.host}
-        hosts = Layout(net, extra_env={**LEASES, **bot})
-        hosts.fakes = {"openai": openai, "discord": discord}
-        stack.callback(hosts.close)
-        hosts.start_db()
-        hosts.start_redis()
-        hosts.start_prefect()
-        hosts.bootstrap()
-        hosts.start_dask()
-        for name in ("api-1", "api-2"):
-            hosts.start_api(name)
-        for name in ASR_HOSTS:
-            hosts.start_asr(name)
-        hosts.wait_ready("api-1", ASR_HOSTS)
-        yield hosts
-
-
-@pytest.fixture(scope="module")
-def figures() -> Iterator[list[dict[str, Any]]]:
-    """Each scenario's figures, written to .relay/hosts-figures.json (docs/hosts.md)."""
-    found: list[dict[str, Any]] = []
-    yield found
-    FIGURES.parent.mkdir(exist_ok=True)
-    FIGURES.write_text(json.dumps(found, indent=1))
-
-
-@pytest.fixture(scope="module")
-def speech() -> tuple[bytes, str]:
-    """Ten minutes of varied speech (mp3) and what it says."""
-    path, reference = clip(10)
-    return path.read_bytes(), reference
 
 
 def test_spread_a_10_minute_upload_runs_its_chunks_on_both_asr_hosts(layout, speech, figures):
@@ -259,7 +200,7 @@ def test_the_prefect_host_restarting_leaves_no_job_or_run_hanging(layout, speech
         figures, layout, f"Prefect server killed, restarted (run: {state})", since, job_id
     )
     # The task workers reconnected by themselves: a new job runs.
-    after = upload(layout, "api-1", audio)
+    after = upload(layout, "api-1", SAMPLE)
     assert watch_job(layout, "api-1", after).until_ended(300)["status"] == "completed"
 
 
@@ -279,13 +220,13 @@ def test_the_dask_scheduler_host_dying_loses_no_job_and_new_ones_run(layout, spe
     assert watch.seen == sorted(watch.seen), f"progress moved back: {watch.seen}"
     record_figure(figures, layout, "Dask scheduler killed, restarted", since, job_id)
     layout.wait_ready("api-1", ASR_HOSTS)  # the workers found the new scheduler themselves
-    after = upload(layout, "api-2", audio)
+    after = upload(layout, "api-2", SAMPLE)
     assert watch_job(layout, "api-2", after).until_ended(300)["status"] == "completed"
     assert_nothing_running(layout)
 
 
 def test_a_task_worker_90_s_fast_takes_no_lease_early(layout, speech, figures):
-    path, _ = clip(30)  # long enough for the fast worker's maintenance pass (every 15 s)
+    path, _ = clip(30)  # long enough for the fast worker to start and look (below)
     fast = layout.net.hosts["asr-2"]
     fast.stop("asr-tasks")  # asr-1's task worker takes the job
     job_id, watch = running_job(layout, "api-1", path.read_bytes())
@@ -296,10 +237,15 @@ def test_a_task_worker_90_s_fast_takes_no_lease_early(layout, speech, figures):
     since = time.monotonic()
     # Listed live: its heartbeats are stamped by the database's clock, not its own.
     layout.wait_ready("api-1", ASR_HOSTS)
+    listed = time.monotonic()
     clock = fast.run(["date", "+%s"], {"LD_PRELOAD": FAKETIME, "FAKETIME": "+90"})
     assert int(clock) - time.time() > 80, "the fast host's clock is not ahead"
     final = watch.until_ended(400)
     assert final["status"] == "completed", final
+    # Its maintenance pass (every third of the 15-s lease) ran at least once meanwhile.
+    every = maintenance_interval(float(LEASES["RELAY_JOB_LEASE_SECONDS"]))
+    passes = (time.monotonic() - listed) / every
+    assert passes >= 2, f"the job ended {passes:.1f} maintenance intervals after the fast worker"
     # Every 15 s the fast worker looked for jobs whose lease ran out: it took none early.
     assert "lost its worker" not in fast.log("asr-tasks", since=start_of_log)
     assert transcribe_runs(layout, job_id) == 1
