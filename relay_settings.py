@@ -43,6 +43,14 @@ class AsrSettings(_Group):
     vad_filter: bool = Field(
         default=False, description="Run faster-whisper's Silero VAD inside each chunk."
     )
+    pause_windows: bool = Field(
+        default=True,
+        description="Decode each chunk in windows of about 22 s cut in its pauses, without "
+        "timestamp tokens (tasks/windows.py): fewer errors at window seams and faster "
+        "(bench/asr.py); cue times inside a window are shared out by characters. Off: "
+        "Whisper's own 30 s windows and segment timestamps. Not used with vad_filter or "
+        "word_timestamps.",
+    )
     condition_on_previous_text: bool = Field(
         default=False,
         description="Prompt each 30 s window with the text decoded before it (faster-whisper's "

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.speech import clip
+from bench.speech import CORPORA, clip
 from relay_settings import PROJECT_ROOT, RelaySettings, reload_settings
 from tasks.asr import AsrOptions, recognise, resolve_model
 from tasks.media import decode, probe
@@ -107,11 +107,13 @@ def plain_pool(
     audio: np.ndarray, reference: str, settings: RelaySettings, relay_options: bool
 ) -> float:
     """A plain process pool over fixed 120 s pieces, one thread a process; returns RTF."""
-    kwargs = (
-        AsrOptions.from_settings(settings).decode_kwargs() if relay_options else ANCHOR_DEFAULTS
-    )
+    options = AsrOptions.from_settings(settings)
     step = int(PIECE_SECONDS * 16000)
     pieces = [audio[i : i + step] for i in range(0, len(audio), step)]
+    # Relay's decoding includes its pause-cut windows inside each piece (tasks/windows.py).
+    arguments = [options.decode_arguments(p) if relay_options else ANCHOR_DEFAULTS for p in pieces]
+    kwargs = {**options.decode_kwargs(), "pause_windows": options.windowed}
+    kwargs = kwargs if relay_options else ANCHOR_DEFAULTS
     with ProcessPoolExecutor(
         CORES,
         mp_context=multiprocessing.get_context("spawn"),
@@ -120,7 +122,7 @@ def plain_pool(
     ) as pool:
         list(pool.map(abs, range(CORES * 4)))  # every process started and its model loaded
         started = time.perf_counter()
-        texts = list(pool.map(_pool_decode, pieces, [kwargs] * len(pieces)))
+        texts = list(pool.map(_pool_decode, pieces, arguments))
         wall = time.perf_counter() - started
     seconds = len(audio) / 16000
     emit(
@@ -312,6 +314,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=int, nargs="+", default=[10, 30])
     parser.add_argument(
+        "--corpus",
+        choices=CORPORA,
+        default="phrases",
+        help="the clips' script: 37 recurring phrases (issue 12's), or 150 (bench/corpus.py)",
+    )
+    parser.add_argument(
         "--only", choices=["whole", "batched", "pool", "warm", "embedded"], nargs="+"
     )
     parser.add_argument("--plain-chunk", help=argparse.SUPPRESS)
@@ -323,7 +331,8 @@ def main() -> None:
     if "warm" in chosen:
         chosen.add("batched")  # Relay's figure is a ratio to it, measured in this run
     settings = reload_settings()
-    clips = [clip(minutes) for minutes in args.minutes]
+    clips = [clip(minutes, args.corpus) for minutes in args.minutes]
+    emit(figure="clips", corpus=args.corpus, minutes=args.minutes, cores=CORES)
     anchors: dict[tuple[str, int], float] = {}
     for path, reference in clips:
         audio = audio_of(path)

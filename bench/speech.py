@@ -8,6 +8,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 
+from bench.corpus import varied_script
 from relay_settings import DEFAULT_STATE_DIR
 
 CACHE = DEFAULT_STATE_DIR / "bench"
@@ -68,12 +69,18 @@ def script(minutes: float, seed: int = 11) -> str:
     return " ".join(sentences)
 
 
-def clip(minutes: int) -> tuple[Path, str]:
-    """A cached mp3 of ``minutes`` of speech and its reference text."""
+CORPORA = ("phrases", "varied")  # this module's script; bench.corpus's, from more phrases
+
+
+def clip(minutes: int, corpus: str = "phrases") -> tuple[Path, str]:
+    """A cached mp3 of ``minutes`` of speech and its reference text, from ``corpus``."""
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}: one of {', '.join(CORPORA)}")
     CACHE.mkdir(parents=True, exist_ok=True)
-    audio, reference = CACHE / f"speech-{minutes}min.mp3", CACHE / f"speech-{minutes}min.txt"
+    stem = f"speech-{minutes}min" if corpus == "phrases" else f"speech-{corpus}-{minutes}min"
+    audio, reference = CACHE / f"{stem}.mp3", CACHE / f"{stem}.txt"
     if not audio.exists():
-        text = script(minutes)
+        text = script(minutes) if corpus == "phrases" else varied_script(minutes)
         wav = CACHE / "speech.wav"
         subprocess.run(["espeak-ng", "-s", "160", "-w", str(wav), text], check=True)
         subprocess.run(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay_settings import BUNDLED_MODEL, RelaySettings
 from tasks.split import Chunk
+from tasks.windows import pause_windows, sentence_cues
 
 if TYPE_CHECKING:  # imported where it is used: loading it is slow
     from faster_whisper import WhisperModel
@@ -69,6 +70,7 @@ class AsrOptions:
     initial_prompt: str | None = None
     word_timestamps: bool = False
     condition_on_previous_text: bool = False
+    pause_windows: bool = True
 
     @classmethod
     def from_settings(cls, settings: RelaySettings, job: JobOptions | None = None) -> AsrOptions:
@@ -81,6 +83,7 @@ class AsrOptions:
             beam_size=settings.asr.beam_size,
             vad_filter=settings.asr.vad_filter,
             condition_on_previous_text=settings.asr.condition_on_previous_text,
+            pause_windows=settings.asr.pause_windows,
         )
         return replace(base, **(job.given() if job else {}))
 
@@ -95,6 +98,20 @@ class AsrOptions:
             "word_timestamps": self.word_timestamps,
             "condition_on_previous_text": self.condition_on_previous_text,
         }
+
+    @property
+    def windowed(self) -> bool:
+        """Whether a chunk is decoded in its pause-cut windows without timestamp tokens
+        (tasks/windows.py): not where Silero VAD picks the windows or words are timed."""
+        return self.pause_windows and not self.vad_filter and not self.word_timestamps
+
+    def decode_arguments(self, samples: np.ndarray) -> dict[str, object]:
+        """``WhisperModel.transcribe``'s arguments for a chunk's samples (benchmarks use it
+        too, so their anchors decode exactly as Relay does)."""
+        if not self.windowed:
+            return self.decode_kwargs()
+        windows = {"clip_timestamps": pause_windows(samples), "without_timestamps": True}
+        return {**self.decode_kwargs(), **windows}
 
 
 @dataclass(frozen=True)
@@ -212,18 +229,24 @@ def recognise(
         )
     model = load_model(options)
     audio = read_wav(chunk.path)
-    pieces, info = model.transcribe(audio, **options.decode_kwargs())
-    segments = []
+    pieces, info = model.transcribe(audio, **options.decode_arguments(audio))
+    segments: list[Segment] = []
     for piece in pieces:
         if timeout is not None and time.perf_counter() - started > timeout:
             raise ChunkTimeoutError(
                 f"chunk {chunk.index} exceeded its time limit of {timeout:.0f} s"
             )
-        if text := piece.text.strip():
+        end = min(piece.end, chunk.duration)
+        if not (text := piece.text.strip()):
+            pass
+        elif options.windowed:  # a whole window's text: its sentences as cues
+            cues = sentence_cues(piece.start, end, text)
+            segments.extend(Segment(start, end, sentence) for start, end, sentence in cues)
+        else:
             words = tuple(Word(w.start, w.end, w.word, w.probability) for w in piece.words or ())
             segments.append(Segment(piece.start, piece.end, text, words))
         if on_progress is not None:
-            on_progress(piece.end)
+            on_progress(end)
     return ChunkResult(
         index=chunk.index,
         segments=tuple(segments),

@@ -127,15 +127,19 @@ def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker
     assert hosts == {socket.gethostname()}, hosts  # each chunk names its worker's host
 
 
-def test_decoding_progress_reaches_the_store_segment_by_segment(settings, tmp_path):  # noqa: ARG001
+def test_decoding_progress_reaches_the_store_window_by_window(settings, tmp_path):  # noqa: ARG001
     """What a Dask worker does while it decodes a chunk: the job's progress moves with each
-    segment, then the chunk's end adds only the rest."""
+    decoded window (tasks/windows.py), then the chunk's end adds only the rest."""
+    import numpy as np
+
     from tasks.asr import AsrOptions, ProgressReporter, recognise
-    from tasks.media import decode, probe
     from tasks.split import write_chunks
+    from tasks.windows import pause_windows
+    from tests.audio import LONG_TEXT, speech_samples
 
     path = PROJECT_ROOT / "samples" / "meeting.ogg"
-    (chunk,) = write_chunks(decode(probe(path)), [], str(tmp_path))
+    samples = np.concatenate([speech_samples(LONG_TEXT, tmp_path)] * 2)  # about 100 s
+    (chunk,) = write_chunks(samples, [], str(tmp_path / "chunks"))
     job = jobs.create_job(str(path), path.name, work_pool="asr-cpu")
     jobs.add_chunks(job.id, [(0, chunk.start, chunk.end)])
     reporter = ProgressReporter(job.id, 0, every=0.0, after=0.0)
@@ -146,7 +150,7 @@ def test_decoding_progress_reaches_the_store_segment_by_segment(settings, tmp_pa
         seen.append(jobs.get_job(job.id).audio_seconds_done)
 
     result = recognise(chunk, AsrOptions(), on_progress=report)
-    assert len(seen) == len(result.segments) >= 3
+    assert len(seen) == len(pause_windows(samples / 32768.0)) // 2 >= 3
     assert seen == sorted(seen) and 0 < seen[0] < seen[-1] <= chunk.duration
     assert seen[-1] == pytest.approx(result.segments[-1].end, abs=0.01)
     jobs.finish_chunk(job.id, 0, asr_seconds=result.asr_seconds, worker_pid=1, segments=3)

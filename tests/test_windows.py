@@ -1,0 +1,70 @@
+"""Pause-cut decoding windows (tasks/windows.py) on real espeak-ng speech and the real model."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tasks.asr import AsrOptions, recognise
+from tasks.split import frame_levels, write_chunks
+from tasks.wer import word_error_rate
+from tasks.windows import pause_windows, sentence_cues
+from tests.audio import LONG_TEXT, speech_samples
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def long_speech(tmp_path_factory) -> np.ndarray:
+    """About 100 s of the meeting text spoken twice (int16 samples)."""
+    spoken = speech_samples(LONG_TEXT, tmp_path_factory.mktemp("speech"))
+    return np.concatenate([spoken, spoken])
+
+
+def test_windows_cover_the_chunk_end_to_end_in_pauses_under_30_s(long_speech):
+    clips = pause_windows(long_speech.astype(np.float32) / 32768.0)
+    starts, ends = clips[0::2], clips[1::2]
+    assert starts[0] == 0.0 and ends[-1] == round(len(long_speech) / RATE, 3)
+    assert starts[1:] == ends[:-1]  # contiguous: nothing skipped, nothing decoded twice
+    assert all(5.0 <= end - start <= 27.5 for start, end in zip(starts, ends, strict=True))
+    levels = frame_levels(long_speech)
+    loud = float(np.percentile(levels, 95))
+    for cut in ends[:-1]:  # each seam in a quiet frame, well below the speech
+        assert levels[int(cut / 0.02)] < loud - 20, cut
+
+
+def test_a_chunk_within_whispers_30_s_is_one_window():
+    assert pause_windows(np.zeros(RATE * 25, dtype=np.float32)) == [0.0, 25.0]
+
+
+def test_a_windows_sentences_share_its_time_by_characters():
+    cues = sentence_cues(10.0, 20.0, "Short one. A sentence three times as long!  Third?")
+    assert [text for _, _, text in cues] == [
+        "Short one.",
+        "A sentence three times as long!",
+        "Third?",
+    ]
+    assert cues[0][0] == 10.0 and cues[-1][1] == 20.0
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(cues))
+    assert cues[1][1] - cues[1][0] > 2.5 * (cues[0][1] - cues[0][0])
+
+
+def test_a_long_chunk_decodes_in_windows_into_timed_sentences(long_speech, tmp_path):
+    (chunk,) = write_chunks(long_speech, [], str(tmp_path))
+    options = AsrOptions()
+    assert options.windowed and options.decode_arguments(long_speech)["without_timestamps"]
+    result = recognise(chunk, options)
+    text = " ".join(segment.text for segment in result.segments)
+    assert word_error_rate(LONG_TEXT + " " + LONG_TEXT, text) <= 0.15, text
+    assert len(result.segments) >= 12  # sentences, not one piece per window
+    times = [(s.start, s.end) for s in result.segments]
+    assert times == sorted(times) and all(0 <= a < b <= chunk.duration for a, b in times)
+
+
+def test_vad_or_word_timestamps_decode_as_whisper_windows_them():
+    for options in (AsrOptions(vad_filter=True), AsrOptions(word_timestamps=True)):
+        assert not options.windowed
+        assert "clip_timestamps" not in options.decode_arguments(np.zeros(RATE * 60))
+    assert not AsrOptions(pause_windows=False).windowed
