@@ -68,12 +68,17 @@ ENDINGS = [
 
 
 def varied_script(minutes: float, seed: int = 11) -> str:
-    """About ``minutes`` of speech (espeak-ng says about 172 words a minute) from the
-    phrases above, each sentence a new draw."""
+    """About ``minutes`` of speech from the phrases above, each sentence a new draw."""
+    return sentences(minutes, seed, SUBJECTS, ACTIONS, ENDINGS)
+
+
+def sentences(minutes: float, seed: int, *parts: list[str]) -> str:
+    """Sentences of one phrase from each of ``parts``, drawn with ``seed``, until about
+    ``minutes`` of speech (espeak-ng says about 172 words a minute)."""
     rng = random.Random(seed)
-    sentences, words = [], 0
+    drawn, words = [], 0
     while words < minutes * 172:
-        sentence = f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(ENDINGS)}."
-        sentences.append(sentence)
+        sentence = " ".join(rng.choice(part) for part in parts) + "."
+        drawn.append(sentence)
         words += len(sentence.split())
-    return " ".join(sentences)
+    return " ".join(drawn)

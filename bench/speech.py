@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import subprocess
 from pathlib import Path
 
 import imageio_ffmpeg
 
-from bench.corpus import varied_script
+from bench.corpus import sentences, varied_script
 from relay_settings import DEFAULT_STATE_DIR
 
 CACHE = DEFAULT_STATE_DIR / "bench"
@@ -60,13 +59,7 @@ ENDINGS = [
 
 def script(minutes: float, seed: int = 11) -> str:
     """About ``minutes`` of speech (espeak-ng says about 172 words a minute), varied sentences."""
-    rng = random.Random(seed)
-    sentences, words = [], 0
-    while words < minutes * 172:
-        sentence = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(ENDINGS)}."
-        sentences.append(sentence)
-        words += len(sentence.split())
-    return " ".join(sentences)
+    return sentences(minutes, seed, SUBJECTS, VERBS, ENDINGS)
 
 
 CORPORA = ("phrases", "varied")  # this module's script; bench.corpus's, from more phrases
