@@ -110,8 +110,6 @@ def plain_pool(
     options = AsrOptions.from_settings(settings)
     step = int(PIECE_SECONDS * 16000)
     pieces = [audio[i : i + step] for i in range(0, len(audio), step)]
-    # Relay's decoding includes its pause-cut windows inside each piece (tasks/windows.py).
-    arguments = [options.decode_arguments(p) if relay_options else ANCHOR_DEFAULTS for p in pieces]
     kwargs = {**options.decode_kwargs(), "pause_windows": options.windowed}
     kwargs = kwargs if relay_options else ANCHOR_DEFAULTS
     with ProcessPoolExecutor(
@@ -122,6 +120,11 @@ def plain_pool(
     ) as pool:
         list(pool.map(abs, range(CORES * 4)))  # every process started and its model loaded
         started = time.perf_counter()
+        # Relay's decoding: pause-cut windows in each piece (tasks/windows.py), timed too.
+        arguments = [
+            options.decode_arguments(piece) if relay_options else ANCHOR_DEFAULTS
+            for piece in pieces
+        ]
         texts = list(pool.map(_pool_decode, pieces, arguments))
         wall = time.perf_counter() - started
     seconds = len(audio) / 16000

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay_settings import BUNDLED_MODEL, RelaySettings
 from tasks.split import Chunk
-from tasks.windows import pause_windows, sentence_cues
+from tasks.windows import loud_frames, pause_windows, sentence_cues
 
 if TYPE_CHECKING:  # imported where it is used: loading it is slow
     from faster_whisper import WhisperModel
@@ -214,7 +214,8 @@ def recognise(
 
     ``timeout`` is checked between decoded segments (a CTranslate2 call cannot be interrupted
     from another thread), so a chunk stops within one segment's time of its limit.
-    ``on_progress`` is told the seconds of the chunk decoded so far, once per segment.
+    ``on_progress`` is told the seconds of the chunk decoded so far, once per decoded piece
+    (a window, or a Whisper segment where the chunk is not decoded in windows).
     """
     started = time.perf_counter()
     if not chunk.has_speech:
@@ -230,6 +231,7 @@ def recognise(
     model = load_model(options)
     audio = read_wav(chunk.path)
     pieces, info = model.transcribe(audio, **options.decode_arguments(audio))
+    loud = loud_frames(audio) if options.windowed else None
     segments: list[Segment] = []
     for piece in pieces:
         if timeout is not None and time.perf_counter() - started > timeout:
@@ -240,7 +242,7 @@ def recognise(
         if not (text := piece.text.strip()):
             pass
         elif options.windowed:  # a whole window's text: its sentences as cues
-            cues = sentence_cues(piece.start, end, text)
+            cues = sentence_cues(piece.start, end, text, loud)
             segments.extend(Segment(start, end, sentence) for start, end, sentence in cues)
         else:
             words = tuple(Word(w.start, w.end, w.word, w.probability) for w in piece.words or ())

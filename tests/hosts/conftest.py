@@ -63,6 +63,28 @@ def layout() -> Iterator[Layout]:
         yield hosts
 
 
+@pytest.fixture(autouse=True)
+def healed(layout: Layout) -> Iterator[None]:
+    """After each scenario, the layout the next one expects, also where it failed before
+    putting back what it broke: both API hosts and both ASR hosts whole, no extra hosts
+    running (asr-3, the bot hosts), every link up."""
+    yield
+    hosts = layout.net.hosts
+    for name, host in hosts.items():
+        host.restore()
+        if name not in ("api-1", "api-2", *ASR_HOSTS) and name.startswith(("asr-", "bot-")):
+            host.kill()
+    for name in ("api-1", "api-2"):
+        if "api" not in hosts[name].processes:
+            layout.start_api(name)
+    broken = [n for n in ASR_HOSTS if {"dask-worker", "asr-tasks"} - set(hosts[n].processes)]
+    for name in broken:
+        hosts[name].kill()
+        layout.start_asr(name)
+    if broken:
+        layout.wait_ready("api-1", ASR_HOSTS)
+
+
 @pytest.fixture(scope="package")
 def figures() -> Iterator[list[dict[str, Any]]]:
     """Each scenario's figures, written to .relay/hosts-figures.json (docs/hosts.md)."""
