@@ -152,7 +152,9 @@ def test_decoding_progress_reaches_the_store_window_by_window(settings, tmp_path
     result = recognise(chunk, AsrOptions(), on_progress=report)
     assert len(seen) == len(pause_windows(samples / 32768.0)) // 2 >= 3
     assert seen == sorted(seen) and 0 < seen[0] < seen[-1] <= chunk.duration
-    assert seen[-1] == pytest.approx(result.segments[-1].end, abs=0.01)
+    # The last window ends with the chunk; its last sentence ends on the speech before that.
+    assert seen[-1] == pytest.approx(chunk.duration, abs=0.01)
+    assert 0 <= seen[-1] - result.segments[-1].end < 2.0
     jobs.finish_chunk(job.id, 0, asr_seconds=result.asr_seconds, worker_pid=1, segments=3)
     assert jobs.get_job(job.id).audio_seconds_done == pytest.approx(chunk.duration)
     other = jobs.create_job(str(path), path.name, work_pool="asr-cpu")
