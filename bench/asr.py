@@ -110,8 +110,8 @@ def plain_pool(
     options = AsrOptions.from_settings(settings)
     step = int(PIECE_SECONDS * 16000)
     pieces = [audio[i : i + step] for i in range(0, len(audio), step)]
-    kwargs = {**options.decode_kwargs(), "pause_windows": options.windowed}
-    kwargs = kwargs if relay_options else ANCHOR_DEFAULTS
+    relay_decoding = {**options.decode_kwargs(), "pause_windows": options.windowed}
+    kwargs = relay_decoding if relay_options else ANCHOR_DEFAULTS
     with ProcessPoolExecutor(
         CORES,
         mp_context=multiprocessing.get_context("spawn"),

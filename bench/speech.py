@@ -62,7 +62,9 @@ def script(minutes: float, seed: int = 11) -> str:
     return sentences(minutes, seed, SUBJECTS, VERBS, ENDINGS)
 
 
-CORPORA = ("phrases", "varied")  # this module's script; bench.corpus's, from more phrases
+# This module's script (its clips keep their first names), and bench.corpus's, from more phrases.
+SCRIPTS = {"phrases": script, "varied": varied_script}
+CORPORA = tuple(SCRIPTS)
 
 
 def clip(minutes: int, corpus: str = "phrases") -> tuple[Path, str]:
@@ -73,7 +75,7 @@ def clip(minutes: int, corpus: str = "phrases") -> tuple[Path, str]:
     stem = f"speech-{minutes}min" if corpus == "phrases" else f"speech-{corpus}-{minutes}min"
     audio, reference = CACHE / f"{stem}.mp3", CACHE / f"{stem}.txt"
     if not audio.exists():
-        text = script(minutes) if corpus == "phrases" else varied_script(minutes)
+        text = SCRIPTS[corpus](minutes)
         wav = CACHE / "speech.wav"
         subprocess.run(["espeak-ng", "-s", "160", "-w", str(wav), text], check=True)
         subprocess.run(

@@ -238,17 +238,16 @@ def recognise(
             raise ChunkTimeoutError(
                 f"chunk {chunk.index} exceeded its time limit of {timeout:.0f} s"
             )
-        end = min(piece.end, chunk.duration)
-        if not (text := piece.text.strip()):
-            pass
-        elif options.windowed:  # a whole window's text: its sentences as cues
-            cues = sentence_cues(piece.start, end, text, loud)
-            segments.extend(Segment(start, end, sentence) for start, end, sentence in cues)
-        else:
+        decoded_to = min(piece.end, chunk.duration)
+        text = piece.text.strip()
+        if text and options.windowed:  # a whole window's text: its sentences as cues
+            cues = sentence_cues(piece.start, decoded_to, text, loud)
+            segments.extend(Segment(*cue) for cue in cues)
+        elif text:
             words = tuple(Word(w.start, w.end, w.word, w.probability) for w in piece.words or ())
             segments.append(Segment(piece.start, piece.end, text, words))
         if on_progress is not None:
-            on_progress(end)
+            on_progress(decoded_to)
     return ChunkResult(
         index=chunk.index,
         segments=tuple(segments),

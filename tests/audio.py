@@ -121,6 +121,12 @@ LONG_TEXT = (
 )
 
 
+def meeting_twice(workdir: Path) -> np.ndarray:
+    """``LONG_TEXT`` spoken twice: about 100 s of int16 speech, several of Whisper's windows."""
+    spoken = speech_samples(LONG_TEXT, workdir)
+    return np.concatenate([spoken, spoken])
+
+
 def video_without_sound(path: Path, seconds: float = 1.0) -> Path:
     """A short H.264 video with no audio stream at all."""
     colour = f"color=c=red:s=32x32:d={seconds:g}"

@@ -89,8 +89,10 @@ def sweep_leftovers() -> list[str]:
         # A bridge (rlhb<pid>x<n>), or a host's link (rl<pid % 100000>x<n>v<i>) left where
         # the kernel had not yet freed the host's namespace when it was deleted.
         found = re.search(rf"\d+: ({PREFIX}b(\d+)x\d+|rl(\d+)x\d+v\d+)[:@]", line)
-        maker = int(found.group(2) or found.group(3)) if found else os.getpid()
-        if found and maker not in (os.getpid(), os.getpid() % 100000) and not _alive(maker):
+        if not found:
+            continue
+        maker = int(found.group(2) or found.group(3))
+        if maker not in (os.getpid(), os.getpid() % 100000) and not _alive(maker):
             _ip("link", "del", found.group(1), check=False)
             removed.append(found.group(1))
     for folder in Path("/tmp").glob(f"{PREFIX}-*"):

@@ -130,15 +130,14 @@ def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker
 def test_decoding_progress_reaches_the_store_window_by_window(settings, tmp_path):  # noqa: ARG001
     """What a Dask worker does while it decodes a chunk: the job's progress moves with each
     decoded window (tasks/windows.py), then the chunk's end adds only the rest."""
-    import numpy as np
 
     from tasks.asr import AsrOptions, ProgressReporter, recognise
     from tasks.split import write_chunks
     from tasks.windows import pause_windows
-    from tests.audio import LONG_TEXT, speech_samples
+    from tests.audio import meeting_twice
 
     path = PROJECT_ROOT / "samples" / "meeting.ogg"
-    samples = np.concatenate([speech_samples(LONG_TEXT, tmp_path)] * 2)  # about 100 s
+    samples = meeting_twice(tmp_path)
     (chunk,) = write_chunks(samples, [], str(tmp_path / "chunks"))
     job = jobs.create_job(str(path), path.name, work_pool="asr-cpu")
     jobs.add_chunks(job.id, [(0, chunk.start, chunk.end)])

@@ -11,7 +11,7 @@ from tasks.asr import AsrOptions, recognise
 from tasks.split import frame_levels, write_chunks
 from tasks.wer import word_error_rate
 from tasks.windows import pause_windows, sentence_cues
-from tests.audio import LONG_TEXT, speech_samples
+from tests.audio import LONG_TEXT, meeting_twice
 
 RATE = 16000
 
@@ -19,8 +19,7 @@ RATE = 16000
 @pytest.fixture(scope="module")
 def long_speech(tmp_path_factory) -> np.ndarray:
     """About 100 s of the meeting text spoken twice (int16 samples)."""
-    spoken = speech_samples(LONG_TEXT, tmp_path_factory.mktemp("speech"))
-    return np.concatenate([spoken, spoken])
+    return meeting_twice(tmp_path_factory.mktemp("speech"))
 
 
 def test_windows_cover_the_chunk_end_to_end_in_pauses_under_30_s(long_speech):

@@ -23,6 +23,7 @@ from tests.fake_providers import FakeOpenAI
 from tests.netns import Network
 from tests.relay_hosts import Layout
 
+API_HOSTS = ["api-1", "api-2"]
 ASR_HOSTS = ["asr-1", "asr-2"]
 BOT_KEYS = {"sk-hosts-a": 60, "sk-hosts-b": 60}  # accepted calls a minute, each
 FIGURES = PROJECT_ROOT / ".relay" / "hosts-figures.json"
@@ -55,7 +56,7 @@ def layout() -> Iterator[Layout]:
         hosts.start_prefect()
         hosts.bootstrap()
         hosts.start_dask()
-        for name in ("api-1", "api-2"):
+        for name in API_HOSTS:
             hosts.start_api(name)
         for name in ASR_HOSTS:
             hosts.start_asr(name)
@@ -72,9 +73,9 @@ def healed(layout: Layout) -> Iterator[None]:
     hosts = layout.net.hosts
     for name, host in hosts.items():
         host.restore()
-        if name not in ("api-1", "api-2", *ASR_HOSTS) and name.startswith(("asr-", "bot-")):
+        if name not in (*API_HOSTS, *ASR_HOSTS) and name.startswith(("asr-", "bot-")):
             host.kill()
-    for name in ("api-1", "api-2"):
+    for name in API_HOSTS:
         if "api" not in hosts[name].processes:
             layout.start_api(name)
     broken = [n for n in ASR_HOSTS if {"dask-worker", "asr-tasks"} - set(hosts[n].processes)]
@@ -96,6 +97,6 @@ def figures() -> Iterator[list[dict[str, Any]]]:
 
 @pytest.fixture(scope="package")
 def speech() -> tuple[bytes, str]:
-    """Ten minutes of varied speech (mp3) and what it says."""
+    """Ten minutes of generated speech (mp3, bench.speech's first script) and what it says."""
     path, reference = clip(10)
     return path.read_bytes(), reference
