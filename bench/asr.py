@@ -7,8 +7,8 @@ Anchors (the bundled model, int8, beam 5, on the same clips in the same run):
   defaults (Silero VAD windows, no timestamps);
 - ``plain_pool``: a plain ``ProcessPoolExecutor(<cores>)`` over fixed 120 s pieces, one
   thread each, faster-whisper's default decoding;
-- ``plain_pool_relay_options``: the same pool decoding as Relay does (``AsrOptions
-  .decode_kwargs``: beam 5 without conditioning on the previous window's text).
+- ``plain_pool_relay_options``: the same pool decoding as Relay does (``tasks.asr.decode_speech``:
+  beam 5, each piece in its pause-cut windows, their beam searches batched).
 
 Relay: ``relay_flow_warm`` is the ``transcribe`` flow on a running Prefect server and the task
 worker's warm Dask cluster (``flows.asr_tasks.warm_local_cluster``), as ``make stack`` runs
@@ -38,7 +38,7 @@ import numpy as np
 
 from bench.speech import CORPORA, clip
 from relay_settings import PROJECT_ROOT, RelaySettings, reload_settings
-from tasks.asr import AsrOptions, recognise, resolve_model
+from tasks.asr import AsrOptions, decode_speech, recognise, resolve_model
 from tasks.media import decode, probe
 from tasks.split import Chunk, SplitOptions, cut_points, write_chunks
 from tasks.wer import word_error_rate
@@ -98,8 +98,12 @@ def _pool_start(model: str, compute_type: str) -> None:
     list(_pool_model.transcribe(np.zeros(16000, dtype="float32"))[0])
 
 
-def _pool_decode(piece: np.ndarray, kwargs: dict[str, object]) -> str:
-    segments, _ = _pool_model.transcribe(piece, **kwargs)
+def _pool_decode(piece: np.ndarray, relay: AsrOptions | None) -> str:
+    """One piece decoded with faster-whisper's defaults, or as Relay decodes (``relay``)."""
+    if relay is None:
+        segments, _ = _pool_model.transcribe(piece, **ANCHOR_DEFAULTS)
+    else:
+        segments, _ = decode_speech(_pool_model, piece, relay)
     return " ".join(s.text.strip() for s in segments)
 
 
@@ -120,12 +124,10 @@ def plain_pool(
     ) as pool:
         list(pool.map(abs, range(CORES * 4)))  # every process started and its model loaded
         started = time.perf_counter()
-        # Relay's decoding: pause-cut windows in each piece (tasks/windows.py), timed too.
-        arguments = [
-            options.decode_arguments(piece) if relay_options else ANCHOR_DEFAULTS
-            for piece in pieces
-        ]
-        texts = list(pool.map(_pool_decode, pieces, arguments))
+        # Relay's decoding (tasks.asr.decode_speech): its pause-cut windows found in each piece.
+        texts = list(
+            pool.map(_pool_decode, pieces, [options if relay_options else None] * len(pieces))
+        )
         wall = time.perf_counter() - started
     seconds = len(audio) / 16000
     emit(

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,10 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay_settings import BUNDLED_MODEL, RelaySettings
 from tasks.split import Chunk
+from tasks.window_decode import decode_windows
 from tasks.windows import loud_frames, pause_windows, sentence_cues
 
 if TYPE_CHECKING:  # imported where it is used: loading it is slow
     from faster_whisper import WhisperModel
+    from faster_whisper.transcribe import TranscriptionInfo
 
 
 class RequestOptions(BaseModel):
@@ -88,8 +90,7 @@ class AsrOptions:
         return replace(base, **(job.given() if job else {}))
 
     def decode_kwargs(self) -> dict[str, object]:
-        """What ``WhisperModel.transcribe`` is given for these options (benchmarks use it too,
-        so their anchors decode exactly as Relay does)."""
+        """What ``WhisperModel.transcribe`` is given for these options."""
         return {
             "language": self.language,
             "beam_size": self.beam_size,
@@ -104,14 +105,6 @@ class AsrOptions:
         """Whether a chunk is decoded in its pause-cut windows without timestamp tokens
         (tasks/windows.py): not where Silero VAD picks the windows or words are timed."""
         return self.pause_windows and not self.vad_filter and not self.word_timestamps
-
-    def decode_arguments(self, samples: np.ndarray) -> dict[str, object]:
-        """``WhisperModel.transcribe``'s arguments for a chunk's samples (benchmarks use it
-        too, so their anchors decode exactly as Relay does)."""
-        if not self.windowed:
-            return self.decode_kwargs()
-        windows = {"clip_timestamps": pause_windows(samples), "without_timestamps": True}
-        return {**self.decode_kwargs(), **windows}
 
 
 @dataclass(frozen=True)
@@ -200,6 +193,27 @@ def read_wav(path: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.int16).astype(np.float32) / 32768.0
 
 
+def decode_speech(
+    model: WhisperModel, audio: np.ndarray, options: AsrOptions
+) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """A chunk's float samples decoded as ``options`` say, piece by piece (a window, or a
+    Whisper segment where the chunk is not windowed), and the transcription's info. The
+    benchmarks decode with it too, so their anchors decode exactly as Relay does."""
+    if options.windowed:  # its pause-cut windows, a batch at a time (tasks/window_decode.py)
+        windows, info = decode_windows(model, audio, pause_windows(audio), options.decode_kwargs())
+        return (Segment(w.start, w.end, w.text) for w in windows), info
+    found, info = model.transcribe(audio, **options.decode_kwargs())
+    return (
+        Segment(
+            p.start,
+            p.end,
+            p.text.strip(),
+            tuple(Word(w.start, w.end, w.word, w.probability) for w in p.words or ()),
+        )
+        for p in found
+    ), info
+
+
 class ChunkTimeoutError(TimeoutError):
     """A chunk took longer than its time limit."""
 
@@ -228,9 +242,8 @@ def recognise(
             0.0,
             model_loads_in_process=_load_count,
         )
-    model = load_model(options)
     audio = read_wav(chunk.path)
-    pieces, info = model.transcribe(audio, **options.decode_arguments(audio))
+    pieces, info = decode_speech(load_model(options), audio, options)
     loud = loud_frames(audio) if options.windowed else None
     segments: list[Segment] = []
     for piece in pieces:
@@ -239,13 +252,11 @@ def recognise(
                 f"chunk {chunk.index} exceeded its time limit of {timeout:.0f} s"
             )
         decoded_to = min(piece.end, chunk.duration)
-        text = piece.text.strip()
-        if text and options.windowed:  # a whole window's text: its sentences as cues
-            cues = sentence_cues(piece.start, decoded_to, text, loud)
+        if piece.text and options.windowed:  # a whole window's text: its sentences as cues
+            cues = sentence_cues(piece.start, decoded_to, piece.text, loud)
             segments.extend(Segment(*cue) for cue in cues)
-        elif text:
-            words = tuple(Word(w.start, w.end, w.word, w.probability) for w in piece.words or ())
-            segments.append(Segment(piece.start, piece.end, text, words))
+        elif piece.text:
+            segments.append(piece)
         if on_progress is not None:
             on_progress(decoded_to)
     return ChunkResult(
