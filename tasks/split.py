@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import wave
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ def next_length(left: float, busy_until: list[float], index: int, options: Split
     ``busy_until`` says when each worker finishes what it already has (in seconds of audio:
     decode time is about proportional to it). Workers take the next chunk as they free up, so
     once the rest fits in about one more chunk per worker it is shared out for all of them to
-    finish together; before that, chunks are ``target_of(index)`` long.
+    finish together, in pieces of at most half ``target_seconds`` (Dask hands each to the
+    first worker free, which evens out what the audio-seconds plan cannot foresee); before
+    that, chunks are ``target_of(index)`` long.
     """
     target = options.target_of(index)
     if index == 0 or len(busy_until) == 1:
@@ -79,6 +82,10 @@ def next_length(left: float, busy_until: list[float], index: int, options: Split
             break
     piece = finish - order[0]
     if piece <= target * 1.25:
+        # Each worker's last share in equal pieces of at most half a chunk: decode speed
+        # varies by a fifth from chunk to chunk, and a worker that runs ahead takes the
+        # next piece.
+        piece /= math.ceil(piece / (options.target_seconds / 2))
         return piece if left - piece >= options.shortest_seconds else left
     return target
 

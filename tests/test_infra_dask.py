@@ -69,11 +69,15 @@ def test_shared_dask_schedulers_queue_chunks_in_priority_order():
 
 
 def test_every_dask_process_loads_relays_dask_config_without_malloc_trim():
-    """One file removes MALLOC_TRIM_THRESHOLD_; the image points every Dask process at it."""
+    """One file removes MALLOC_TRIM_THRESHOLD_ and asks glibc for huge pages; the image
+    points every Dask process at it."""
     from flows.runtime import DASK_CONFIG_FILE
 
     spawn_env = yaml.safe_load(DASK_CONFIG_FILE.read_text())["distributed"]["nanny"]
-    assert spawn_env["pre-spawn-environ"] == {"MALLOC_TRIM_THRESHOLD_": None}
+    assert spawn_env["pre-spawn-environ"] == {
+        "MALLOC_TRIM_THRESHOLD_": None,
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+    }
     in_image = "/app/" + DASK_CONFIG_FILE.relative_to(PROJECT_ROOT).as_posix()
     text = (INFRA / "Dockerfile").read_text().replace("\\\n", " ")
     runtime = text[text.rindex("\nFROM ") :]
