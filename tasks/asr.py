@@ -226,10 +226,11 @@ def recognise(
 ) -> ChunkResult:
     """Transcribe one chunk; a chunk without speech gives no segments (no invented text).
 
-    ``timeout`` is checked between decoded segments (a CTranslate2 call cannot be interrupted
-    from another thread), so a chunk stops within one segment's time of its limit.
-    ``on_progress`` is told the seconds of the chunk decoded so far, once per decoded piece
-    (a window, or a Whisper segment where the chunk is not decoded in windows).
+    ``timeout`` is checked between decoded pieces (a CTranslate2 call cannot be interrupted
+    from another thread), so a chunk stops within one CTranslate2 call of its limit (a
+    batch of windows, or one Whisper segment). ``on_progress`` is told the seconds of the
+    chunk decoded so far, once per decoded piece (a window, as its batch finishes, or a
+    Whisper segment where the chunk is not decoded in windows).
     """
     started = time.perf_counter()
     if not chunk.has_speech:

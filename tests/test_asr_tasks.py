@@ -129,7 +129,8 @@ def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker
 
 def test_decoding_progress_reaches_the_store_window_by_window(settings, tmp_path):  # noqa: ARG001
     """What a Dask worker does while it decodes a chunk: the job's progress moves with each
-    decoded window (tasks/windows.py), then the chunk's end adds only the rest."""
+    decoded window (tasks/windows.py; they land a batch at a time), then the chunk's end adds
+    only the rest."""
 
     from tasks.asr import AsrOptions, ProgressReporter, recognise
     from tasks.split import write_chunks
