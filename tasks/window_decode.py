@@ -78,11 +78,12 @@ def decode_windows(
 
     def texts() -> Iterator[WindowText]:
         search = _search_arguments(model, options, len(prompt))
+        on_cpu = model.model.device == "cpu"
         for at in range(0, len(frames), batch):
             group = frames[at : at + batch]
             windows = [pad_or_trim(features[:, first:last]) for first, last in group]
             results = model.model.generate(
-                _encoded(model, windows), [prompt] * len(group), **search
+                _encoded(model, windows, one_by_one=on_cpu), [prompt] * len(group), **search
             )
             for (first, last), result, window in zip(group, results, windows, strict=True):
                 text = _window_text(model, tokenizer, options, prompt, result, window)
@@ -92,13 +93,14 @@ def decode_windows(
     return texts(), info
 
 
-def _encoded(model: WhisperModel, windows: list[np.ndarray]) -> Any:
-    """The windows' encoder output as one batch (a ``StorageView``). On the CPU each window
-    is encoded on its own and the outputs stacked: on one thread that is faster than one
-    batched pass (tiny.en: 0.39 s against 0.48 s a window); a GPU takes them as one batch."""
+def _encoded(model: WhisperModel, windows: list[np.ndarray], one_by_one: bool) -> Any:
+    """The windows' encoder output as one batch (a ``StorageView``). ``one_by_one`` (on the
+    CPU) encodes each window on its own and stacks the outputs: on one thread that is faster
+    than one batched pass (tiny.en: 0.39 s against 0.48 s a window); a GPU takes them as one
+    batch."""
     import ctranslate2
 
-    if model.model.device != "cpu":
+    if not one_by_one:
         return model.encode(np.stack(windows))
     each = [np.array(model.encode(window)) for window in windows]
     return ctranslate2.StorageView.from_array(np.concatenate(each))

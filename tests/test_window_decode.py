@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.asr import AsrOptions, decode_speech, load_model
-from tasks.window_decode import _window_text, decode_windows
+from tasks.window_decode import _encoded, _window_text, decode_windows
 from tasks.windows import pause_windows
 from tests.audio import meeting_twice
 
@@ -84,3 +84,16 @@ def test_timed_words_decode_whisper_segments_not_windows(speech, model):
     segments = list(pieces)
     assert segments and all(s.words for s in segments)
     assert all(s.start <= w.start < w.end <= s.end + 0.5 for s in segments for w in s.words)
+
+
+def test_one_batched_encoder_pass_as_a_gpu_takes_it_gives_the_same_output(speech, model):
+    """The GPU's path (one encoder pass for the batch) against the CPU's (one a window)."""
+    from faster_whisper.audio import pad_or_trim
+
+    features = model.feature_extractor(speech[: 60 * RATE])
+    windows = [pad_or_trim(features[:, a : a + 2000]) for a in (0, 2000, 4000)]
+    one_by_one = np.array(_encoded(model, windows, one_by_one=True))
+    batched = np.array(_encoded(model, windows, one_by_one=False))
+    assert one_by_one.shape == batched.shape == (3, 1500, 384)
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-3)
+    assert not np.allclose(one_by_one[0], one_by_one[1])  # three windows, not one thrice
