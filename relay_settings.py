@@ -51,6 +51,15 @@ class AsrSettings(_Group):
         "Whisper's own 30 s windows and segment timestamps. Not used with vad_filter or "
         "word_timestamps.",
     )
+    window_batch: int = Field(
+        default=8,
+        ge=1,
+        le=32,
+        description="How many of a chunk's pause-cut windows one batched beam search decodes "
+        "(tasks/window_decode.py). Memory grows with it: each of its window x beam "
+        "hypotheses keeps the window's cross-attention keys and values (tiny.en about 18 MB, "
+        "large-v3 about 490 MB). 8 suits tiny and base; use 1 or 2 for large models on a CPU.",
+    )
     condition_on_previous_text: bool = Field(
         default=False,
         description="Prompt each 30 s window with the text decoded before it (faster-whisper's "

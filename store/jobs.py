@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, case, update
 from sqlmodel import Session, col, select
 
 from store import callbacks, leases
@@ -132,7 +132,7 @@ def add_chunks(job_id: str, bounds: Sequence[tuple[int, float, float]]) -> None:
                 chunks_total=len(bounds),
                 chunks_done=0,
                 chunks_failed=0,
-                audio_seconds_done=0.0,
+                **_progress_restarts(),
                 duration_seconds=bounds[-1][2] if bounds else 0.0,
             )
         )
@@ -145,13 +145,26 @@ def add_chunk(job_id: str, index: int, start: float, end: float) -> None:
         counters: dict[str, object] = {"chunks_total": index + 1}
         if index == 0:
             _forget_chunks(session, job_id)
-            counters |= {"chunks_done": 0, "chunks_failed": 0, "audio_seconds_done": 0.0}
+            counters |= {"chunks_done": 0, "chunks_failed": 0, **_progress_restarts()}
         session.add(
             TranscriptionChunk(job_id=job_id, index=index, start_seconds=start, end_seconds=end)
         )
         session.execute(
             update(TranscriptionJob).where(col(TranscriptionJob.id) == job_id).values(**counters)
         )
+
+
+def _progress_restarts() -> dict[str, object]:
+    """A new attempt's progress counters: its transcribed audio from 0, what the earlier
+    attempts reached kept as the floor the job's progress shows (never going back)."""
+    done, floor = (
+        col(TranscriptionJob.audio_seconds_done),
+        col(TranscriptionJob.progress_floor_seconds),
+    )
+    return {
+        "progress_floor_seconds": case((done > floor, done), else_=floor),
+        "audio_seconds_done": 0.0,
+    }
 
 
 def _forget_chunks(session: Session, job_id: str) -> None:

@@ -75,6 +75,9 @@ class TranscriptionJob(SQLModel, table=True):
     chunks_done: int = 0
     chunks_failed: int = 0
     audio_seconds_done: float = 0.0
+    # What an earlier attempt had transcribed: a job run again from the start (taken over)
+    # shows at least this, never its progress going back (store/status.progress_percent).
+    progress_floor_seconds: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
     output_dir: str | None = Field(default=None, max_length=4096)
     flow_run_id: str | None = Field(default=None, max_length=64)
     work_pool: str | None = Field(default=None, max_length=128)

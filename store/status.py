@@ -28,7 +28,10 @@ def progress_percent(job: TranscriptionJob) -> float:
     if job.status == JobStatus.COMPLETED:
         return 100.0
     if duration and job.chunks_total:  # decoded and split: the rest is transcription
-        transcribed = min(job.audio_seconds_done / duration, 1.0)
+        # A job run again from the start shows what its earlier attempt reached until the
+        # new one passes it: progress never goes back.
+        done = max(job.audio_seconds_done, job.progress_floor_seconds)
+        transcribed = min(done / duration, 1.0)
         return min(99.9, PREPARED_PERCENT + (100.0 - PREPARED_PERCENT) * transcribed)
     return 0.0
 

@@ -73,6 +73,7 @@ class AsrOptions:
     word_timestamps: bool = False
     condition_on_previous_text: bool = False
     pause_windows: bool = True
+    window_batch: int = 8
 
     @classmethod
     def from_settings(cls, settings: RelaySettings, job: JobOptions | None = None) -> AsrOptions:
@@ -86,6 +87,7 @@ class AsrOptions:
             vad_filter=settings.asr.vad_filter,
             condition_on_previous_text=settings.asr.condition_on_previous_text,
             pause_windows=settings.asr.pause_windows,
+            window_batch=settings.asr.window_batch,
         )
         return replace(base, **(job.given() if job else {}))
 
@@ -105,6 +107,13 @@ class AsrOptions:
         """Whether a chunk is decoded in its pause-cut windows without timestamp tokens
         (tasks/windows.py): not where Silero VAD picks the windows or words are timed."""
         return self.pause_windows and not self.vad_filter and not self.word_timestamps
+
+    @property
+    def batches_windows(self) -> bool:
+        """Whether the windows can be decoded as one batch (tasks/window_decode.py): not
+        where a window's prompt depends on the one before (the previous text, or an initial
+        prompt, which faster-whisper gives to the first spoken window only)."""
+        return not self.condition_on_previous_text and self.initial_prompt is None
 
 
 @dataclass(frozen=True)
@@ -199,10 +208,14 @@ def decode_speech(
     """A chunk's float samples decoded as ``options`` say, piece by piece (a window, or a
     Whisper segment where the chunk is not windowed), and the transcription's info. The
     benchmarks decode with it too, so their anchors decode exactly as Relay does."""
-    if options.windowed:  # its pause-cut windows, a batch at a time (tasks/window_decode.py)
-        windows, info = decode_windows(model, audio, pause_windows(audio), options.decode_kwargs())
+    arguments = options.decode_kwargs()
+    if options.windowed and options.batches_windows:  # tasks/window_decode.py
+        clips = pause_windows(audio)
+        windows, info = decode_windows(model, audio, clips, arguments, options.window_batch)
         return (Segment(w.start, w.end, w.text) for w in windows), info
-    found, info = model.transcribe(audio, **options.decode_kwargs())
+    if options.windowed:  # one window after another, each prompted by what came before
+        arguments |= {"clip_timestamps": pause_windows(audio), "without_timestamps": True}
+    found, info = model.transcribe(audio, **arguments)
     return (
         Segment(
             p.start,

@@ -85,7 +85,8 @@ def next_length(left: float, busy_until: list[float], index: int, options: Split
         # Each worker's last share in equal pieces of at most half a chunk: decode speed
         # varies by a fifth from chunk to chunk, and a worker that runs ahead takes the
         # next piece.
-        piece /= math.ceil(piece / (options.target_seconds / 2))
+        pieces = math.ceil(piece / (options.target_seconds / 2))
+        piece /= max(1, min(pieces, math.floor(piece / options.shortest_seconds)))
         return piece if left - piece >= options.shortest_seconds else left
     return target
 

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tasks.media import SAMPLE_RATE
+
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
     from faster_whisper.tokenizer import Tokenizer
@@ -42,36 +44,36 @@ def decode_windows(
     batch: int = WINDOWS_PER_BATCH,
 ) -> tuple[Iterator[WindowText], TranscriptionInfo]:
     """``audio``'s windows (``clip_timestamps``: start, end, start, end, ...) decoded without
-    timestamps, a batch at a time, and the transcription's info (language)."""
+    timestamps, a batch at a time, and the transcription's info (language).
+
+    Every window gets the same prompt, so this is faster-whisper's own output only where its
+    windows are not prompted by what came before: no ``initial_prompt`` (it goes to the
+    first spoken window only) and no ``condition_on_previous_text``."""
     from faster_whisper.audio import pad_or_trim
     from faster_whisper.tokenizer import Tokenizer
 
-    # transcribe() detects the language and settles every option; its decoding is lazy and
-    # never started here.
-    _, info = model.transcribe(
-        audio, **transcribe_arguments, clip_timestamps=clip_timestamps, without_timestamps=True
-    )
+    if not clip_timestamps or len(clip_timestamps) % 2:
+        raise ValueError(f"clip_timestamps must be start, end pairs: {clip_timestamps}")
+    if transcribe_arguments.get("initial_prompt") or transcribe_arguments.get(
+        "condition_on_previous_text"
+    ):
+        raise ValueError("windows prompted by earlier text cannot be decoded as one batch")
+    # transcribe() settles every option (and detects the language); its decoding is lazy and
+    # never started here. Where the language is known, a second of silence tells it all
+    # without computing the chunk's features twice.
+    known = transcribe_arguments.get("language") or not model.model.is_multilingual
+    probe = np.zeros(SAMPLE_RATE, dtype=np.float32) if known else audio
+    _, info = model.transcribe(probe, **transcribe_arguments, without_timestamps=True)
     options = info.transcription_options
     tokenizer = Tokenizer(
         model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=info.language
     )
-    initial = options.initial_prompt
-    prompt = model.get_prompt(
-        tokenizer,
-        tokenizer.encode(" " + initial.strip())
-        if isinstance(initial, str)
-        else list(initial or []),
-        without_timestamps=True,
-        hotwords=options.hotwords,
-    )
-    extractor = model.feature_extractor
-    features = extractor(audio, chunk_length=None)
+    prompt = model.get_prompt(tokenizer, [], without_timestamps=True, hotwords=options.hotwords)
+    features = model.feature_extractor(audio, chunk_length=None)
     last_frame = features.shape[-1] - 1
+    per_second = model.frames_per_second  # as faster-whisper turns times into frames
     frames = [
-        (
-            round(start / extractor.time_per_frame),
-            min(round(end / extractor.time_per_frame), last_frame),
-        )
+        (round(start * per_second), min(round(end * per_second), last_frame))
         for start, end in zip(clip_timestamps[::2], clip_timestamps[1::2], strict=True)
     ]
     frames = [(first, last) for first, last in frames if last > first]
@@ -87,8 +89,7 @@ def decode_windows(
             )
             for (first, last), result, window in zip(group, results, windows, strict=True):
                 text = _window_text(model, tokenizer, options, prompt, result, window)
-                start, end = first * extractor.time_per_frame, last * extractor.time_per_frame
-                yield WindowText(round(start, 3), round(end, 3), text)
+                yield WindowText(round(first / per_second, 3), round(last / per_second, 3), text)
 
     return texts(), info
 

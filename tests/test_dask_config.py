@@ -43,7 +43,8 @@ def _nothing_inherited(monkeypatch):
     # them. (A nanny sets its pre-spawn variables in its own process, and a LocalCluster's
     # nannies run in this one: each test starts without what the last one's left.)
     assert TRIM not in os.environ, f"the test process itself has {TRIM}"
-    monkeypatch.delenv(TUNABLES, raising=False)
+    monkeypatch.setenv(TUNABLES, "")  # recorded, so what a nanny sets here is undone after
+    monkeypatch.delenv(TUNABLES)
 
 
 @task

@@ -14,6 +14,7 @@ from tasks.split import (
     SplitOptions,
     cut_points,
     has_speech,
+    next_length,
     planned_count,
     stream_chunks,
     write_chunks,
@@ -208,3 +209,9 @@ def test_a_file_ending_before_its_declared_length_leaves_no_sliver(tmp_path):
     chunks = list(stream_chunks([audio], 320.0, str(tmp_path), SplitOptions(120, 20, 30)))
     assert chunks[-1].end == pytest.approx(290.2)
     assert chunks[-1].duration >= 30.0, [(c.start, c.end) for c in chunks]
+
+
+def test_a_short_target_still_gives_no_chunk_under_the_shortest():
+    options = SplitOptions(target_seconds=60, search_seconds=10, workers=2)
+    # 45 s left for one worker: two pieces of 22.5 s would be under the 30-s floor.
+    assert next_length(45.0, [100.0, 100.0], 5, options) == 45.0

@@ -122,6 +122,11 @@ def test_chunks_added_as_the_audio_is_split_replace_an_earlier_attempts():
     stored = jobs.get_job(job.id)
     assert (stored.chunks_total, stored.audio_seconds_done) == (2, 10.0)
     assert stored.duration_seconds == 300.0  # the declared length until the split ends
+    # What the job shows does not go back: the earlier attempt's 40 s until this one passes.
+    assert stored.progress_floor_seconds == 40.0
+    assert status.progress_percent(stored) == pytest.approx(3.0 + 97.0 * 40.0 / 300.0)
+    jobs.record_chunk_progress(job.id, 1, 45.0)  # 10 + 45 s: past the earlier attempt
+    assert status.progress_percent(jobs.get_job(job.id)) == pytest.approx(3.0 + 97.0 * 55.0 / 300.0)
     jobs.finish_split(job.id, 2, 298.5)
     stored = jobs.get_job(job.id)
     assert (stored.chunks_total, stored.duration_seconds) == (2, 298.5)
@@ -129,6 +134,8 @@ def test_chunks_added_as_the_audio_is_split_replace_an_earlier_attempts():
         (0, 0.0, 30.0),
         (1, 30.0, 150.0),
     ]
+    jobs.add_chunks(job.id, [(0, 0.0, 300.0)])  # a third attempt keeps the highest floor
+    assert jobs.get_job(job.id).progress_floor_seconds == 55.0
 
 
 def test_concurrent_progress_reports_add_each_second_once():
