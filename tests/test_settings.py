@@ -23,6 +23,7 @@ EARLIER_NAMES = {
     "RELAY_ASR_BEAM_SIZE": ("3", lambda s: s.asr.beam_size),
     "RELAY_ASR_CONDITION_ON_PREVIOUS_TEXT": ("true", lambda s: s.asr.condition_on_previous_text),
     "RELAY_ASR_PAUSE_WINDOWS": ("false", lambda s: s.asr.pause_windows),
+    "RELAY_ASR_WINDOW_BATCH": ("3", lambda s: s.asr.window_batch),
     "RELAY_CHUNK_TARGET_SECONDS": ("90.5", lambda s: s.chunk.target_seconds),
     "RELAY_CHUNK_FIRST_SECONDS": ("20.5", lambda s: s.chunk.first_seconds),
     "RELAY_KEEP_CHUNKS": ("true", lambda s: s.keep_chunks),
