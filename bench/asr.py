@@ -180,10 +180,10 @@ def warm_flow(clips: list[tuple[Path, str]], anchors: dict[tuple[str, int], floa
 
 def _report_run(outcome, reference, wall, started, tasks, anchors) -> None:
     """One warm run's figures: speed and WER beside the anchors, and where the time went."""
-    from store import jobs
+    from store import job_chunks
 
     seconds = outcome.duration
-    chunks = jobs.get_chunks(outcome.job_id)
+    chunks = job_chunks.get_chunks(outcome.job_id)
     model_by_worker: dict[int, float] = {}
     for chunk in chunks:
         if chunk.worker_pid is None:  # never transcribed: no model time to count

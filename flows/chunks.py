@@ -17,7 +17,7 @@ from prefect.futures import PrefectFuture, as_completed
 
 from blocks.prefect_sync import settled
 from relay_settings import get_settings
-from store import jobs
+from store import job_chunks, jobs
 from tasks.asr import AsrOptions, ChunkResult, transcribe_chunk
 from tasks.media import MediaError
 from tasks.split import Chunk, SplitPlan, split_while_decoding
@@ -85,7 +85,7 @@ def transcribe_chunks(
         try:
             for chunk in source:
                 if split is not None:
-                    jobs.add_chunk(job_id, chunk.index, chunk.start, chunk.end)
+                    job_chunks.add_chunk(job_id, chunk.index, chunk.start, chunk.end)
                 cut.append(chunk)
                 futures[submit(chunk)] = chunk
         except Exception as err:  # the stream proved the file truncated, or a write failed
@@ -164,10 +164,10 @@ def _collect(
                     continue
                 reason = f"chunk {chunk.index} ({chunk.start:.0f}-{chunk.end:.0f} s): {err}"
                 failures.append(reason)
-                jobs.finish_chunk(job_id, chunk.index, error=reason)
+                job_chunks.finish_chunk(job_id, chunk.index, error=reason)
             else:
                 results.append(result)
-                jobs.finish_chunk(
+                job_chunks.finish_chunk(
                     job_id,
                     chunk.index,
                     asr_seconds=result.asr_seconds,
@@ -184,7 +184,7 @@ def _abandon(job_id: str, futures: dict, cut: list[Chunk], reason: str) -> None:
     """The split failed: no chunk of this attempt is waited for, and each ends failed."""
     _cancel_waiting(futures)
     for chunk in cut:
-        jobs.finish_chunk(job_id, chunk.index, error=reason)
+        job_chunks.finish_chunk(job_id, chunk.index, error=reason)
 
 
 def _cancel_waiting(futures: dict) -> None:

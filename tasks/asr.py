@@ -329,7 +329,7 @@ class ProgressReporter:
             return
         self.last = now
         try:
-            from store.jobs import record_chunk_progress
+            from store.job_chunks import record_chunk_progress
 
             record_chunk_progress(self.job_id, self.index, seconds)
         except Exception as err:

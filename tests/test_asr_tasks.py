@@ -24,7 +24,7 @@ from flows.pool_tasks import dispatchers
 from flows.runtime import SCHEDULER_SATURATION
 from relay_pools import Workload, get_pool, pools_serving
 from relay_settings import PROJECT_ROOT, RelaySettings
-from store import jobs
+from store import job_chunks, jobs
 from tasks.split import Chunk
 from tasks.wer import word_error_rate
 from tests.audio import DATA
@@ -121,9 +121,9 @@ def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker
     # A second job finds the same warm Dask worker process (no cluster start, no model load).
     second = upload(client, DATA / "library.m4a").json()
     assert wait_final(client, second["job_id"])["status"] == "completed"
-    pids = {c.worker_pid for job in (first, second) for c in jobs.get_chunks(job["job_id"])}
+    pids = {c.worker_pid for job in (first, second) for c in job_chunks.get_chunks(job["job_id"])}
     assert len(pids - {None}) == 1, pids
-    hosts = {c.worker_host for job in (first, second) for c in jobs.get_chunks(job["job_id"])}
+    hosts = {c.worker_host for job in (first, second) for c in job_chunks.get_chunks(job["job_id"])}
     assert hosts == {socket.gethostname()}, hosts  # each chunk names its worker's host
 
 
@@ -141,7 +141,7 @@ def test_decoding_progress_reaches_the_store_window_by_window(settings, tmp_path
     samples = meeting_twice(tmp_path)
     (chunk,) = write_chunks(samples, [], str(tmp_path / "chunks"))
     job = jobs.create_job(str(path), path.name, work_pool="asr-cpu")
-    jobs.add_chunks(job.id, [(0, chunk.start, chunk.end)])
+    job_chunks.add_chunks(job.id, [(0, chunk.start, chunk.end)])
     reporter = ProgressReporter(job.id, 0, every=0.0, after=0.0)
     seen: list[float] = []
 
@@ -155,10 +155,10 @@ def test_decoding_progress_reaches_the_store_window_by_window(settings, tmp_path
     # The last window ends with the chunk; its last sentence ends on the speech before that.
     assert seen[-1] == pytest.approx(chunk.duration, abs=0.01)
     assert 0 <= seen[-1] - result.segments[-1].end < 2.0
-    jobs.finish_chunk(job.id, 0, asr_seconds=result.asr_seconds, worker_pid=1, segments=3)
+    job_chunks.finish_chunk(job.id, 0, asr_seconds=result.asr_seconds, worker_pid=1, segments=3)
     assert jobs.get_job(job.id).audio_seconds_done == pytest.approx(chunk.duration)
     other = jobs.create_job(str(path), path.name, work_pool="asr-cpu")
-    jobs.add_chunks(other.id, [(0, 0.0, 20.0)])
+    job_chunks.add_chunks(other.id, [(0, 0.0, 20.0)])
     ProgressReporter(other.id, 0)(5.0)  # by default nothing in a chunk's first two seconds
     assert jobs.get_job(other.id).audio_seconds_done == 0.0
     ProgressReporter(other.id, 0, after=0.0)(5.0)
@@ -265,7 +265,7 @@ def test_a_job_left_by_a_dead_task_worker_is_run_again(client, settings, task_wo
         str(source), "weather.mp3", None, "asr-cpu", 20.0, json.dumps({"word_timestamps": True})
     )
     jobs.start_job(job.id, None, 20.0, f"{settings.data_dir}/jobs/{job.id}")
-    jobs.add_chunks(job.id, [(0, 0.0, 20.0)])
+    job_chunks.add_chunks(job.id, [(0, 0.0, 20.0)])
     with session_scope() as session:  # its worker held it, then died: the lease ran out
         session.execute(
             update(TranscriptionJob)

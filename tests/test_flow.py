@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from flows.chunks import transcribe_chunks
 from flows.runtime import chunk_task_runner
 from flows.transcribe import TranscriptionOutcome, transcribe
-from store import jobs
+from store import job_chunks, jobs
 from store.models import ChunkStatus, JobStatus
 from tasks.asr import AsrOptions, recognise
 from tasks.split import SplitOptions, cut_points, write_chunks
@@ -41,7 +41,7 @@ def test_sample_end_to_end():
     assert job.flow_run_id == str(state.state_details.flow_run_id)
     assert job.chunks_done == job.chunks_total >= 1 and job.chunks_failed == 0
     assert job.language == "en" and job.duration_seconds == pytest.approx(24.5, abs=0.5)
-    assert all(c.status == ChunkStatus.DONE for c in jobs.get_chunks(job.id))
+    assert all(c.status == ChunkStatus.DONE for c in job_chunks.get_chunks(job.id))
 
     files = {fmt: Path(path) for fmt, path in outcome.files.items()}
     assert set(files) == {"txt", "srt", "vtt", "json"}
@@ -119,7 +119,7 @@ def test_model_loads_once_per_worker_across_many_chunks(long_speech, tmp_path):
     chunks = write_chunks(samples, cut_points(samples, SplitOptions(10, 3)), str(tmp_path))
     assert len(chunks) >= 8
     job = jobs.create_job(str(path), path.name)
-    jobs.add_chunks(job.id, [(c.index, c.start, c.end) for c in chunks])
+    job_chunks.add_chunks(job.id, [(c.index, c.start, c.end) for c in chunks])
     flow = transcribe_chunks.with_options(task_runner=chunk_task_runner(len(chunks)))
     mapped = flow(job.id, chunks, AsrOptions())
     results, failures = mapped.results, mapped.failures
@@ -200,7 +200,7 @@ def test_truncated_file_leaves_every_chunk_it_cut_failed_with_the_reason(relay_e
     job = jobs.get_job("cutshort")
     assert state.is_failed() and job.status == JobStatus.FAILED
     assert "truncated or corrupt" in job.error, job.error
-    chunks = jobs.get_chunks(job.id)
+    chunks = job_chunks.get_chunks(job.id)
     assert chunks and all(c.status == ChunkStatus.FAILED for c in chunks)
     assert all(c.error == job.error for c in chunks)
 

@@ -23,7 +23,7 @@ from api.transcriptions import view
 from blocks.keys import ApiKeyPool
 from flows.pool_tasks import dispatchers
 from relay_commands import ADMINISTRATOR, MANAGE_GUILD
-from store import bot, jobs, usage, workers
+from store import bot, job_chunks, jobs, usage, workers
 from store.models import BotRequestStatus, new_id
 from store.workers import WorkerKind
 from tests.discord_signing import APPLICATION_ID, DiscordSigner, command, signed_post
@@ -196,8 +196,8 @@ def _running_job() -> str:
     job_id = new_id()
     jobs.create_job("/media/talk.mp3", "talk.mp3", job_id, "asr-cpu", 60.0)
     assert jobs.start_job(job_id, None, 60.0, "/nowhere")
-    jobs.add_chunks(job_id, [(0, 0.0, 30.0), (1, 30.0, 60.0)])
-    jobs.finish_chunk(job_id, 0)
+    job_chunks.add_chunks(job_id, [(0, 0.0, 30.0), (1, 30.0, 60.0)])
+    job_chunks.finish_chunk(job_id, 0)
     return job_id
 
 
@@ -221,8 +221,8 @@ def test_status_of_a_completed_job_starts_its_transcript_and_says_where_the_rest
     (tmp_path / "transcript.txt").write_text(f"Hello from the meeting.\n{words}\n")
     jobs.create_job("/media/meeting.ogg", "meeting.ogg", job_id, "asr-cpu", 12.0)
     assert jobs.start_job(job_id, None, 12.0, str(tmp_path))
-    jobs.add_chunks(job_id, [(0, 0.0, 12.0)])
-    jobs.finish_chunk(job_id, 0)
+    job_chunks.add_chunks(job_id, [(0, 0.0, 12.0)])
+    job_chunks.finish_chunk(job_id, 0)
     assert jobs.complete_job(job_id, "en", "tiny.en")
     data = _private(_post(api, signer, command("status", {"job": job_id}, user="5202")))
     content = data["content"]

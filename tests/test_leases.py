@@ -16,7 +16,7 @@ from sqlalchemy import MetaData, Table, func, select, text, update
 from sqlmodel import col
 
 from relay_settings import reload_settings
-from store import bot, jobs, leases, videos
+from store import bot, job_chunks, jobs, leases, videos
 from store.db import alembic_config, engine_for, get_engine
 from store.leases import Lease, LeasedRows, db_now
 from store.models import BotRequestStatus, JobStatus, Video, VideoAttempt, VideoStatus
@@ -363,7 +363,7 @@ def test_rows_in_flight_when_the_migration_runs_keep_working(store_before_leases
 
     get_engine()  # the new release's first use upgrades the store
     # Nothing that points at a rebuilt table was lost (SQLite rebuilds tables to alter them).
-    assert [len(jobs.get_chunks(key)) for key in ("silent", "alive", "queued")] == [1, 1, 1]
+    assert [len(job_chunks.get_chunks(key)) for key in ("silent", "alive", "queued")] == [1, 1, 1]
     with get_engine().connect() as connection:
         attempts = connection.execute(select(func.count()).select_from(VideoAttempt)).scalar()
     assert attempts == 2

@@ -9,7 +9,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from store import jobs, status
+from store import job_chunks, jobs, status
 from store.db import alembic_config, engine_for, get_engine, migrate
 from store.models import ChunkStatus, JobStatus
 
@@ -77,20 +77,20 @@ def test_a_new_bot_request_may_be_given_every_column_but_its_id():
 
 def test_concurrent_chunk_updates_lose_nothing():
     job = jobs.create_job("/x/long.wav", "long.wav")
-    jobs.add_chunks(job.id, [(i, i * 10.0, (i + 1) * 10.0) for i in range(40)])
+    job_chunks.add_chunks(job.id, [(i, i * 10.0, (i + 1) * 10.0) for i in range(40)])
 
     def finish(index: int) -> None:
         if index % 10 == 3:
-            jobs.finish_chunk(job.id, index, error=f"chunk {index} broke")
+            job_chunks.finish_chunk(job.id, index, error=f"chunk {index} broke")
         else:
-            jobs.finish_chunk(job.id, index, asr_seconds=0.5, worker_pid=1, segments=2)
+            job_chunks.finish_chunk(job.id, index, asr_seconds=0.5, worker_pid=1, segments=2)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(finish, range(40)))
     stored = jobs.get_job(job.id)
     assert (stored.chunks_total, stored.chunks_done, stored.chunks_failed) == (40, 36, 4)
     assert stored.audio_seconds_done == 360.0
-    chunks = jobs.get_chunks(job.id)
+    chunks = job_chunks.get_chunks(job.id)
     assert [c.index for c in chunks] == list(range(40))
     assert sum(c.status == ChunkStatus.FAILED for c in chunks) == 4
     assert all(c.error for c in chunks if c.status == ChunkStatus.FAILED)
@@ -98,55 +98,57 @@ def test_concurrent_chunk_updates_lose_nothing():
 
 def test_chunk_progress_moves_the_job_forward_once_and_never_back():
     job = jobs.create_job("/x/p.wav", "p.wav")
-    jobs.add_chunks(job.id, [(0, 0.0, 60.0), (1, 60.0, 120.0)])
-    assert jobs.record_chunk_progress(job.id, 0, 25.0)
-    assert jobs.record_chunk_progress(job.id, 1, 10.0)
-    assert not jobs.record_chunk_progress(job.id, 0, 12.0)  # a retry starting again from 0
-    assert jobs.record_chunk_progress(job.id, 0, 90.0)  # capped at the chunk's 60 s
+    job_chunks.add_chunks(job.id, [(0, 0.0, 60.0), (1, 60.0, 120.0)])
+    assert job_chunks.record_chunk_progress(job.id, 0, 25.0)
+    assert job_chunks.record_chunk_progress(job.id, 1, 10.0)
+    assert not job_chunks.record_chunk_progress(job.id, 0, 12.0)  # a retry starting again from 0
+    assert job_chunks.record_chunk_progress(job.id, 0, 90.0)  # capped at the chunk's 60 s
     assert jobs.get_job(job.id).audio_seconds_done == 70.0
-    jobs.finish_chunk(job.id, 1, asr_seconds=1.0, worker_pid=1, segments=3)  # adds the rest
-    assert not jobs.record_chunk_progress(job.id, 1, 59.0)  # a finished chunk stays put
-    jobs.finish_chunk(job.id, 0, asr_seconds=1.0, worker_pid=1, segments=3)
+    job_chunks.finish_chunk(job.id, 1, asr_seconds=1.0, worker_pid=1, segments=3)  # adds the rest
+    assert not job_chunks.record_chunk_progress(job.id, 1, 59.0)  # a finished chunk stays put
+    job_chunks.finish_chunk(job.id, 0, asr_seconds=1.0, worker_pid=1, segments=3)
     assert jobs.get_job(job.id).audio_seconds_done == 120.0  # exactly the audio, never more
-    assert not jobs.record_chunk_progress(job.id, 7, 5.0)  # no such chunk
+    assert not job_chunks.record_chunk_progress(job.id, 7, 5.0)  # no such chunk
 
 
 def test_chunks_added_as_the_audio_is_split_replace_an_earlier_attempts():
     job = jobs.create_job("/x/s.wav", "s.wav")
     jobs.start_job(job.id, None, 300.0, "/tmp/s")
-    jobs.add_chunks(job.id, [(0, 0.0, 100.0), (1, 100.0, 200.0), (2, 200.0, 300.0)])
-    jobs.record_chunk_progress(job.id, 0, 40.0)  # an earlier attempt's work
-    jobs.add_chunk(job.id, 0, 0.0, 30.0)
-    assert jobs.record_chunk_progress(job.id, 0, 10.0)  # the new first chunk is live at once
-    jobs.add_chunk(job.id, 1, 30.0, 150.0)
+    job_chunks.add_chunks(job.id, [(0, 0.0, 100.0), (1, 100.0, 200.0), (2, 200.0, 300.0)])
+    job_chunks.record_chunk_progress(job.id, 0, 40.0)  # an earlier attempt's work
+    job_chunks.add_chunk(job.id, 0, 0.0, 30.0)
+    assert job_chunks.record_chunk_progress(job.id, 0, 10.0)  # the new first chunk is live at once
+    job_chunks.add_chunk(job.id, 1, 30.0, 150.0)
     stored = jobs.get_job(job.id)
     assert (stored.chunks_total, stored.audio_seconds_done) == (2, 10.0)
     assert stored.duration_seconds == 300.0  # the declared length until the split ends
     # What the job shows does not go back: the earlier attempt's 40 s until this one passes.
     assert stored.progress_floor_seconds == 40.0
     assert status.progress_percent(stored) == pytest.approx(3.0 + 97.0 * 40.0 / 300.0)
-    jobs.record_chunk_progress(job.id, 1, 45.0)  # 10 + 45 s: past the earlier attempt
+    job_chunks.record_chunk_progress(job.id, 1, 45.0)  # 10 + 45 s: past the earlier attempt
     assert status.progress_percent(jobs.get_job(job.id)) == pytest.approx(3.0 + 97.0 * 55.0 / 300.0)
     jobs.finish_split(job.id, 2, 298.5)
     stored = jobs.get_job(job.id)
     assert (stored.chunks_total, stored.duration_seconds) == (2, 298.5)
-    assert [(c.index, c.start_seconds, c.end_seconds) for c in jobs.get_chunks(job.id)] == [
+    assert [(c.index, c.start_seconds, c.end_seconds) for c in job_chunks.get_chunks(job.id)] == [
         (0, 0.0, 30.0),
         (1, 30.0, 150.0),
     ]
-    jobs.add_chunks(job.id, [(0, 0.0, 300.0)])  # a third attempt keeps the highest floor
+    job_chunks.add_chunks(job.id, [(0, 0.0, 300.0)])  # a third attempt keeps the highest floor
     assert jobs.get_job(job.id).progress_floor_seconds == 55.0
 
 
 def test_concurrent_progress_reports_add_each_second_once():
     job = jobs.create_job("/x/q.wav", "q.wav")
-    jobs.add_chunks(job.id, [(0, 0.0, 100.0)])
+    job_chunks.add_chunks(job.id, [(0, 0.0, 100.0)])
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda s: jobs.record_chunk_progress(job.id, 0, float(s)), range(1, 81)))
+        list(
+            pool.map(lambda s: job_chunks.record_chunk_progress(job.id, 0, float(s)), range(1, 81))
+        )
     # whatever the interleaving, the job holds the chunk's furthest point: never a sum of both
-    chunk = jobs.get_chunks(job.id)[0]
+    chunk = job_chunks.get_chunks(job.id)[0]
     assert jobs.get_job(job.id).audio_seconds_done == chunk.seconds_done <= 80.0
-    jobs.finish_chunk(job.id, 0, asr_seconds=1.0, worker_pid=1, segments=1)
+    job_chunks.finish_chunk(job.id, 0, asr_seconds=1.0, worker_pid=1, segments=1)
     assert jobs.get_job(job.id).audio_seconds_done == 100.0
 
 
