@@ -6,7 +6,7 @@ Relay's bootstrap (the dead-run automation) and the ``transcribe/asr-cpu`` deplo
 prefect.yaml; a process worker of ``asr-cpu`` in a process group of its own, and a
 transcription task worker of the pool (whose maintenance pass recovers stranded jobs). A
 10-minute file is submitted; once its run is Running, has sent a heartbeat, holds its
-job's lease and has started its chunk subflow, the worker's process group and the
+job's lease and has cut its first chunk, the worker's process group and the
 flow-run process's group are killed with SIGKILL in one go: nobody is left to report.
 
 Figures come from the server's and the store's own timestamps where they exist:
@@ -71,7 +71,6 @@ class DeadRun:
 
     flow_run_id: str
     job_id: str
-    subflow_id: str
     lease_token: str
     killed_at: datetime
     killed_pids: tuple[int, ...]
@@ -83,14 +82,11 @@ class Figures:
     """What became of a dead run; seconds counted from the SIGKILL."""
 
     flow_run_id: str
-    subflow_id: str
     seconds_to_crashed: float
     seconds_to_taken_over: float
     seconds_to_running_again: float
     seconds_since_heartbeat_at_kill: float
     crash_message: str
-    subflow_state: str
-    subflow_message: str
     job_status: str
     job_options: str  # what the run that took the job over runs it with
     heartbeats: dict[str, int]  # flow run id -> heartbeat events the server received
@@ -188,19 +184,16 @@ def kill_run(
     parameters = {"source": source, "job_id": job_id, "beam_size": 3}
     run_id = str(settled(run_deployment(DEPLOYMENT, parameters=parameters, timeout=0)).id)
 
-    def under_way() -> tuple[str, datetime] | None:
+    def under_way() -> datetime | None:
         if not ready():
             return None
         job = jobs.get_job(job_id)
         if job is None or job.lease_expires_at is None or job.chunks_total < 1:
-            return None  # the run has not taken the job's lease or started its subflow yet
+            return None  # the run has not taken the job's lease or cut its first chunk yet
         beats = heartbeats_since(since).get(run_id)
-        subflow = _subflow_of(run_id)
-        if not beats or subflow is None:
-            return None
-        return subflow, max(beats)
+        return max(beats) if beats else None
 
-    subflow_id, last_beat = wait_for(under_way, limit, "the run under way", every=1.0)
+    last_beat = wait_for(under_way, limit, "the run under way", every=1.0)
     job = jobs.get_job(job_id)
     assert job is not None and job.lease_token is not None
     children = psutil.Process(worker.pid).children(recursive=True)
@@ -211,7 +204,6 @@ def kill_run(
     return DeadRun(
         run_id,
         job_id,
-        subflow_id,
         job.lease_token,
         killed_at,
         tuple(sorted({worker.pid, *(child.pid for child in children)})),
@@ -224,18 +216,6 @@ def _group(process: psutil.Process) -> int | None:
         return os.getpgid(process.pid)
     except ProcessLookupError:
         return None
-
-
-def _subflow_of(run_id: str) -> str | None:
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)])
-            )
-        )
-    return str(children[0].id) if children else None
 
 
 def follow(dead: DeadRun, limit: float, since: datetime) -> Figures:
@@ -258,18 +238,13 @@ def follow(dead: DeadRun, limit: float, since: datetime) -> Figures:
         time.sleep(0.2)
     if run is None or job is None or run.state is None:
         raise TimeoutError(f"within {limit:.0f} s: run ended {run is not None}, job {job}")
-    with get_client(sync_client=True) as client:
-        subflow = client.read_flow_run(uuid.UUID(dead.subflow_id))
     return Figures(
         flow_run_id=dead.flow_run_id,
-        subflow_id=dead.subflow_id,
         seconds_to_crashed=_after(dead.killed_at, run.state.timestamp),
         seconds_to_taken_over=_after(dead.killed_at, taken_at),
         seconds_to_running_again=_after(dead.killed_at, as_utc(job.started_at)),
         seconds_since_heartbeat_at_kill=_after(dead.last_heartbeat_at, dead.killed_at),
         crash_message=run.state.message or "",
-        subflow_state=(subflow.state.name or "") if subflow.state else "",
-        subflow_message=(subflow.state.message or "") if subflow.state else "",
         job_status=str(job.status),
         job_options=job.options or "",
         heartbeats={key: len(value) for key, value in heartbeats_since(since).items()},

@@ -8,12 +8,14 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
+from typing import Any
 
 import dask
 from distributed.client import FutureCancelledError
-from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TagsContext
 from prefect.futures import PrefectFuture, as_completed
+from prefect.task_runners import TaskRunner
 
 from blocks.prefect_sync import settled
 from relay_settings import get_settings
@@ -57,12 +59,18 @@ class ChunkMap:
     split_seconds: float = 0.0
 
 
-@flow(name="transcribe-chunks", persist_result=False)
 def transcribe_chunks(
-    job_id: str, chunks: list[Chunk], options: AsrOptions, split: SplitPlan | None = None
+    runner: TaskRunner[Any],
+    job_id: str,
+    chunks: list[Chunk],
+    options: AsrOptions,
+    split: SplitPlan | None = None,
 ) -> ChunkMap:
-    """Map ``transcribe_chunk`` over ``chunks``, or over the chunks of ``split`` as they are
-    cut while the file decodes (the first ones are transcribed before its end is decoded).
+    """Map ``transcribe_chunk`` on ``runner`` (a started Dask task runner) over ``chunks``,
+    or over the chunks of ``split`` as they are cut while the file decodes (the first ones
+    are transcribed before its end is decoded). The task runs are children of the flow run
+    this is called in: a subflow of its own would cost each job about 0.2 s of flow-run
+    bookkeeping before its first chunk (docs/benchmarks.md).
 
     Every chunk ends done or failed with its reason, in the store as it finishes.
     """
@@ -77,8 +85,12 @@ def transcribe_chunks(
     def submit(chunk: Chunk) -> PrefectFuture[ChunkResult]:
         # On a shared cluster, a shorter job's chunks go first: short work is never stuck
         # behind a long file (Dask runs higher priorities first).
-        with dask.annotate(priority=chunk_priority(duration, chunk.index)):
-            return task.submit(chunk, options, limit, job_id)
+        # Without the job's tags (its flow run has them; the chunk is its child): a tagged
+        # task run first takes a slot of each tag's concurrency limit on the Prefect server,
+        # an API call per chunk on the worker, where it delays the decode (docs/benchmarks.md).
+        with dask.annotate(priority=chunk_priority(duration, chunk.index)), TagsContext():
+            parameters = {"chunk": chunk, "options": options, "timeout": limit, "job_id": job_id}
+            return runner.submit(task, parameters)
 
     stream = (chunk for chunk in chunks) if split is None else split_while_decoding(split)
     with closing(stream) as source:  # an abandoned split stops ffmpeg at once

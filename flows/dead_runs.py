@@ -1,9 +1,9 @@
 """Flow runs a dead process left Running that no heartbeat watches.
 
 Prefect's dead-run automation (deployments/deadruns.py) crashes a deployment run whose
-heartbeats stop. Runs that never beat stay Running after their process died: the chunk
-subflow (its heartbeat is off, flows/runtime.py) and the ``transcribe`` run of a task
-worker (the job's lease is its heartbeat). Relay learns that their process died when the
+heartbeats stop. A run that never beats stays Running after its process died: the
+``transcribe`` run of a task worker (its heartbeat is off, flows/runtime.py: the job's lease
+is its heartbeat), and any subflow run of such a run. Relay learns that their process died when the
 job's lease runs out; the recovery that takes the job over marks them Crashed here, so the
 Prefect UI stops showing work that nobody does.
 """

@@ -80,10 +80,10 @@ def without_prefect_heartbeat() -> Iterator[None]:
     """Flow runs started inside emit no Prefect heartbeat.
 
     Prefect's engine joins its heartbeat thread when a flow run ends, and that thread sleeps
-    in 1 s steps: every flow run ends up to 1 s late (1.5 s of a 12 s job for the flow and its
-    chunk subflow, measured with py-spy). Used only where something else already says that
-    the run is alive: the chunk subflow (its parent beats) and the warm task workers (Relay's
-    job heartbeat and recovery, flows/asr_tasks.py). Deployment runs keep Prefect's.
+    in 1 s steps: every flow run ends up to 1 s late (1.5 s of a 12 s job, measured with
+    py-spy when its chunks ran in a subflow of their own). Used only where something else
+    already says that the run is alive: the warm task workers (Relay's job heartbeat and recovery,
+    flows/asr_tasks.py). Deployment runs keep Prefect's.
     """
     if PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None:  # already off: new settings cost 80 ms
         yield

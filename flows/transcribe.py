@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Cancelled, Failed, State
 
 from flows.chunks import transcribe_chunks
-from flows.runtime import chunk_task_runner, cluster_threads, without_prefect_heartbeat
+from flows.runtime import chunk_task_runner, cluster_threads
 from relay_settings import get_settings
 from store import jobs
 from store.leases import process_owner, renewal_interval, renewing
@@ -158,10 +158,9 @@ def _transcribe(
 
     # The file is split while it decodes: its first chunks are transcribed meanwhile.
     runner = chunk_task_runner(planned_count(info.duration, split_options))
-    # This flow's own heartbeat covers its subflow; a job from Discord's /transcribe has its
-    # message follow the progress meanwhile.
-    with without_prefect_heartbeat(), progress_edits(job_id):
-        mapped = transcribe_chunks.with_options(task_runner=runner)(job_id, [], options, plan)
+    # A job from Discord's /transcribe has its message follow the progress meanwhile.
+    with runner, progress_edits(job_id):
+        mapped = transcribe_chunks(runner, job_id, [], options, plan)
     if mapped.split_error:
         return _fail(job_id, name, mapped.split_error, folder, token=lease_token)
     if jobs.is_cancelled(job_id):

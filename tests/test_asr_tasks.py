@@ -30,6 +30,7 @@ from tasks.wer import word_error_rate
 from tests.audio import DATA
 from tests.environ import environment
 from tests.pg import create_database, drop_database
+from tests.prefect_runs import wait_chunk_runs
 from tests.worker_process import asr_cpu_worker
 
 TOKEN = "warm-token"
@@ -117,6 +118,10 @@ def test_uploads_run_on_the_warm_task_worker_and_its_cluster(client, task_worker
     assert task_run.name == "transcribe-on-asr-cpu" and task_run.state.is_completed()
     assert flow_run.state.is_completed() and flow_run.name and flow_run.flow_id
     assert {f"relay-task-run:{task_run.id}", f"relay-job:{first['job_id']}"} <= set(flow_run.tags)
+    # Its chunks are task runs of that flow run itself (no subflow), without the job's tags:
+    # a tagged task run takes concurrency slots on the server first, on the decoding worker.
+    chunk_runs = wait_chunk_runs(flow_run.id, jobs.get_job(first["job_id"]).chunks_total)
+    assert all(not run.tags for run in chunk_runs), [run.tags for run in chunk_runs]
 
     # A second job finds the same warm Dask worker process (no cluster start, no model load).
     second = upload(client, DATA / "library.m4a").json()

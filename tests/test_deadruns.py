@@ -31,7 +31,7 @@ from deployments.deadruns import (
     dead_run_automation,
     dead_run_trigger,
 )
-from flows.asr_tasks import LEASE_RAN_OUT, MAINTENANCE_SECONDS
+from flows.asr_tasks import MAINTENANCE_SECONDS
 from relay_pools import load_pools
 from relay_settings import PROJECT_ROOT, get_settings
 from store import jobs
@@ -142,9 +142,35 @@ def test_a_run_killed_with_its_worker_ends_crashed_and_its_job_runs_again(dead_r
     assert figures.seconds_to_running_again <= TAKEN_OVER_WITHIN + 10, figures
     assert figures.job_status in (JobStatus.RUNNING, JobStatus.COMPLETED), figures
     assert json.loads(figures.job_options)["beam_size"] == 3, figures  # as it was submitted
-    # The chunk subflow never beat (flows/runtime.py turns it off): the recovery crashed it.
-    assert (figures.subflow_state, figures.subflow_message.endswith(LEASE_RAN_OUT)) == (
-        "Crashed",
-        True,
-    ), figures
     assert figures.heartbeats.keys() == {figures.flow_run_id}, figures  # only the deployment run
+
+
+def test_the_recovery_crashes_a_silent_run_and_leaves_deployment_runs_to_the_automation(
+    prefect_server,  # noqa: ARG001
+):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    from flows.asr_tasks import LEASE_RAN_OUT
+    from flows.dead_runs import crash_silent_runs
+
+    @flow(name="relay-dead-run-probe")
+    def probe() -> None:
+        pass
+
+    reason = f"job j1: {LEASE_RAN_OUT}"
+    with get_client(sync_client=True) as client:
+        silent = client.create_flow_run(probe, state=Running())  # a task worker's run
+        flow_id = client.create_flow_from_name("relay-dead-run-probe")
+        deployment = client.create_deployment(flow_id=flow_id, name="probe")
+        deployed = client.create_flow_run_from_deployment(deployment)
+        client.set_flow_run_state(deployed.id, Running(), force=True)
+
+        assert crash_silent_runs(str(silent.id), reason) == [str(silent.id)]
+        assert crash_silent_runs(str(deployed.id), reason) == []  # the automation's to crash
+        crashed = client.read_flow_run(silent.id).state
+        assert crashed is not None and crashed.is_crashed() and crashed.message == reason
+        left = client.read_flow_run(deployed.id).state
+        assert left is not None and left.is_running()
+    assert crash_silent_runs(str(silent.id), reason) == []  # already final: nothing to do

@@ -31,7 +31,7 @@ def test_flow_runs_inside_without_prefect_heartbeat_start_no_heartbeat_thread(pr
     assert count_heartbeats() == 1
     with without_prefect_heartbeat():
         assert count_heartbeats() == 0
-        with without_prefect_heartbeat():  # nested, as the chunk subflow in a warm worker
+        with without_prefect_heartbeat():  # nested: still off, and back on only at the end
             assert count_heartbeats() == 0
     assert count_heartbeats() == 1
 
