@@ -231,6 +231,13 @@ def _report_run(outcome, reference, wall, started, tasks, anchors) -> None:
         prefect_task_seconds=round(
             sum(task_seconds_by_worker.values()) - sum(model_by_worker.values()), 2
         ),
+        prefect_seconds_per_chunk=round(
+            (sum(task_seconds_by_worker.values()) - sum(model_by_worker.values()))
+            / max(len(computes), 1),
+            3,
+        ),
+        first_chunk_started_seconds=round(min(start for _, start, _ in computes) - started, 2),
+        last_chunk_to_end_seconds=round(started + wall - max(stop for _, _, stop in computes), 2),
         model_seconds_by_worker=sorted(round(v, 2) for v in model_by_worker.values()),
         workers_finish_seconds=sorted(round(v, 2) for v in finish_by_worker.values()),
         first_chunk_done_seconds=round(min(stop for _, _, stop in computes) - started, 2),
