@@ -14,8 +14,11 @@ import os
 import time
 
 import pytest
+from prefect import flow
 from prefect.automations import Automation
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Running
 from sqlmodel import col, update
 
 from bench import deadruns as bench
@@ -31,7 +34,8 @@ from deployments.deadruns import (
     dead_run_automation,
     dead_run_trigger,
 )
-from flows.asr_tasks import MAINTENANCE_SECONDS
+from flows.asr_tasks import LEASE_RAN_OUT, MAINTENANCE_SECONDS
+from flows.dead_runs import crash_silent_runs
 from relay_pools import load_pools
 from relay_settings import PROJECT_ROOT, get_settings
 from store import jobs
@@ -148,13 +152,6 @@ def test_a_run_killed_with_its_worker_ends_crashed_and_its_job_runs_again(dead_r
 def test_the_recovery_crashes_a_silent_run_and_leaves_deployment_runs_to_the_automation(
     prefect_server,  # noqa: ARG001
 ):
-    from prefect import flow
-    from prefect.client.orchestration import get_client
-    from prefect.states import Running
-
-    from flows.asr_tasks import LEASE_RAN_OUT
-    from flows.dead_runs import crash_silent_runs
-
     @flow(name="relay-dead-run-probe")
     def probe() -> None:
         pass
