@@ -216,6 +216,8 @@ def _report_run(outcome, reference, wall, started, tasks, anchors) -> None:
         workers=len(model_by_worker),
     )
     busiest = max(model_by_worker.values())
+    # Each chunk's compute span on its worker beyond its model time: Prefect's task run.
+    prefect_seconds = sum(task_seconds_by_worker.values()) - sum(model_by_worker.values())
     timings = outcome.timings
     emit(
         figure="relay_overhead_warm",
@@ -228,14 +230,8 @@ def _report_run(outcome, reference, wall, started, tasks, anchors) -> None:
             timings["total_seconds"] - timings["prepare_seconds"] - timings["transcribe_seconds"],
             3,
         ),
-        prefect_task_seconds=round(
-            sum(task_seconds_by_worker.values()) - sum(model_by_worker.values()), 2
-        ),
-        prefect_seconds_per_chunk=round(
-            (sum(task_seconds_by_worker.values()) - sum(model_by_worker.values()))
-            / max(len(computes), 1),
-            3,
-        ),
+        prefect_task_seconds=round(prefect_seconds, 2),
+        prefect_seconds_per_chunk=round(prefect_seconds / max(len(computes), 1), 3),
         first_chunk_started_seconds=round(min(start for _, start, _ in computes) - started, 2),
         last_chunk_to_end_seconds=round(started + wall - max(stop for _, _, stop in computes), 2),
         model_seconds_by_worker=sorted(round(v, 2) for v in model_by_worker.values()),

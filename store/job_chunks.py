@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import case, update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from store.db import rows_matched, session_scope
 from store.models import ChunkStatus, TranscriptionChunk, TranscriptionJob, table_of
@@ -71,6 +72,13 @@ def _progress_restarts() -> dict[str, object]:
     }
 
 
+def _chunk_row(job_id: str, index: int) -> SelectOfScalar[TranscriptionChunk]:
+    """The query for a job's chunk ``index``."""
+    return select(TranscriptionChunk).where(
+        col(TranscriptionChunk.job_id) == job_id, col(TranscriptionChunk.index) == index
+    )
+
+
 def _forget_chunks(session: Session, job_id: str) -> None:
     """Delete a job's chunk rows (an earlier attempt's), before new ones are added."""
     for old in session.exec(
@@ -93,11 +101,7 @@ def finish_chunk(
     """Mark a chunk done (or failed with its reason) and bump the job's counters atomically."""
     status = ChunkStatus.FAILED if error else ChunkStatus.DONE
     with session_scope() as session:
-        chunk = session.exec(
-            select(TranscriptionChunk).where(
-                col(TranscriptionChunk.job_id) == job_id, col(TranscriptionChunk.index) == index
-            )
-        ).one()
+        chunk = session.exec(_chunk_row(job_id, index)).one()
         chunk.status, chunk.error = status, error
         chunk.asr_seconds, chunk.segments = asr_seconds, segments
         chunk.worker_pid, chunk.worker_host = worker_pid, worker_host
@@ -117,11 +121,7 @@ def record_chunk_progress(job_id: str, index: int, seconds: float) -> bool:
     forward by what is new. Never backwards (a retry re-decodes from 0); False when nothing
     moved."""
     with session_scope() as session:
-        chunk = session.exec(
-            select(TranscriptionChunk).where(
-                col(TranscriptionChunk.job_id) == job_id, col(TranscriptionChunk.index) == index
-            )
-        ).first()
+        chunk = session.exec(_chunk_row(job_id, index)).first()
         if chunk is None or chunk.status != ChunkStatus.PENDING:
             return False
         seconds = min(seconds, chunk.end_seconds - chunk.start_seconds)

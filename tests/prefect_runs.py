@@ -6,13 +6,12 @@ import time
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 
 def wait_chunk_runs(flow_run_id: UUID, count: int, limit: float = 30.0) -> list:
     """The flow run's ``count`` chunk task runs, completed (the server records task runs
     from their events, a moment after the job's end)."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     runs: list = []
     deadline = time.monotonic() + limit
     of_flow = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
