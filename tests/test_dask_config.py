@@ -61,10 +61,12 @@ def test_the_per_run_local_cluster_runs_without_malloc_trim(prefect_server):  # 
     assert_fixed(probe.with_options(task_runner=chunk_task_runner(2))())
 
 
-def test_the_task_workers_warm_cluster_runs_without_malloc_trim(prefect_server, monkeypatch):  # noqa: ARG001
+def test_the_task_workers_warm_cluster_runs_without_malloc_trim(prefect_server, relay_env):  # noqa: ARG001
     from flows.asr_tasks import warm_local_cluster
 
-    monkeypatch.setenv("RELAY_DASK_ADDRESS", "")  # warm_local_cluster exports its address
+    # warm_local_cluster exports its address into the settings: relay_env reloads them after
+    # the test, so no later test is pointed at this closed cluster.
+    relay_env(DASK_ADDRESS="")
     cluster = warm_local_cluster(1)
     try:
         with Client(cluster) as client:
