@@ -102,14 +102,6 @@ def _drain_to(api_url: str) -> None:
             service.drain_all(timeout=10)
 
 
-def current_api_url() -> str:
-    """The URL of the API this flow run talks to (also when Prefect started one itself)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        return str(client.api_url)
-
-
 def cluster_threads() -> int:
     """Threads that will decode this job's chunks: the LocalCluster's workers, or the
     configured cluster's threads (asked of its scheduler, at most once every 30 s)."""
@@ -152,7 +144,8 @@ def chunk_task_runner(chunks: int) -> TaskRunner[Any]:
 
 def local_cluster_kwargs(workers: int) -> dict[str, object]:
     """How Relay starts a LocalCluster: single-threaded worker processes (the model's own
-    threads as configured) that report to this process's Prefect API."""
+    threads as configured). They need no Prefect API: a chunk's task run stays in the flow's
+    process, and its worker only decodes (tasks/chunk_run.py)."""
     threads = get_settings().asr.cpu_threads or 1
     return {
         "n_workers": workers,
@@ -160,8 +153,6 @@ def local_cluster_kwargs(workers: int) -> dict[str, object]:
         "processes": True,
         "dashboard_address": None,
         "env": {
-            "PREFECT_API_URL": current_api_url(),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "OMP_NUM_THREADS": str(threads),
             "DASK_LOGGING__DISTRIBUTED": "warning",
         },

@@ -284,26 +284,12 @@ def recognise(
     )
 
 
-# Prefect task: retries with exponential backoff and jitter; the limit is enforced inside.
-from prefect import task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
-
-
-@task(
-    name="transcribe-chunk",
-    task_run_name="chunk-{chunk.index}",
-    cache_policy=NO_CACHE,  # inputs are paths whose contents change per job: never reuse
-    persist_result=False,
-    retries=2,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
-    retry_jitter_factor=0.5,
-)
-def transcribe_chunk(
-    chunk: Chunk, options: AsrOptions, timeout: float | None = None, job_id: str | None = None
+def decode_chunk(
+    chunk: Chunk, options: AsrOptions, timeout: float | None, job_id: str | None
 ) -> ChunkResult:
-    """Transcribe one chunk with the worker process's model, within ``timeout`` seconds;
-    with ``job_id``, the job's progress moves in the store as segments are decoded."""
+    """On a Dask worker: one chunk through the worker process's model; with ``job_id``, the
+    job's progress moves in the store as segments are decoded. Its task run waits in the
+    flow's process (tasks/chunk_run.py)."""
     reporter = ProgressReporter(job_id, chunk.index) if job_id else None
     return recognise(chunk, options, timeout, reporter)
 
