@@ -66,15 +66,18 @@ class Stack:
         return self.api.get(f"/api/transcriptions/{job_id}").json()
 
     def first_chunk_started(self, flow_run_id: str | None) -> float | None:
-        """Start time of the earliest chunk task of the run (or its subflow)."""
+        """Start time of the earliest chunk task run of the flow run: when its chunk was
+        handed to Dask (on an idle cluster, the worker starts it within milliseconds)."""
         if not flow_run_id or not self.prefect:
             return None
         runs = httpx.post(
             f"{self.prefect}/task_runs/filter",
             json={
-                "task_runs": {"name": {"like_": "chunk-"}},
+                "task_runs": {
+                    "name": {"like_": "chunk-"},
+                    "flow_run_id": {"any_": [flow_run_id]},
+                },
                 "sort": "EXPECTED_START_TIME_ASC",
-                "flow_runs": {"parent_flow_run_id": {"any_": [flow_run_id]}},
             },
             timeout=30,
         ).json()
