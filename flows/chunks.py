@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import time
 from contextlib import closing
@@ -11,7 +12,7 @@ from typing import Any, cast
 from distributed import Client
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TagsContext
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectConcurrentFuture, as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
@@ -25,6 +26,11 @@ from tasks.split import Chunk, SplitOptions, SplitPlan, split_while_decoding
 
 # Above any job's own priority: each job's first chunk goes before every other waiting chunk.
 FIRST_CHUNK_PRIORITY = 1_000_000
+# How long a pass of stopping a job's decodes waits for its task runs to end before it
+# cancels again (a task run hands its decode to Dask a few milliseconds after it starts).
+STOP_PASS_SECONDS = 0.5
+# A chunk's task run, on a thread of the flow's process.
+ChunkRun = PrefectConcurrentFuture[ChunkResult]
 
 
 def job_priority(duration: float) -> int:
@@ -76,10 +82,10 @@ def transcribe_chunks(
         max_workers=len(chunks) or most_chunks(duration)
     )
     started = time.perf_counter()
-    futures: dict[PrefectFuture[ChunkResult], Chunk] = {}
+    futures: dict[ChunkRun, Chunk] = {}
     cut: list[Chunk] = []
 
-    def submit(chunk: Chunk) -> PrefectFuture[ChunkResult]:
+    def submit(chunk: Chunk) -> ChunkRun:
         # On a shared cluster, a shorter job's chunks go first: short work is never stuck
         # behind a long file (Dask runs higher priorities first). Without the job's tags
         # (its flow run has them; the chunk is its child): a tagged task run first takes a
@@ -106,16 +112,15 @@ def transcribe_chunks(
                     futures[submit(chunk)] = chunk
             except Exception as err:  # the stream proved the file truncated, or a write failed
                 reason = str(err) if isinstance(err, MediaError) else f"splitting failed: {err!r}"
-                cancel_decodes(client, job_id)
                 for chunk in cut:
                     job_chunks.finish_chunk(job_id, chunk.index, error=reason)
                 return ChunkMap(cut, [], [], split_error=reason)
             split_seconds = time.perf_counter() - started
             if split is not None:
                 jobs.finish_split(job_id, len(cut), cut[-1].end)
-            results, failures = _collect(client, job_id, futures)
+            results, failures = _collect(job_id, futures)
         finally:  # none is left after a normal end; else the workers are freed at once
-            cancel_decodes(client, job_id)
+            _stop_decodes(client, job_id, list(futures))
     return ChunkMap(cut, results, failures, split_seconds=round(split_seconds, 3))
 
 
@@ -125,9 +130,18 @@ def most_chunks(duration: float) -> int:
     return math.ceil(duration / SplitOptions.shortest_seconds) + 1
 
 
-def _collect(
-    client: Client, job_id: str, futures: dict[PrefectFuture[ChunkResult], Chunk]
-) -> tuple[list[ChunkResult], list[str]]:
+def _stop_decodes(client: Client, job_id: str, runs: list[ChunkRun]) -> None:
+    """Cancel the job's decodes still on the cluster until every chunk's task run has ended:
+    one that had not yet handed its decode to Dask when first asked does so later, and is
+    cancelled on the next pass (at once where all have ended, as after a normal end)."""
+    while runs:
+        cancel_decodes(client, job_id)
+        threads = [run.wrapped_future for run in runs]
+        running = concurrent.futures.wait(threads, timeout=STOP_PASS_SECONDS).not_done
+        runs = [run for run in runs if run.wrapped_future in running]
+
+
+def _collect(job_id: str, futures: dict[ChunkRun, Chunk]) -> tuple[list[ChunkResult], list[str]]:
     """Each chunk's result or failure, recorded in the store as it lands."""
     progress = settled(
         create_progress_artifact(0.0, description=f"Chunks transcribed, job {job_id}")
@@ -135,9 +149,8 @@ def _collect(
     results: list[ChunkResult] = []
     failures: list[str] = []
     for finished, future in enumerate(as_completed(list(futures)), start=1):
-        chunk = futures[future]
-        if jobs.is_cancelled(job_id):  # a user cancelled it: free the workers for others
-            cancel_decodes(client, job_id)
+        chunk = futures[cast(ChunkRun, future)]  # as_completed gives back what it was given
+        if jobs.is_cancelled(job_id):  # a user cancelled it: its decodes are stopped on return
             failures.append("the job was cancelled")
             return results, failures
         try:
