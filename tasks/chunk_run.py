@@ -42,8 +42,9 @@ def _job_prefix(job_id: str | None) -> str:
 
 
 def cancel_decodes(client: Client, job_id: str | None) -> int:
-    """Cancel the job's decodes still on the cluster (one already decoding finishes its
-    segment and is discarded); how many there were. Their task runs then fail at once."""
+    """Cancel the job's decodes still on the cluster, and say how many there were: a waiting
+    one never runs; one already decoding runs to its end on its worker (Dask cannot stop
+    it) and its result is dropped. Their task runs fail at once."""
     prefix = _job_prefix(job_id)
     keys = [key for key in list(client.futures) if str(key).startswith(prefix)]
     if keys:
