@@ -41,16 +41,15 @@ def _job_prefix(job_id: str | None) -> str:
     return f"decode-chunk-{job_id or 'nojob'}-"
 
 
-def cancel_decodes(client: Client, job_id: str | None) -> int:
-    """Cancel the job's decodes still on the cluster, and say how many there were: a waiting
-    one never runs; one already decoding runs to its end on its worker (Dask cannot stop
-    it) and its result is dropped. Their task runs fail at once."""
+def cancel_decodes(client: Client, job_id: str | None) -> None:
+    """Cancel the job's decodes still on the cluster: a waiting one never runs; one already
+    decoding runs to its end on its worker (Dask cannot stop it) and its result is dropped.
+    Their task runs fail at once."""
     prefix = _job_prefix(job_id)
     keys = [key for key in list(client.futures) if str(key).startswith(prefix)]
     if keys:
         futures: list[Future[ChunkResult]] = [Future(key, client) for key in keys]
         client.cancel(futures, reason=NOT_WANTED)  # type: ignore[no-untyped-call]
-    return len(keys)
 
 
 def _retry_unless_cancelled(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> bool:
